@@ -1,0 +1,39 @@
+# The two set-up commands of the README:
+#   make run   - the embedded stack in the foreground (PostgreSQL, broker, authsvc, api)
+#   make test  - the whole test suite against a real embedded stack
+# Both create .venv and install the project with the tested versions pinned in constraints.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench install lock clean-state
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fleetctl run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# Re-resolve dependencies within pyproject's ranges and record the exact versions (run after changing ranges).
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install --quiet --upgrade "pip>=24" && .lockvenv/bin/python -m pip install --quiet ".[test]"
+	.lockvenv/bin/python -m pip freeze --exclude fleet-backend | sort > constraints.txt
+	rm -rf .lockvenv
+
+# Removes the embedded stack's local state (database, generated secrets, logs).
+clean-state:
+	rm -rf var

@@ -1,0 +1,110 @@
+"""Client for the broker's REST API (EMQX ``/api/v5``; the stand-in serves the same endpoints).
+
+The services use it to publish commands (``POST /api/v5/publish``), kick a client, and clear its authorization
+cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (emqx-facts §6).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from fleetcore.config import env_secret, env_str
+
+
+class EmqxApiError(RuntimeError):
+    """The broker answered with an unexpected status."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EmqxUnavailable(EmqxApiError):
+    """The broker API could not be reached (connection refused, timeout) or answered 503."""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    delivered: bool        # 200: at least one subscriber session got it; 202: nobody subscribed (dropped)
+    message_id: str | None
+
+
+class EmqxApi:
+    def __init__(self, base_url: str, key: str, secret: str, timeout: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.auth = (key, secret)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    @classmethod
+    def from_env(cls) -> EmqxApi:
+        return cls(env_str("FLEET_EMQX_API_URL"), env_str("FLEET_EMQX_API_KEY"),
+                   env_secret("FLEET_EMQX_API_SECRET"))
+
+    @property
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.auth = self.auth
+            self._local.session = session
+        return session
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self._session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise EmqxUnavailable(f"broker API {method} {path} failed: {exc.__class__.__name__}") from exc
+        if response.status_code == 503:
+            raise EmqxUnavailable(f"broker API {method} {path}: 503 {response.text[:200]}", 503)
+        return response
+
+    def publish(self, topic: str, payload: dict[str, Any] | str | bytes, qos: int = 1,
+                retain: bool = False) -> PublishResult:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        elif isinstance(payload, bytes):
+            payload = payload.decode("utf-8")
+        response = self._request("POST", "/api/v5/publish",
+                                 json={"topic": topic, "payload": payload, "qos": qos, "retain": retain})
+        if response.status_code == 200:
+            return PublishResult(True, response.json().get("id"))
+        if response.status_code == 202:
+            return PublishResult(False, None)
+        raise EmqxApiError(f"publish to {topic}: {response.status_code} {response.text[:200]}", response.status_code)
+
+    def kick(self, clientid: str) -> bool:
+        """Disconnect a client; False if it was not connected."""
+        response = self._request("DELETE", f"/api/v5/clients/{quote(clientid, safe='')}")
+        if response.status_code == 204:
+            return True
+        if response.status_code == 404:
+            return False
+        raise EmqxApiError(f"kick {clientid}: {response.status_code} {response.text[:200]}", response.status_code)
+
+    def clear_authz_cache(self, clientid: str) -> bool:
+        response = self._request("DELETE", f"/api/v5/clients/{quote(clientid, safe='')}/authorization/cache")
+        if response.status_code == 204:
+            return True
+        if response.status_code == 404:
+            return False
+        raise EmqxApiError(f"clear authz cache of {clientid}: {response.status_code}", response.status_code)
+
+    def client(self, clientid: str) -> dict[str, Any] | None:
+        response = self._request("GET", f"/api/v5/clients/{quote(clientid, safe='')}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise EmqxApiError(f"get client {clientid}: {response.status_code}", response.status_code)
+        return response.json()
+
+    def is_up(self) -> bool:
+        try:
+            return self._request("GET", "/api/v5/status").status_code == 200
+        except EmqxUnavailable:
+            return False

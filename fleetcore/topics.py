@@ -1,0 +1,64 @@
+"""The MQTT topic tree (design.md §3). Topic strings are built and parsed here and nowhere else.
+
+    fleet/v1/{vehicle_id}/telemetry | status | mission | connection      vehicle → backend
+    fleet/v1/{vehicle_id}/register/request                               vehicle (enrolling) → backend
+    fleet/v1/{vehicle_id}/register/response | cmd                        backend → vehicle
+    fleet/v1/_fleet/cmd                                                  backend → every vehicle
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+PREFIX = "fleet/v1"
+FLEET_WIDE = "_fleet"
+VEHICLE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
+_VEHICLE_ID = re.compile(rf"^{VEHICLE_ID_PATTERN}$")
+
+
+class Kind(StrEnum):
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    MISSION = "mission"
+    CONNECTION = "connection"
+    CMD = "cmd"
+    REGISTER_REQUEST = "register/request"
+    REGISTER_RESPONSE = "register/response"
+
+
+def is_vehicle_id(value: str) -> bool:
+    return bool(_VEHICLE_ID.match(value))
+
+
+def vehicle_topic(vehicle_id: str, kind: Kind) -> str:
+    if not is_vehicle_id(vehicle_id):
+        raise ValueError(f"not a valid vehicle id: {vehicle_id!r}")
+    return f"{PREFIX}/{vehicle_id}/{kind.value}"
+
+
+def fleet_command_topic() -> str:
+    return f"{PREFIX}/{FLEET_WIDE}/cmd"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    vehicle_id: str | None   # None for the fleet-wide topic
+    kind: Kind
+
+
+def parse(topic: str) -> ParsedTopic | None:
+    """The vehicle and kind of a topic in the tree, or None for anything else (wildcards included)."""
+    prefix = PREFIX + "/"
+    if not topic.startswith(prefix):
+        return None
+    owner, _, rest = topic[len(prefix):].partition("/")
+    try:
+        kind = Kind(rest)
+    except ValueError:
+        return None
+    if owner == FLEET_WIDE:
+        return ParsedTopic(None, kind) if kind is Kind.CMD else None
+    if not is_vehicle_id(owner):
+        return None
+    return ParsedTopic(owner, kind)

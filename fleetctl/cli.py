@@ -1,0 +1,172 @@
+"""Command line: ``fleetctl run`` (the embedded stack) and ``fleetctl db …`` (bootstrap, migrate, status, psql)."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fleetcore import db, migrations, paths
+from fleetcore.config import ConfigError, env_secret, env_str
+
+_COLOURS = {"postgres": "34", "authsvc": "35", "broker": "36", "api": "33", "fleetctl": "32"}
+
+
+def _console_line(component: str, line: str) -> None:
+    prefix = f"{component:<8}|"
+    if sys.stdout.isatty():
+        prefix = f"\033[{_COLOURS.get(component, '37')}m{prefix}\033[0m"
+    print(f"{prefix} {line}", flush=True)
+
+
+def _say(message: str) -> None:
+    _console_line("fleetctl", message)
+
+
+def _summary(stack) -> str:
+    from fleetctl.stack import API_KEY_NAME
+    p = stack.config.ports
+    h = stack.config.host
+    running = {c.name for c in stack.started}
+    secrets_file = stack.state_dir / "secrets.env"
+    rows = ["", "Fleet backend (embedded mode) is up:"]
+    if "api" in running:
+        rows.append(f"  Operator API   {stack.url('api')}/api/v1   (Swagger UI: {stack.url('api')}/docs)")
+        if "FLEET_ADMIN_PASSWORD" in stack.created_secrets:
+            rows.append(f"  Log in         user 'admin', password '{stack.secrets['FLEET_ADMIN_PASSWORD']}'"
+                        f"  (shown once; kept in {secrets_file})")
+        else:
+            rows.append(f"  Log in         user 'admin', password: FLEET_ADMIN_PASSWORD in {secrets_file}")
+    if "broker" in running:
+        rows.append(f"  MQTT           mqtt://{h}:{p.mqtt}   ws://{h}:{p.mqtt_ws}/mqtt"
+                    + (f"   mqtts://{h}:{p.mqtt_tls}" if (stack.tls_dir / "server.pem").exists() else ""))
+        rows.append(f"  Broker API     {stack.url('emqx_api')}/api/v5   (basic auth: key '{API_KEY_NAME}', "
+                    f"secret FLEET_EMQX_API_SECRET in {secrets_file})")
+    if "authsvc" in running:
+        rows.append(f"  authsvc        {stack.url('authsvc')}   (/healthz)")
+    host, port, database = stack.database_server
+    rows.append(f"  PostgreSQL     {host}:{port}/{database}   (psql: .venv/bin/fleetctl db psql)")
+    rows.append(f"  Logs           {stack.log_dir}/")
+    rows.append("Press Ctrl-C to stop everything.")
+    return "\n".join(rows)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetctl.stack import Stack, StackConfig
+    stack = Stack(StackConfig(), out=_say, on_line=_console_line)
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        _say("interrupted while starting; everything was stopped")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure in one clear message
+        _say(f"could not start the stack: {exc}")
+        return 1
+
+    def on_signal(signum: int, _frame) -> None:
+        stack.request_stop(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(_summary(stack), flush=True)
+    reason = stack.wait()
+    _say(f"stopping: {reason}")
+    stack.stop(reason)
+    _say("all components stopped")
+    return 0 if reason.startswith("received") else 1
+
+
+def _embedded_database():
+    """Start the embedded PostgreSQL (for db commands without DATABASE_URL); caller stops it."""
+    from fleetctl.stack import Stack, StackConfig
+    stack = Stack(StackConfig(), out=_say)
+    stack._start_database()  # noqa: SLF001 - same start-up path as `run`, without the services
+    return stack
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    if os.environ.get("DATABASE_URL"):
+        conn = db.connect(os.environ["DATABASE_URL"], application_name="fleetctl-migrate")
+        try:
+            applied = migrations.migrate(conn, log=_say)
+        finally:
+            conn.close()
+        _say(f"{len(applied)} migration(s) applied; database is up to date")
+        return 0
+    stack = _embedded_database()  # starting it migrates it
+    stack.stop()
+    _say("embedded database is up to date")
+    return 0
+
+
+def cmd_db_bootstrap(args: argparse.Namespace) -> int:
+    from fleetctl import dbadmin
+    dbadmin.bootstrap(env_str("FLEET_DB_ADMIN_URL"), app_password=env_secret("FLEET_DB_PASSWORD"),
+                      ingest_password=env_secret("FLEET_INGEST_DB_PASSWORD"), log=_say)
+    _say("roles and database are in place")
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    stack = None
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        stack = _embedded_database()
+        url = stack.database_url
+    try:
+        conn = db.connect(url, application_name="fleetctl-status")
+        applied = migrations.applied_versions(conn)
+        conn.close()
+        for migration in migrations.discover():
+            state = "applied" if migration.version in applied else "pending"
+            print(f"{migration.filename:<40} {state}")
+    finally:
+        if stack:
+            stack.stop()
+    return 0
+
+
+def cmd_db_psql(args: argparse.Namespace) -> int:
+    from fleetctl.postgres import bin_dir
+    stack = None
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        from fleetctl.stack import Stack, StackConfig
+        probe = Stack(StackConfig(), out=lambda m: None)
+        url = probe.database_url
+        try:
+            db.connect(url, connect_timeout=2).close()
+        except Exception:  # noqa: BLE001 - not running: start it just for this session
+            stack = _embedded_database()
+    try:
+        return subprocess.call([str(bin_dir() / "psql"), url, *args.psql_args])
+    finally:
+        if stack:
+            stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleetctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the embedded stack in the foreground").set_defaults(func=cmd_run)
+    dbp = sub.add_parser("db", help="database commands").add_subparsers(dest="db_command", required=True)
+    dbp.add_parser("migrate", help="apply pending migrations (DATABASE_URL, or the embedded database)"
+                   ).set_defaults(func=cmd_db_migrate)
+    dbp.add_parser("bootstrap", help="create roles and database (FLEET_DB_ADMIN_URL, FLEET_DB_PASSWORD, "
+                   "FLEET_INGEST_DB_PASSWORD)").set_defaults(func=cmd_db_bootstrap)
+    dbp.add_parser("status", help="list migrations and whether they are applied").set_defaults(func=cmd_db_status)
+    psql = dbp.add_parser("psql", help="open psql on the database")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER)
+    psql.set_defaults(func=cmd_db_psql)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, migrations.MigrationError) as exc:
+        _say(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

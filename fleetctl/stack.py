@@ -1,0 +1,307 @@
+"""The embedded stack: PostgreSQL, then authsvc, the EMQX-compatible broker and the api, in that order.
+
+``make run`` and the test suite both start it through ``Stack``: one way to start, so what the tests exercise
+is what a developer runs. Each component is a separate process that talks to the others only over HTTP,
+MQTT and PostgreSQL; the services receive their whole configuration as environment variables, the broker
+additionally reads ``emqx/emqx.conf`` with ``EMQX_*`` overrides exactly as EMQX does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetcore import db, migrations, paths
+from fleetctl import dbadmin, localsecrets
+from fleetctl.postgres import EmbeddedPostgres
+from fleetctl.procs import ChildProcess
+
+API_KEY_NAME = "fleet"
+
+
+@dataclass
+class Ports:
+    mqtt: int = 1883
+    mqtt_ws: int = 8083
+    mqtt_tls: int = 8883
+    emqx_api: int = 18083
+    authsvc: int = 8081
+    api: int = 8080
+    postgres: int = 15432
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        ports = cls()
+        for name in ports.__dataclass_fields__:
+            raw = os.environ.get(f"FLEET_PORT_{name.upper()}")
+            if raw:
+                setattr(ports, name, int(raw))
+        return ports
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path = field(default_factory=paths.state_dir)
+    ports: Ports = field(default_factory=Ports.from_env)
+    durable: bool = True          # False for tests: no fsync, faster
+    host: str = "127.0.0.1"
+    # Extra environment for every service (tests use it to shorten timeouts).
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Component:
+    name: str
+    module: str                    # the package that must exist for this component to be started
+    argv: list[str]
+    env: dict[str, str]
+    health_url: str
+    process: ChildProcess | None = None
+
+    @property
+    def available(self) -> bool:
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except ModuleNotFoundError:
+            return False
+        # An empty directory is a namespace package (origin None): not a component yet.
+        return spec is not None and spec.origin not in (None, "namespace")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback health URL
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Stack:
+    """Start, watch and stop the embedded stack."""
+
+    def __init__(self, config: StackConfig | None = None, *, out: Callable[[str], None] = print,
+                 on_line: Callable[[str, str], None] | None = None) -> None:
+        self.config = config or StackConfig()
+        self.out = out
+        self.on_line = on_line
+        self.state_dir = self.config.state_dir.resolve()
+        self.log_dir = self.state_dir / "log"
+        self.secrets, self.created_secrets = localsecrets.load_or_create(self.state_dir / "secrets.env")
+        self.external_database_url = os.environ.get("DATABASE_URL") or None
+        self.postgres: EmbeddedPostgres | None = None
+        self.components: list[Component] = []
+        self.started: list[Component] = []
+        self._stop = threading.Event()
+        self.stop_reason = ""
+
+    # -- addresses ------------------------------------------------------------------------------------------
+    def url(self, component: str) -> str:
+        port = getattr(self.config.ports, component)
+        return f"http://{self.config.host}:{port}"
+
+    @property
+    def database_url(self) -> str:
+        if self.external_database_url:
+            return self.external_database_url
+        return (f"postgresql://{dbadmin.APP_ROLE}:{self.secrets['FLEET_DB_PASSWORD']}@{self.config.host}:"
+                f"{self.config.ports.postgres}/{dbadmin.DATABASE}")
+
+    @property
+    def database_server(self) -> tuple[str, int, str]:
+        if self.external_database_url:
+            from psycopg2.extensions import parse_dsn
+            dsn = parse_dsn(self.external_database_url)
+            return dsn.get("host", "127.0.0.1"), int(dsn.get("port", 5432)), dsn.get("dbname", dbadmin.DATABASE)
+        return self.config.host, self.config.ports.postgres, dbadmin.DATABASE
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "certs"
+
+    # -- environment handed to the services ---------------------------------------------------------------
+    def service_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EMQX_", "FLEET_", "DATABASE_URL"))}
+        env.update({
+            "DATABASE_URL": self.database_url,
+            "FLEET_EMQX_API_URL": self.url("emqx_api"),
+            "FLEET_EMQX_API_KEY": API_KEY_NAME,
+            "FLEET_EMQX_API_SECRET": self.secrets["FLEET_EMQX_API_SECRET"],
+            "FLEET_BROKER_TOKEN": self.secrets["FLEET_BROKER_TOKEN"],
+            "FLEET_DEVICE_SECRET_KEY": self.secrets["FLEET_DEVICE_SECRET_KEY"],
+            "FLEET_JWT_SECRET": self.secrets["FLEET_JWT_SECRET"],
+            "FLEET_ADMIN_PASSWORD": self.secrets["FLEET_ADMIN_PASSWORD"],
+            "FLEET_LOG_FORMAT": os.environ.get("FLEET_LOG_FORMAT", "logfmt"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.config.extra_env)
+        return env
+
+    def broker_env(self) -> dict[str, str]:
+        """EMQX-style overrides of emqx/emqx.conf: the same variables a Compose file would set for EMQX."""
+        host, port, database = self.database_server
+        token_header = '{"x-fleet-broker-token" = "%s"}' % self.secrets["FLEET_BROKER_TOKEN"]
+        authsvc = self.url("authsvc")
+        ports = self.config.ports
+        h = self.config.host
+        env = self.service_env()
+        env.update({
+            "EMQX_NODE__DATA_DIR": str(self.state_dir / "emqx"),
+            "EMQX_API_KEY__BOOTSTRAP_FILE": str(self.state_dir / "emqx" / "api_keys.txt"),
+            "EMQX_DASHBOARD__LISTENERS__HTTP__BIND": f'"{h}:{ports.emqx_api}"',
+            "EMQX_LISTENERS__TCP__DEFAULT__BIND": f'"{h}:{ports.mqtt}"',
+            "EMQX_LISTENERS__WS__DEFAULT__BIND": f'"{h}:{ports.mqtt_ws}"',
+            "EMQX_AUTHENTICATION__1__URL": f"{authsvc}/mqtt/authn",
+            "EMQX_AUTHENTICATION__1__HEADERS": token_header,
+            "EMQX_AUTHORIZATION__SOURCES__1__URL": f"{authsvc}/mqtt/authz",
+            "EMQX_AUTHORIZATION__SOURCES__1__HEADERS": token_header,
+            "EMQX_CONNECTORS__HTTP__AUTHSVC__URL": authsvc,
+            "EMQX_CONNECTORS__HTTP__AUTHSVC__HEADERS": token_header,
+            "EMQX_CONNECTORS__PGSQL__FLEET_DB__SERVER": f'"{host}:{port}"',
+            "EMQX_CONNECTORS__PGSQL__FLEET_DB__DATABASE": database,
+            "EMQX_CONNECTORS__PGSQL__FLEET_DB__USERNAME": dbadmin.INGEST_ROLE,
+            "EMQX_CONNECTORS__PGSQL__FLEET_DB__PASSWORD": self.secrets["FLEET_INGEST_DB_PASSWORD"],
+        })
+        if (self.tls_dir / "server.pem").exists():
+            env.update({
+                "EMQX_LISTENERS__SSL__DEFAULT__BIND": f'"{h}:{ports.mqtt_tls}"',
+                "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CACERTFILE": str(self.tls_dir / "ca.pem"),
+                "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE": str(self.tls_dir / "server.pem"),
+                "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__KEYFILE": str(self.tls_dir / "server.key"),
+            })
+        else:
+            env["EMQX_LISTENERS__SSL__DEFAULT__ENABLE"] = "false"
+        return env
+
+    def _components(self) -> list[Component]:
+        python = sys.executable
+        ports = self.config.ports
+        h = self.config.host
+        authsvc_env = self.service_env() | {"AUTHSVC_BIND": f"{h}:{ports.authsvc}"}
+        api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}"}
+        return [
+            Component("authsvc", "authsvc", [python, "-m", "gunicorn", "-c", "python:authsvc.gunicorn_conf",
+                                             "authsvc:create_app()"], authsvc_env, f"{self.url('authsvc')}/healthz"),
+            Component("broker", "emqx.standin", [python, "-m", "emqx.standin", "--config", str(paths.emqx_conf())],
+                      self.broker_env(), f"{self.url('emqx_api')}/status"),
+            Component("api", "api", [python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
+                      api_env, f"{self.url('api')}/healthz"),
+        ]
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> None:
+        """Start everything and return once every component is healthy; raise (after cleaning up) if not."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "emqx").mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_database()
+            self._write_api_keys()
+            for component in self._components():
+                if not component.available:
+                    continue
+                self._start_component(component, timeout)
+        except BaseException:
+            self.stop("start-up failed")
+            raise
+
+    def _start_database(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.external_database_url:
+            admin_url = os.environ.get("FLEET_DB_ADMIN_URL")
+            self.out(f"using external PostgreSQL from DATABASE_URL ({self.database_server[0]})")
+        else:
+            self.postgres = EmbeddedPostgres(
+                self.state_dir / "pgdata", self.config.ports.postgres, self.secrets["FLEET_PG_SUPERUSER_PASSWORD"],
+                durable=self.config.durable, log=self.out, log_dir=self.log_dir, on_line=self.on_line)
+            started = time.monotonic()
+            self.postgres.start()
+            self.out(f"postgres ready on {self.config.host}:{self.config.ports.postgres} "
+                     f"in {time.monotonic() - started:.2f} s")
+            admin_url = self.postgres.url()
+        if admin_url:
+            dbadmin.bootstrap(admin_url, app_password=self.secrets["FLEET_DB_PASSWORD"],
+                              ingest_password=self.secrets["FLEET_INGEST_DB_PASSWORD"], log=self.out)
+        conn = db.connect(self.database_url, application_name="fleetctl-migrate")
+        try:
+            migrations.migrate(conn, log=self.out)
+        finally:
+            conn.close()
+
+    def _write_api_keys(self) -> None:
+        # EMQX bootstrap file format: key:secret:role, one per line, no comments.
+        path = self.state_dir / "emqx" / "api_keys.txt"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{API_KEY_NAME}:{self.secrets['FLEET_EMQX_API_SECRET']}:administrator\n")
+
+    def _start_component(self, component: Component, timeout: float) -> None:
+        process = ChildProcess(component.name, component.argv, env=component.env, cwd=paths.PROJECT_ROOT,
+                               log_path=self.log_dir / f"{component.name}.log", on_line=self.on_line)
+        component.process = process
+        started = time.monotonic()
+        process.start()
+        self.started.append(component)
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if not process.running():
+                raise StackError(f"{component.name} exited with code {process.poll()} while starting:\n"
+                                 f"{process.last_lines()}")
+            if _http_ok(component.health_url):
+                self.out(f"{component.name} ready in {time.monotonic() - started:.2f} s")
+                return
+            time.sleep(0.05)
+        raise StackError(f"{component.name} was not healthy at {component.health_url} within {timeout:.0f} s:\n"
+                         f"{process.last_lines()}")
+
+    def component(self, name: str) -> Component:
+        for component in self.started:
+            if component.name == name:
+                return component
+        raise KeyError(name)
+
+    def restart_component(self, name: str, timeout: float = 60.0) -> None:
+        """Stop one service and start it again (used by the failure tests)."""
+        component = self.component(name)
+        self.started.remove(component)
+        if component.process:
+            component.process.stop()
+        self._start_component(component, timeout)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self._stop.set()
+
+    def wait(self) -> str:
+        """Block until a stop is requested or a component dies; return why."""
+        while not self._stop.wait(0.2):
+            for component in self.started:
+                process = component.process
+                if process and not process.stopping and process.poll() is not None:
+                    self.request_stop(f"{component.name} exited unexpectedly with code {process.poll()}")
+            if self.postgres and not self.postgres.running():
+                self.request_stop("postgres exited unexpectedly")
+        return self.stop_reason
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop everything in reverse start order: services first, PostgreSQL last."""
+        self.stop_reason = self.stop_reason or reason
+        for component in reversed(self.started):
+            if component.process:
+                code = component.process.stop()
+                if code not in (0, None, -signal.SIGTERM):
+                    self.out(f"{component.name} stopped with code {code}")
+        self.started.clear()
+        if self.postgres:
+            self.postgres.stop()
+            self.postgres = None

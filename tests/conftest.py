@@ -1,0 +1,114 @@
+"""Shared fixtures: one real embedded stack per test session, and a fresh database per test that needs one.
+
+* ``stack`` — started once through the same launcher as ``make run`` (``fleetctl.stack.Stack``) with its own
+  state directory and free ports, so it never collides with a developer's running stack.
+* ``db_url`` — a brand-new database cloned from a migrated template (fast), dropped after the test.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from fleetcore import db, migrations
+from fleetctl import dbadmin
+from fleetctl.stack import Ports, Stack, StackConfig
+
+TEMPLATE_DB = "fleet_template"
+_counter = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports() -> Ports:
+    return Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    messages: list[str] = []
+    state_dir = tmp_path_factory.mktemp("stack")
+    config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=False,
+                         extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
+    the_stack = Stack(config, out=messages.append)
+    the_stack.start()
+    the_stack.messages = messages
+    yield the_stack
+    the_stack.stop("test session finished")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(stack) -> str:
+    return stack.postgres.url()
+
+
+@pytest.fixture(scope="session")
+def template_db(stack, pg_admin_url) -> str:
+    """A migrated database used as the template of every per-test database."""
+    admin = db.connect(pg_admin_url, autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        cur.execute(f"CREATE DATABASE {TEMPLATE_DB} OWNER {dbadmin.APP_ROLE} TEMPLATE template0")
+    admin.close()
+    url = app_url(stack, TEMPLATE_DB)
+    conn = db.connect(url)
+    migrations.migrate(conn)
+    conn.close()
+    return TEMPLATE_DB
+
+
+def app_url(stack, database: str) -> str:
+    return stack.postgres.url(dbadmin.APP_ROLE, stack.secrets["FLEET_DB_PASSWORD"], database)
+
+
+@pytest.fixture
+def empty_db_url(stack, pg_admin_url):
+    """A new, empty database owned by the app role (for migration tests)."""
+    name = f"t_empty_{os.getpid()}_{next(_counter)}"
+    admin = db.connect(pg_admin_url, autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE template0")
+    yield app_url(stack, name)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture
+def db_url(stack, pg_admin_url, template_db):
+    """A new database with every migration applied, cloned from the template; dropped afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin = db.connect(pg_admin_url, autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE {template_db} STRATEGY FILE_COPY")
+    yield app_url(stack, name)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture
+def conn(db_url):
+    """An autocommit connection to the per-test database."""
+    connection = psycopg2.connect(db_url)
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def sql_dir_copy(tmp_path: Path) -> Path:
+    """A copy of sql/ that a test may edit."""
+    target = tmp_path / "sql"
+    target.mkdir()
+    for migration in migrations.discover():
+        (target / migration.filename).write_text(migration.sql, encoding="utf-8")
+    return target

@@ -1,0 +1,103 @@
+"""The embedded stack as a developer meets it: `fleetctl run` starts, answers health checks, keeps data
+across restarts, and never leaves a process behind — not even when the launcher is SIGKILLed."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from fleetcore import db
+from fleetctl.stack import Stack, StackConfig
+from tests.conftest import free_ports
+
+
+def _wait_for(predicate, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+def test_each_running_service_reports_healthy(stack):
+    assert stack.postgres.running()
+    for component in stack.started:
+        with urllib.request.urlopen(component.health_url, timeout=5) as response:
+            assert response.status == 200, component.name
+
+
+def test_data_survives_a_restart(tmp_path):
+    config = StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True)
+    first = Stack(config, out=lambda m: None)
+    first._start_database()
+    conn = db.connect(first.database_url)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO fleets (id, name) VALUES ('survivor', 'Kept across restarts')")
+    conn.commit()
+    conn.close()
+    first.stop()
+    assert not first.postgres
+
+    second = Stack(StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True), out=lambda m: None)
+    second._start_database()
+    try:
+        conn = db.connect(second.database_url)
+        with conn.cursor() as cur:
+            cur.execute("SELECT name FROM fleets WHERE id = 'survivor'")
+            assert cur.fetchone() == ("Kept across restarts",)
+        conn.close()
+    finally:
+        second.stop()
+
+
+def _launch(tmp_path):
+    ports = free_ports()
+    env = dict(os.environ, FLEET_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1",
+               **{f"FLEET_PORT_{name.upper()}": str(getattr(ports, name)) for name in ports.__dataclass_fields__})
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fleetctl", "run"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    for line in proc.stdout:
+        lines.append(line)
+        if "is up" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    assert any("is up" in line for line in lines), "".join(lines)
+    return proc, lines
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
+    proc, _ = _launch(tmp_path)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert any("postgres" in " ".join(c.cmdline()) for c in children)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+    def all_gone():
+        return all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+    _wait_for(all_gone, 30, f"processes outlived the launcher: {[c.pid for c in children if c.is_running()]}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_everything_cleanly_and_says_so(tmp_path):
+    proc, lines = _launch(tmp_path)
+    summary = "".join(lines)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, summary + rest
+    assert "stopping: received SIGINT" in rest
+    assert "all components stopped" in rest
+    assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
