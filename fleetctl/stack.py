@@ -55,6 +55,15 @@ class StackConfig:
     host: str = "127.0.0.1"
     # Extra environment for every service (tests use it to shorten timeouts).
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Which services to start (default: every one that exists). FLEET_STACK_COMPONENTS=authsvc,broker or =none.
+    components: tuple[str, ...] | None = field(default_factory=lambda: _components_from_env())
+
+
+def _components_from_env() -> tuple[str, ...] | None:
+    raw = os.environ.get("FLEET_STACK_COMPONENTS")
+    if raw is None or raw.strip() == "":
+        return None
+    return tuple(name.strip() for name in raw.split(",") if name.strip() and name.strip() != "none")
 
 
 @dataclass
@@ -207,8 +216,9 @@ class Stack:
         try:
             self._start_database()
             self._write_api_keys()
+            wanted = self.config.components
             for component in self._components():
-                if not component.available:
+                if not component.available or (wanted is not None and component.name not in wanted):
                     continue
                 self._start_component(component, timeout)
         except BaseException:
