@@ -1,0 +1,150 @@
+"""Operator authentication: bcrypt passwords, JWT access tokens bound to a session, rotating refresh tokens.
+
+``requires("operator")`` protects a route: it checks the bearer token, loads the user and the session in one
+query (so logout, deactivation and role changes take effect at once), puts the caller in ``g.user`` and
+documents the security requirement in the OpenAPI document.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import bcrypt
+import jwt
+from flask import g, request
+from flask_smorest import Blueprint
+
+from api.errors import ApiError, log_denied
+from api.extensions import config, database
+
+ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
+BEARER = [{"bearerAuth": []}]
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    id: int
+    username: str
+    role: str
+    fleets: frozenset[str]
+    session_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def can_see_fleet(self, fleet_id: str) -> bool:
+        return self.is_admin or fleet_id in self.fleets
+
+    def visible_fleets(self) -> list[str] | None:
+        """None means every fleet (admin)."""
+        return None if self.is_admin else sorted(self.fleets)
+
+
+# -- passwords ----------------------------------------------------------------------------------------------
+def hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode("ascii")
+
+
+def check_password(password: str, password_hash: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode("utf-8"), password_hash.encode("ascii"))
+    except ValueError:
+        return False
+
+
+# A real hash to compare against when the user does not exist, so the answer takes as long either way.
+_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt()).decode("ascii")
+
+
+def check_password_or_dummy(password: str, password_hash: str | None) -> bool:
+    return check_password(password, password_hash or _DUMMY_HASH) and password_hash is not None
+
+
+# -- tokens -------------------------------------------------------------------------------------------------
+def new_refresh_token() -> str:
+    return "rt_" + secrets.token_urlsafe(32)
+
+
+def refresh_token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def issue_access_token(user_id: int, username: str, role: str, session_id: str) -> tuple[str, int]:
+    ttl = config().access_token_ttl_s
+    now = datetime.now(UTC)
+    claims = {"sub": str(user_id), "name": username, "role": role, "sid": session_id,
+              "iat": now, "nbf": now, "exp": now + timedelta(seconds=ttl), "jti": secrets.token_hex(8),
+              "iss": "fleet-api"}
+    return jwt.encode(claims, config().jwt_secret, algorithm="HS256"), ttl
+
+
+def decode_access_token(token: str) -> dict:
+    return jwt.decode(token, config().jwt_secret, algorithms=["HS256"], issuer="fleet-api",
+                      options={"require": ["exp", "iat", "sub", "sid"]})
+
+
+_LOAD_CALLER = """
+SELECT u.id, u.username, u.role, u.active, s.revoked_at, s.expires_at < now() AS expired,
+       COALESCE(ARRAY(SELECT fleet_id FROM user_fleets WHERE user_id = u.id), '{}') AS fleets
+  FROM auth_sessions s JOIN users u ON u.id = s.user_id
+ WHERE s.id = %s AND u.id = %s
+"""
+
+
+def _authenticate() -> CurrentUser:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "send an access token: Authorization: Bearer <token>",
+                       headers={"WWW-Authenticate": 'Bearer realm="fleet"'})
+    try:
+        claims = decode_access_token(token.strip())
+    except jwt.ExpiredSignatureError:
+        raise ApiError(401, "the access token has expired; refresh it", code="token_expired",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+    except jwt.InvalidTokenError:
+        log_denied("invalid_token")
+        raise ApiError(401, "the access token is not valid", code="invalid_token",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+    with database().transaction() as cur:
+        cur.execute(_LOAD_CALLER, (claims["sid"], int(claims["sub"])))
+        row = cur.fetchone()
+    if row is None or row["revoked_at"] is not None or row["expired"] or not row["active"]:
+        log_denied("session_revoked", user=claims.get("name"))
+        raise ApiError(401, "this session has ended; log in again", code="session_revoked")
+    return CurrentUser(row["id"], row["username"], row["role"], frozenset(row["fleets"]), claims["sid"])
+
+
+def requires(role: str = "viewer"):
+    """Route decorator: the caller must be logged in with at least ``role`` (viewer < operator < admin)."""
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            user = _authenticate()
+            if ROLE_RANK[user.role] < ROLE_RANK[role]:
+                log_denied("role", user=user.username, needed=role)
+                raise ApiError(403, f"this needs the {role} role; you are {user.role}")
+            g.user = user
+            return view(*args, **kwargs)
+        doc = Blueprint.doc(security=BEARER,
+                            responses={"401": "UNAUTHORIZED", "403": "FORBIDDEN"})
+        return doc(wrapper)
+    return decorator
+
+
+def current_user() -> CurrentUser:
+    return g.user
+
+
+def require_fleet_access(fleet_id: str) -> None:
+    """404 rather than 403 for a fleet the caller may not see: do not confirm that it exists."""
+    if not current_user().can_see_fleet(fleet_id):
+        raise ApiError(404, "no such fleet")
+
+
+def client_addr() -> str:
+    return request.remote_addr or "unknown"

@@ -1,0 +1,20 @@
+"""Per-application objects (configuration, database pool, broker API client), reached from request code."""
+from __future__ import annotations
+
+from flask import current_app
+
+from api.config import ApiConfig
+from fleetcore.db import Database
+from fleetcore.emqx_api import EmqxApi
+
+
+def config() -> ApiConfig:
+    return current_app.extensions["fleet.config"]
+
+
+def database() -> Database:
+    return current_app.extensions["fleet.db"]
+
+
+def broker() -> EmqxApi:
+    return current_app.extensions["fleet.emqx"]

@@ -1,0 +1,49 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics."""
+from __future__ import annotations
+
+from flask import Response, current_app
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from api.extensions import broker, database
+from api.metrics import database_gauges
+
+blp = Blueprint("health", __name__, description="Health checks and metrics (no authentication).")
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    database = fields.String()
+    broker = fields.String()
+
+
+@blp.route("/healthz", methods=["GET"])
+@blp.response(200, HealthSchema)
+def healthz():
+    """Liveness: the process answers. Also says whether the database answers."""
+    return {"status": "ok", "database": "up" if database().ping() else "down"}
+
+
+@blp.route("/readyz", methods=["GET"])
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, schema=HealthSchema)
+def readyz():
+    """Readiness: the database and the broker's API both answer (503 otherwise)."""
+    db_up = database().ping()
+    broker_up = broker().is_up()
+    body = {"status": "ready" if db_up and broker_up else "not_ready",
+            "database": "up" if db_up else "down", "broker": "up" if broker_up else "down"}
+    return body, 200 if db_up and broker_up else 503
+
+
+@blp.route("/metrics", methods=["GET"])
+def metrics():
+    """Prometheus metrics: requests and latencies of this process, missions by state, ingest rejects."""
+    lines = current_app.extensions["fleet.metrics"].render()
+    try:
+        with database().transaction() as cur:
+            lines += database_gauges(cur)
+        lines.append("fleet_database_up 1")
+    except Exception:  # noqa: BLE001 - metrics must still answer when the database does not
+        lines.append("fleet_database_up 0")
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,461 @@
+"""Marshmallow schemas: what every endpoint accepts and returns. The OpenAPI document is generated from them."""
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
+
+from fleetcore.topics import VEHICLE_ID_PATTERN
+
+VEHICLE_ID = validate.Regexp(rf"^{VEHICLE_ID_PATTERN}$", error="1–64 letters, digits or '-', not starting with '-'")
+FLEET_ID = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="1–64 lower-case letters, digits or '-'")
+USERNAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", error="1–64 letters, digits or _ . @ -")
+ROLES = ("admin", "operator", "viewer")
+MISSION_STATES = ("queued", "dispatched", "accepted", "in_progress", "cancel_requested", "completed", "failed",
+                  "rejected", "cancelled", "timed_out", "expired")
+
+
+class StrictSchema(Schema):
+    """Unknown fields are an error (a typo must not be silently ignored)."""
+
+    class Meta:
+        unknown = RAISE
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lists
+# --------------------------------------------------------------------------------------------------------------
+class PageQuerySchema(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class PageInfoSchema(Schema):
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+    pages = fields.Integer()
+
+
+def list_of(item_schema: type[Schema], name: str) -> type[Schema]:
+    """A page of items: ``{"items": [...], "page": {...}}``."""
+    return Schema.from_dict({"items": fields.List(fields.Nested(item_schema)),
+                             "page": fields.Nested(PageInfoSchema)}, name=name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Auth and users
+# --------------------------------------------------------------------------------------------------------------
+class LoginSchema(StrictSchema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class RefreshSchema(StrictSchema):
+    refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(metadata={"description": "JWT; send as Authorization: Bearer <token>"})
+    token_type = fields.String(metadata={"example": "Bearer"})
+    expires_in = fields.Integer(metadata={"description": "seconds until the access token expires"})
+    refresh_token = fields.String(metadata={"description": "single use; exchange at /auth/refresh"})
+
+
+class MeSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    role = fields.String()
+    fleets = fields.List(fields.String(), metadata={"description": "fleets you can see (admins see all)"})
+
+
+class UserSchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    role = fields.String()
+    active = fields.Boolean()
+    fleets = fields.List(fields.String())
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class UserCreateSchema(StrictSchema):
+    username = fields.String(required=True, validate=USERNAME)
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=12, max=256))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    fleets = fields.List(fields.String(validate=FLEET_ID), load_default=list)
+
+
+class UserUpdateSchema(StrictSchema):
+    password = fields.String(load_only=True, validate=validate.Length(min=12, max=256))
+    role = fields.String(validate=validate.OneOf(ROLES))
+    active = fields.Boolean()
+    fleets = fields.List(fields.String(validate=FLEET_ID))
+
+
+class FleetSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    created_at = fields.DateTime()
+    vehicle_count = fields.Integer()
+
+
+class FleetCreateSchema(StrictSchema):
+    id = fields.String(required=True, validate=FLEET_ID)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class FleetUpdateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Vehicles
+# --------------------------------------------------------------------------------------------------------------
+class VehicleCreateSchema(StrictSchema):
+    id = fields.String(required=True, validate=VEHICLE_ID, metadata={"description": "also its MQTT client id"})
+    fleet_id = fields.String(required=True, validate=FLEET_ID)
+    name = fields.String(validate=validate.Length(max=200), allow_none=True)
+    model = fields.String(validate=validate.Length(max=200), allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class VehicleUpdateSchema(StrictSchema):
+    name = fields.String(validate=validate.Length(max=200), allow_none=True)
+    model = fields.String(validate=validate.Length(max=200), allow_none=True)
+    metadata = fields.Dict(keys=fields.String())
+
+
+class PresenceSchema(Schema):
+    online = fields.Boolean()
+    connection_state = fields.String(allow_none=True)
+    connected_at = fields.DateTime(allow_none=True)
+    disconnected_at = fields.DateTime(allow_none=True)
+    disconnect_reason = fields.String(allow_none=True)
+    last_seen_at = fields.DateTime(allow_none=True)
+
+
+class LatestTelemetrySchema(Schema):
+    ts = fields.DateTime(allow_none=True, metadata={"description": "device time"})
+    received_at = fields.DateTime(allow_none=True, metadata={"description": "broker receive time"})
+    lat = fields.Float(allow_none=True)
+    lon = fields.Float(allow_none=True)
+    heading_deg = fields.Float(allow_none=True)
+    speed_mps = fields.Float(allow_none=True)
+    battery_pct = fields.Float(allow_none=True)
+    odometer_m = fields.Float(allow_none=True)
+
+
+class HealthSchema(Schema):
+    ts = fields.DateTime(allow_none=True)
+    mode = fields.String(allow_none=True)
+    health = fields.String(allow_none=True, metadata={"description": "OK, WARNING or FATAL (worst error)"})
+    charging = fields.Boolean(allow_none=True)
+    estop = fields.Boolean(allow_none=True)
+    errors = fields.List(fields.Dict(), allow_none=True)
+    sw_version = fields.String(allow_none=True)
+
+
+class VehicleConfigSchema(Schema):
+    desired = fields.Dict()
+    desired_version = fields.Integer()
+    reported = fields.Dict(allow_none=True)
+    reported_version = fields.Integer(allow_none=True)
+
+
+class VehicleSchema(Schema):
+    id = fields.String()
+    fleet_id = fields.String()
+    name = fields.String(allow_none=True)
+    model = fields.String(allow_none=True)
+    status = fields.String(metadata={"description": "pending (not registered yet), active, revoked, decommissioned"})
+    metadata = fields.Dict()
+    created_at = fields.DateTime()
+    registered_at = fields.DateTime(allow_none=True)
+    revoked_at = fields.DateTime(allow_none=True)
+    decommissioned_at = fields.DateTime(allow_none=True)
+    presence = fields.Nested(PresenceSchema)
+    telemetry = fields.Nested(LatestTelemetrySchema)
+    health = fields.Nested(HealthSchema)
+    config = fields.Nested(VehicleConfigSchema)
+    distance_m = fields.Float(metadata={"description": "only with near=lat,lon"})
+
+
+class EnrollmentSchema(Schema):
+    token = fields.String(metadata={"description": "one-time enrollment token; shown only here"})
+    expires_at = fields.DateTime()
+
+
+class VehicleCreatedSchema(Schema):
+    vehicle = fields.Nested(VehicleSchema)
+    enrollment = fields.Nested(EnrollmentSchema)
+
+
+class VehicleListQuerySchema(PageQuerySchema):
+    fleet = fields.String(validate=FLEET_ID)
+    status = fields.String(validate=validate.OneOf(("pending", "active", "revoked", "decommissioned")))
+    online = fields.Boolean()
+    mode = fields.String(validate=validate.OneOf(("AUTO", "MANUAL", "SERVICE", "ESTOP")))
+    near = fields.String(metadata={"description": "lat,lon — order by distance from the latest position"})
+    sort = fields.String(load_default="id", validate=validate.OneOf(
+        ("id", "-id", "created_at", "-created_at", "last_seen", "-last_seen", "battery", "-battery")))
+
+    @validates("near")
+    def _near(self, value: str, **_kwargs) -> None:
+        parse_lat_lon(value)
+
+
+def parse_lat_lon(value: str) -> tuple[float, float]:
+    try:
+        lat_text, lon_text = value.split(",")
+        lat, lon = float(lat_text), float(lon_text)
+    except ValueError:
+        raise ValidationError("use near=<lat>,<lon>, e.g. near=48.1,11.5") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValidationError("lat must be within ±90 and lon within ±180")
+    return lat, lon
+
+
+class DesiredConfigSchema(StrictSchema):
+    config = fields.Dict(keys=fields.String(), required=True,
+                         metadata={"description": "the desired configuration, sent as config.update"})
+
+
+class ReasonSchema(StrictSchema):
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class EmergencyStopSchema(StrictSchema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+class CommandResultSchema(Schema):
+    command = fields.String()
+    msg_id = fields.String()
+    delivered = fields.Boolean(metadata={"description": "false: the vehicle is offline; the broker dropped it"})
+    vehicles = fields.Integer(allow_none=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Telemetry
+# --------------------------------------------------------------------------------------------------------------
+class TelemetryPointSchema(Schema):
+    ts = fields.DateTime()
+    received_at = fields.DateTime()
+    seq = fields.Integer(allow_none=True)
+    lat = fields.Float()
+    lon = fields.Float()
+    heading_deg = fields.Float(allow_none=True)
+    speed_mps = fields.Float(allow_none=True)
+    battery_pct = fields.Float(allow_none=True)
+    odometer_m = fields.Float(allow_none=True)
+    extra = fields.Dict(allow_none=True)
+    clock_skewed = fields.Boolean()
+
+
+class TelemetryBucketSchema(Schema):
+    bucket = fields.DateTime(metadata={"description": "start of the interval"})
+    samples = fields.Integer()
+    lat = fields.Float(allow_none=True)
+    lon = fields.Float(allow_none=True)
+    speed_mps = fields.Float(allow_none=True)
+    battery_pct = fields.Float(allow_none=True)
+    heading_deg = fields.Float(allow_none=True)
+    odometer_m = fields.Float(allow_none=True, metadata={"description": "the last value in the interval"})
+
+
+class TelemetryHistoryQuerySchema(StrictSchema):
+    from_ = fields.DateTime(data_key="from", metadata={"description": "default: `to` minus one hour"})
+    to = fields.DateTime(metadata={"description": "default: now"})
+    interval = fields.String(metadata={"description": "average per bucket, e.g. 10s, 1m, 1h"},
+                             validate=validate.Regexp(r"^\d+(s|m|h)$", error="use e.g. 10s, 1m or 1h"))
+    limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
+    cursor = fields.String(metadata={"description": "next_cursor from the previous page"})
+
+
+class TelemetryHistorySchema(Schema):
+    vehicle_id = fields.String()
+    interval = fields.String(allow_none=True)
+    items = fields.List(fields.Dict())
+    next_cursor = fields.String(allow_none=True)
+
+
+class StatusPointSchema(Schema):
+    ts = fields.DateTime()
+    received_at = fields.DateTime()
+    seq = fields.Integer(allow_none=True)
+    mode = fields.String()
+    health = fields.String()
+    battery_pct = fields.Float(allow_none=True)
+    charging = fields.Boolean(allow_none=True)
+    estop = fields.Boolean()
+    errors = fields.List(fields.Dict())
+    sw_version = fields.String(allow_none=True)
+    clock_skewed = fields.Boolean()
+
+
+class StatusHistorySchema(Schema):
+    vehicle_id = fields.String()
+    items = fields.List(fields.Nested(StatusPointSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class LatestQuerySchema(StrictSchema):
+    fleet = fields.String(validate=FLEET_ID)
+
+
+class FleetLatestSchema(Schema):
+    vehicle_id = fields.String()
+    fleet_id = fields.String()
+    online = fields.Boolean()
+    last_seen_at = fields.DateTime(allow_none=True)
+    telemetry = fields.Nested(LatestTelemetrySchema)
+    health = fields.Nested(HealthSchema)
+
+
+class FleetLatestListSchema(Schema):
+    items = fields.List(fields.Nested(FleetLatestSchema))
+    count = fields.Integer()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Missions
+# --------------------------------------------------------------------------------------------------------------
+class WaypointSchema(StrictSchema):
+    lat = fields.Float(required=True, validate=validate.Range(min=-90, max=90))
+    lon = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
+    alt_m = fields.Float(validate=validate.Range(min=-500, max=10000))
+    speed_mps = fields.Float(validate=validate.Range(min=0, max=100))
+    name = fields.String(validate=validate.Length(max=100))
+
+
+class TaskSchema(StrictSchema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class MissionCreateSchema(StrictSchema):
+    vehicle_id = fields.String(required=True, validate=VEHICLE_ID)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    waypoints = fields.List(fields.Nested(WaypointSchema), load_default=list, validate=validate.Length(max=1000))
+    tasks = fields.List(fields.Nested(TaskSchema), load_default=list, validate=validate.Length(max=200))
+    priority = fields.Integer(load_default=0, validate=validate.Range(min=-100, max=100),
+                              metadata={"description": "higher first; ties by age"})
+    timeout_s = fields.Integer(validate=validate.Range(min=1, max=7 * 86400),
+                               metadata={"description": "timed_out when no event arrives for this long"})
+    ttl_s = fields.Integer(validate=validate.Range(min=1, max=30 * 86400),
+                           metadata={"description": "expired when not dispatched within this time"})
+
+    @validates_schema
+    def _something_to_do(self, data: dict, **_kwargs) -> None:
+        if not data.get("waypoints") and not data.get("tasks"):
+            raise ValidationError("give at least one waypoint or task", "waypoints")
+
+
+class ProgressSchema(Schema):
+    percent = fields.Float(allow_none=True)
+    step = fields.String(allow_none=True)
+    eta_s = fields.Integer(allow_none=True)
+
+
+class MissionEventSchema(Schema):
+    id = fields.Integer()
+    event = fields.String()
+    from_state = fields.String(allow_none=True)
+    to_state = fields.String()
+    actor_type = fields.String()
+    actor_id = fields.String(allow_none=True)
+    server_time = fields.DateTime()
+    device_time = fields.DateTime(allow_none=True)
+    detail = fields.Dict()
+
+
+class MissionSchema(Schema):
+    id = fields.UUID()
+    vehicle_id = fields.String()
+    fleet_id = fields.String()
+    name = fields.String()
+    state = fields.String()
+    priority = fields.Integer()
+    waypoints = fields.List(fields.Dict())
+    tasks = fields.List(fields.Dict())
+    timeout_s = fields.Integer(allow_none=True)
+    ttl_s = fields.Integer(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True)
+    progress = fields.Nested(ProgressSchema)
+    failure_reason = fields.String(allow_none=True)
+    created_by = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    dispatched_at = fields.DateTime(allow_none=True)
+    accepted_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    dispatch_attempts = fields.Integer()
+
+
+class MissionDetailSchema(MissionSchema):
+    timeline = fields.List(fields.Nested(MissionEventSchema))
+
+
+class MissionListQuerySchema(PageQuerySchema):
+    vehicle = fields.String(validate=VEHICLE_ID)
+    fleet = fields.String(validate=FLEET_ID)
+    state = fields.String(validate=validate.OneOf(MISSION_STATES))
+    from_ = fields.DateTime(data_key="from")
+    to = fields.DateTime()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------------------
+class ReportQuerySchema(StrictSchema):
+    from_ = fields.DateTime(data_key="from", metadata={"description": "missions created at or after"})
+    to = fields.DateTime(metadata={"description": "missions created before"})
+    vehicle = fields.String(validate=VEHICLE_ID)
+    fleet = fields.String(validate=FLEET_ID)
+    state = fields.String(validate=validate.OneOf(MISSION_STATES))
+    limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000),
+                           metadata={"description": "missions per page (the summary always covers all)"})
+    cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
+
+
+class ReportVehicleSchema(Schema):
+    id = fields.String()
+    fleet_id = fields.String()
+    name = fields.String(allow_none=True)
+    model = fields.String(allow_none=True)
+    status = fields.String()
+
+
+class DurationsSchema(Schema):
+    queue_wait_s = fields.Float(allow_none=True, metadata={"description": "created → dispatched"})
+    time_to_accept_s = fields.Float(allow_none=True, metadata={"description": "dispatched → accepted"})
+    execution_s = fields.Float(allow_none=True, metadata={"description": "accepted → finished"})
+    total_s = fields.Float(allow_none=True, metadata={"description": "created → finished"})
+
+
+class ReportMissionSchema(Schema):
+    id = fields.UUID()
+    name = fields.String()
+    state = fields.String()
+    priority = fields.Integer()
+    vehicle = fields.Nested(ReportVehicleSchema)
+    created_by = fields.String(allow_none=True)
+    state_timestamps = fields.Dict(keys=fields.String(), values=fields.DateTime(),
+                                   metadata={"description": "first time the mission entered each state"})
+    durations = fields.Nested(DurationsSchema)
+    failure_reason = fields.String(allow_none=True)
+    progress = fields.Nested(ProgressSchema)
+
+
+class ReportSummarySchema(Schema):
+    total = fields.Integer()
+    by_state = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_vehicle = fields.List(fields.Dict())
+
+
+class MissionReportSchema(Schema):
+    generated_at = fields.DateTime()
+    filters = fields.Dict()
+    summary = fields.Nested(ReportSummarySchema)
+    missions = fields.List(fields.Nested(ReportMissionSchema))
+    next_cursor = fields.String(allow_none=True)
