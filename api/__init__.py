@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import date, datetime
+from decimal import Decimal
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
 from api import errors, metrics
@@ -21,6 +24,20 @@ from fleetcore.logs import log_event
 log = logging.getLogger("api")
 
 
+class FleetJSONProvider(DefaultJSONProvider):
+    """ISO 8601 for datetimes (Flask's default is an HTTP date), strings for UUIDs and decimals as numbers."""
+
+    @staticmethod
+    def default(value):
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        if isinstance(value, Decimal):
+            return float(value)
+        return DefaultJSONProvider.default(value)
+
+
 class FleetApi(Api):
     """flask-smorest with our error shape in the generated documentation."""
     ERROR_SCHEMA = errors.ErrorSchema
@@ -30,6 +47,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     logs.configure("api")
     cfg = config or ApiConfig.from_env()
     app = Flask(__name__)
+    app.json = FleetJSONProvider(app)
     app.config.update(
         API_TITLE="Fleet operator API",
         API_VERSION="v1",
@@ -50,6 +68,9 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     app.extensions["fleet.config"] = cfg
     app.extensions["fleet.db"] = Database(cfg.database_url, max_connections=cfg.db_pool_size, application_name="api")
     app.extensions["fleet.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret)
+    from api.dispatcher import MissionDispatcher
+    app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"],
+                                                           cfg)
 
     smorest = FleetApi(app)
     errors.register(app)  # after flask-smorest, so our handlers win

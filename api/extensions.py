@@ -18,3 +18,8 @@ def database() -> Database:
 
 def broker() -> EmqxApi:
     return current_app.extensions["fleet.emqx"]
+
+
+def dispatcher():
+    """The mission dispatcher (api/dispatcher.py)."""
+    return current_app.extensions["fleet.dispatcher"]

@@ -440,8 +440,8 @@ class ReportMissionSchema(Schema):
     priority = fields.Integer()
     vehicle = fields.Nested(ReportVehicleSchema)
     created_by = fields.String(allow_none=True)
-    state_timestamps = fields.Dict(keys=fields.String(), values=fields.DateTime(),
-                                   metadata={"description": "first time the mission entered each state"})
+    state_timestamps = fields.Dict(keys=fields.String(), values=fields.String(),
+                                   metadata={"description": "first time (ISO 8601) the mission entered each state"})
     durations = fields.Nested(DurationsSchema)
     failure_reason = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema)
@@ -450,7 +450,8 @@ class ReportMissionSchema(Schema):
 class ReportSummarySchema(Schema):
     total = fields.Integer()
     by_state = fields.Dict(keys=fields.String(), values=fields.Integer())
-    by_vehicle = fields.List(fields.Dict())
+    by_vehicle = fields.List(fields.Dict(), metadata={"description": "[{vehicle_id, total, by_state}]"})
+    failure_reasons = fields.List(fields.Dict(), metadata={"description": "[{state, failure_reason, n}]"})
 
 
 class MissionReportSchema(Schema):

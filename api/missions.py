@@ -1,0 +1,145 @@
+"""Missions: create (dispatched at once when the vehicle is online and idle, else queued), list, follow, cancel."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import psycopg2.errors
+from flask import request
+from flask_smorest import Blueprint
+
+from api import auth
+from api.errors import ApiError
+from api.extensions import config, database, dispatcher
+from api.pagination import page_of, window
+from api.queries import audit, missions
+from api.schemas import (MissionCreateSchema, MissionDetailSchema, MissionListQuerySchema, MissionSchema,
+                         ReasonSchema, list_of)
+from fleetcore.logs import log_event
+
+blp = Blueprint("missions", __name__, url_prefix="/api/v1/missions",
+                description="Create missions for vehicles and follow them through their states.")
+log = logging.getLogger("api.missions")
+
+IDEMPOTENCY_HEADER = {"Idempotency-Key": {"description": "retrying with the same key returns the same mission",
+                                          "schema": {"type": "string", "maxLength": 200}}}
+
+
+def _vehicle_for_mission(cur, vehicle_id: str) -> dict:
+    cur.execute("SELECT id, fleet_id, status FROM vehicles WHERE id = %s", (vehicle_id,))
+    vehicle = cur.fetchone()
+    if vehicle is None or not auth.current_user().can_see_fleet(vehicle["fleet_id"]):
+        raise ApiError(404, f"no such vehicle: {vehicle_id}")
+    if vehicle["status"] in ("revoked", "decommissioned"):
+        raise ApiError(409, f"vehicle {vehicle_id} is {vehicle['status']}; it cannot take missions")
+    return vehicle
+
+
+def _load_visible(cur, mission_id: str) -> dict:
+    mission = missions.get(cur, mission_id)
+    if mission is None or not auth.current_user().can_see_fleet(mission["fleet_id"]):
+        raise ApiError(404, "no such mission")
+    return mission
+
+
+def _detail(mission_id: str) -> dict:
+    with database().transaction() as cur:
+        mission = missions.shape(_load_visible(cur, mission_id))
+        mission["timeline"] = missions.timeline(cur, mission_id)
+    return mission
+
+
+@blp.route("", methods=["POST"])
+@auth.requires("operator")
+@blp.arguments(MissionCreateSchema)
+@blp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "required": False,
+                      "schema": {"type": "string", "maxLength": 200},
+                      "description": "retrying with the same key returns the same mission (200) instead of "
+                                     "creating another; the same key with a different body is a 409"}])
+@blp.response(201, MissionDetailSchema, description="created; `state` is `dispatched` when the vehicle got it, "
+                                                     "else `queued`")
+@blp.alt_response(200, schema=MissionDetailSchema, description="an earlier request with this Idempotency-Key")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def create_mission(body: dict):
+    """Create a mission for a vehicle.
+
+    The mission is sent over MQTT (QoS 1, `fleet/v1/{vehicle}/cmd`, type `mission.dispatch`) at once if the
+    vehicle is online and idle; otherwise it stays `queued` and is dispatched when the vehicle connects or
+    finishes its current mission (higher priority first, then older first). It `expires` if its `ttl_s` passes
+    before that, and is `timed_out` when no event arrives for `timeout_s` once dispatched.
+    """
+    user = auth.current_user()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ApiError(422, "Idempotency-Key must be 1–200 characters")
+    request_hash = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    timeout_s = body.get("timeout_s") or config().mission_default_timeout_s
+    try:
+        with database().transaction() as cur:
+            vehicle = _vehicle_for_mission(cur, body["vehicle_id"])
+            if key:
+                existing = missions.find_by_idempotency_key(cur, user.username, key)
+                if existing is not None:
+                    return _replay(existing, request_hash)
+            mission_id = missions.create(cur, body, vehicle["fleet_id"], user.username, key, request_hash, timeout_s)
+            audit.record(cur, "operator", user.username, "mission.create", "mission", mission_id,
+                         {"vehicle_id": body["vehicle_id"], "name": body["name"]})
+    except psycopg2.errors.UniqueViolation:  # a concurrent retry with the same key won the race
+        with database().transaction() as cur:
+            return _replay(missions.find_by_idempotency_key(cur, user.username, key), request_hash)
+    log_event(log, "mission.created", mission=mission_id, vehicle=body["vehicle_id"], user=user.username)
+    dispatcher().dispatch_next(body["vehicle_id"])
+    return _detail(mission_id), 201, {"Location": f"/api/v1/missions/{mission_id}"}
+
+
+def _replay(existing: dict, request_hash: str):
+    if existing["request_hash"] != request_hash:
+        raise ApiError(409, "this Idempotency-Key was used for a different request", code="idempotency_conflict")
+    return _detail(str(existing["id"])), 200, {"Idempotent-Replayed": "true"}
+
+
+@blp.route("", methods=["GET"])
+@auth.requires("viewer")
+@blp.arguments(MissionListQuerySchema, location="query")
+@blp.response(200, list_of(MissionSchema, "MissionPage"))
+def list_missions(args: dict):
+    """Missions you can see, newest first; filter by vehicle, fleet, state and creation time."""
+    limit, offset = window(args)
+    with database().transaction() as cur:
+        items, total = missions.list_missions(cur, auth.current_user().visible_fleets(), args, limit, offset)
+    return page_of([missions.shape(item) for item in items], total, args)
+
+
+@blp.route("/<uuid:mission_id>", methods=["GET"])
+@auth.requires("viewer")
+@blp.response(200, MissionDetailSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_mission(mission_id):
+    """One mission with its full timeline (every transition with server and device time and actor)."""
+    return _detail(str(mission_id))
+
+
+@blp.route("/<uuid:mission_id>/cancel", methods=["POST"])
+@auth.requires("operator")
+@blp.arguments(ReasonSchema, required=False)
+@blp.response(200, MissionDetailSchema, description="`cancelled` (was queued) or `cancel_requested` (the "
+                                                     "vehicle was told; it confirms with a `cancelled` event)")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def cancel_mission(body: dict | None, mission_id):
+    """Cancel a mission in any non-terminal state."""
+    user = auth.current_user()
+    reason = (body or {}).get("reason")
+    with database().transaction() as cur:
+        mission = _load_visible(cur, str(mission_id))
+        result = missions.apply_event(cur, str(mission_id), "cancel", "operator", user.username, {"reason": reason})
+        if not result["applied"]:
+            raise ApiError(409, f"a mission that is {mission['state']} cannot be cancelled",
+                           details={"state": mission["state"], "error": result["error"]})
+        audit.record(cur, "operator", user.username, "mission.cancel", "mission", str(mission_id), {"reason": reason})
+    if result["to_state"] == "cancel_requested":
+        delivered = dispatcher().publish_cancel(mission, reason)
+        log_event(log, "mission.cancel_requested", mission=str(mission_id), delivered=delivered)
+    return _detail(str(mission_id))

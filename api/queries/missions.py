@@ -1,0 +1,168 @@
+"""SQL for missions: create (idempotent), read with timeline, list, state changes through the one transition
+function in sql/ (``mission_apply_event``), and the dispatcher's queue queries."""
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+ACTIVE_STATES = ("dispatched", "accepted", "in_progress", "cancel_requested")
+
+_COLUMNS = """
+m.id, m.vehicle_id, m.fleet_id, m.name, m.state, m.priority, m.waypoints, m.tasks, m.timeout_s, m.ttl_s,
+m.expires_at, m.progress_percent, m.progress_step, m.progress_eta_s, m.failure_reason, m.created_by,
+m.created_at, m.updated_at, m.dispatched_at, m.accepted_at, m.started_at, m.finished_at, m.dispatch_attempts,
+m.last_event_at
+"""
+
+
+def shape(row: dict) -> dict:
+    """A mission row as the API returns it."""
+    row = dict(row)
+    row["progress"] = {"percent": row.pop("progress_percent"), "step": row.pop("progress_step"),
+                       "eta_s": row.pop("progress_eta_s")}
+    return row
+
+
+def find_by_idempotency_key(cur, created_by: str, key: str) -> dict | None:
+    cur.execute(f"SELECT {_COLUMNS}, m.request_hash FROM missions m WHERE m.created_by = %s AND m.idempotency_key = %s",
+                (created_by, key))
+    return cur.fetchone()
+
+
+def create(cur, body: dict, fleet_id: str, created_by: str, idempotency_key: str | None, request_hash: str,
+           timeout_s: int | None) -> str:
+    cur.execute("""
+        INSERT INTO missions (vehicle_id, fleet_id, name, waypoints, tasks, priority, timeout_s, ttl_s, expires_at,
+                              created_by, idempotency_key, request_hash, last_event_at)
+        VALUES (%(vehicle_id)s, %(fleet_id)s, %(name)s, %(waypoints)s, %(tasks)s, %(priority)s, %(timeout_s)s,
+                %(ttl_s)s, CASE WHEN %(ttl_s)s::int IS NULL THEN NULL ELSE now() + make_interval(secs => %(ttl_s)s) END,
+                %(created_by)s, %(idempotency_key)s, %(request_hash)s, now())
+        RETURNING id::text""",
+        {"vehicle_id": body["vehicle_id"], "fleet_id": fleet_id, "name": body["name"],
+         "waypoints": _json_list(body["waypoints"]), "tasks": _json_list(body["tasks"]),
+         "priority": body["priority"], "timeout_s": timeout_s, "ttl_s": body.get("ttl_s"),
+         "created_by": created_by, "idempotency_key": idempotency_key, "request_hash": request_hash})
+    mission_id = cur.fetchone()["id"]
+    cur.execute("INSERT INTO mission_events (mission_id, event, from_state, to_state, actor_type, actor_id, detail) "
+                "VALUES (%s, 'created', NULL, 'queued', 'operator', %s, %s)",
+                (mission_id, created_by, {"priority": body["priority"]}))
+    return mission_id
+
+
+def _json_list(items: list) -> object:
+    from psycopg2.extras import Json
+    return Json(items)
+
+
+def get(cur, mission_id: str) -> dict | None:
+    cur.execute(f"SELECT {_COLUMNS} FROM missions m WHERE m.id = %s", (mission_id,))
+    return cur.fetchone()
+
+
+def timeline(cur, mission_id: str) -> list[dict]:
+    cur.execute("SELECT id, event, from_state, to_state, actor_type, actor_id, server_time, device_time, detail "
+                "FROM mission_events WHERE mission_id = %s ORDER BY id", (mission_id,))
+    return cur.fetchall()
+
+
+def list_missions(cur, visible: list[str] | None, args: dict, limit: int, offset: int) -> tuple[list[dict], int]:
+    where, params = ["TRUE"], []
+    if visible is not None:
+        where.append("m.fleet_id = ANY(%s)")
+        params.append(visible)
+    for column, key in (("m.vehicle_id", "vehicle"), ("m.fleet_id", "fleet"), ("m.state", "state")):
+        if args.get(key):
+            where.append(f"{column} = %s")
+            params.append(args[key])
+    if args.get("from_"):
+        where.append("m.created_at >= %s")
+        params.append(args["from_"])
+    if args.get("to"):
+        where.append("m.created_at < %s")
+        params.append(args["to"])
+    clause = " AND ".join(where)
+    cur.execute(f"SELECT count(*) AS n FROM missions m WHERE {clause}", params)  # noqa: S608 - fixed fragments
+    total = cur.fetchone()["n"]
+    cur.execute(f"SELECT {_COLUMNS} FROM missions m WHERE {clause} ORDER BY m.created_at DESC, m.id "  # noqa: S608
+                "LIMIT %s OFFSET %s", [*params, limit, offset])
+    return cur.fetchall(), total
+
+
+def apply_event(cur, mission_id: str, event: str, actor_type: str, actor_id: str | None,
+                detail: dict | None = None) -> dict:
+    """Move a mission through the one transition table; returns {applied, from_state, to_state, error}."""
+    cur.execute("SELECT * FROM mission_apply_event(%s::uuid, %s, %s, %s, NULL, NULL, %s)",
+                (mission_id, event, actor_type, actor_id, detail or {}))
+    return cur.fetchone()
+
+
+# -- dispatcher -----------------------------------------------------------------------------------------------
+def lock_vehicle(cur, vehicle_id: str) -> dict | None:
+    """Serialise dispatching per vehicle; returns whether it is online and whether it is busy."""
+    cur.execute("""
+        SELECT v.id, v.status, COALESCE(s.online, false) AS online,
+               EXISTS (SELECT 1 FROM missions m WHERE m.vehicle_id = v.id AND m.state = ANY(%s)) AS busy
+          FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle_id = v.id
+         WHERE v.id = %s
+           FOR UPDATE OF v""", (list(ACTIVE_STATES), vehicle_id))
+    return cur.fetchone()
+
+
+def next_queued(cur, vehicle_id: str) -> dict | None:
+    cur.execute(f"""
+        SELECT {_COLUMNS} FROM missions m
+         WHERE m.vehicle_id = %s AND m.state = 'queued'
+           AND (m.expires_at IS NULL OR m.expires_at > now())
+           AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
+         ORDER BY m.priority DESC, m.created_at, m.id
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED""", (vehicle_id,))  # noqa: S608 - fixed column list
+    return cur.fetchone()
+
+
+def record_dispatch_attempt(cur, mission_id: str, msg_id: str) -> None:
+    cur.execute("UPDATE missions SET dispatch_attempts = dispatch_attempts + 1, command_msg_id = %s, "
+                "next_attempt_at = NULL WHERE id = %s", (msg_id, mission_id))
+
+
+def back_off(cur, mission_id: str) -> None:
+    cur.execute("UPDATE missions SET next_attempt_at = now() + make_interval(secs => LEAST(30, power(2, "
+                "LEAST(dispatch_attempts, 5)))) WHERE id = %s", (mission_id,))
+
+
+def vehicles_waiting_for_dispatch(cur, limit: int = 500) -> list[str]:
+    """Online, idle vehicles with a queued mission that may be tried now."""
+    cur.execute("""
+        SELECT DISTINCT m.vehicle_id
+          FROM missions m JOIN vehicle_state s ON s.vehicle_id = m.vehicle_id AND s.online
+         WHERE m.state = 'queued'
+           AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
+           AND (m.expires_at IS NULL OR m.expires_at > now())
+           AND NOT EXISTS (SELECT 1 FROM missions a WHERE a.vehicle_id = m.vehicle_id AND a.state = ANY(%s))
+         LIMIT %s""", (list(ACTIVE_STATES), limit))
+    return [row["vehicle_id"] for row in cur.fetchall()]
+
+
+def expired_queued(cur, limit: int = 500) -> list[str]:
+    cur.execute("SELECT id::text FROM missions WHERE state = 'queued' AND expires_at <= now() LIMIT %s", (limit,))
+    return [row["id"] for row in cur.fetchall()]
+
+
+def timed_out(cur, limit: int = 500) -> list[str]:
+    cur.execute("""
+        SELECT id::text FROM missions
+         WHERE state = ANY(%s) AND timeout_s IS NOT NULL
+           AND COALESCE(last_event_at, dispatched_at, created_at) + make_interval(secs => timeout_s) <= now()
+         LIMIT %s""", (list(ACTIVE_STATES), limit))
+    return [row["id"] for row in cur.fetchall()]
+
+
+def encode_cursor(created_at: datetime, mission_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{mission_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    created_at, mission_id = raw.split("|", 1)
+    datetime.fromisoformat(created_at)
+    return created_at, mission_id
