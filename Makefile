@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[embedded,test]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +30,7 @@ bench: $(STAMP)
 # Re-resolve dependencies within pyproject's ranges and record the exact versions (run after changing ranges).
 lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
-	.lockvenv/bin/python -m pip install --quiet --upgrade "pip>=24" && .lockvenv/bin/python -m pip install --quiet ".[test]"
+	.lockvenv/bin/python -m pip install --quiet --upgrade "pip>=24" && .lockvenv/bin/python -m pip install --quiet ".[embedded,test]"
 	.lockvenv/bin/python -m pip freeze --exclude fleet-backend | sort > constraints.txt
 	rm -rf .lockvenv
 

@@ -1,0 +1,201 @@
+"""docker-compose.yml, emqx/emqx.conf, .env.example and the services' settings must agree with each other.
+
+No Docker engine runs here, so this is checked statically: every host, port, URL, path, role, database name
+and environment variable that one file relies on must be what the other provides.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from pyhocon import ConfigFactory
+
+from fleetctl import dbadmin
+from fleetctl.stack import Ports, Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EMQX_TAG = "emqx/emqx-enterprise:5.10.4"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def emqx_conf():
+    return ConfigFactory.parse_file(str(ROOT / "emqx" / "emqx.conf"))
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key] = value
+    return values
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Z0-9_]+)(?:(:\?|:-)([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's variable interpolation (${X}, ${X:-default}, ${X:?error}, $$)."""
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if name in env and env[name] != "":
+            return env[name]
+        if op == ":-":
+            return arg
+        raise AssertionError(f"${{{name}}} is required by docker-compose.yml but not set in .env.example")
+    return _VAR.sub(replace, value)
+
+
+def service_env(compose: dict, service: str, env: dict[str, str]) -> dict[str, str]:
+    raw = compose["services"][service].get("environment", {})
+    return {key: interpolate(str(value), env) for key, value in raw.items()}
+
+
+def test_emqx_is_pinned_and_the_config_says_which(compose):
+    assert compose["services"]["emqx"]["image"] == EMQX_TAG
+    assert EMQX_TAG in (ROOT / "emqx" / "emqx.conf").read_text()
+
+
+def test_every_variable_compose_uses_is_in_env_example_and_vice_versa(env_example):
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = {m.group(1) for m in _VAR.finditer(text) if m.group(1)}
+    assert used - set(env_example) == set(), "add these to .env.example"
+    assert set(env_example) - used == set(), "unused in docker-compose.yml"
+    for key, value in env_example.items():
+        if key != "FLEET_EMQX_API_KEY":
+            assert value.startswith("change-me"), f"{key} in .env.example must be a placeholder, not a real value"
+
+
+def test_broker_calls_authsvc_where_authsvc_listens(compose, emqx_conf, env_example):
+    bind = service_env(compose, "authsvc", env_example)["AUTHSVC_BIND"]
+    port = int(bind.rsplit(":", 1)[1])
+    urls = [emqx_conf["authentication"][0]["url"], emqx_conf["authorization"]["sources"][0]["url"],
+            emqx_conf["connectors"]["http"]["authsvc"]["url"]]
+    for url in urls:
+        parsed = urlparse(url)
+        assert parsed.hostname == "authsvc" and parsed.port == port, url
+    paths = {urlparse(urls[0]).path, urlparse(urls[1]).path, emqx_conf["actions"]["http"]["registration"]
+             ["parameters"]["path"]}
+    assert paths == {"/mqtt/authn", "/mqtt/authz", "/mqtt/register"}
+
+
+def test_broker_writes_to_the_database_the_migrations_create(compose, emqx_conf, env_example):
+    connector = emqx_conf["connectors"]["pgsql"]["fleet_db"]
+    host, port = connector["server"].split(":")
+    assert host in compose["services"] and host == "postgres" and port == "5432"
+    assert connector["database"] == dbadmin.DATABASE
+    assert connector["username"] == dbadmin.INGEST_ROLE
+    for service in ("authsvc", "api", "migrate"):
+        url = urlparse(service_env(compose, service, env_example)["DATABASE_URL"])
+        assert (url.hostname, url.port, url.path.lstrip("/"), url.username) == \
+            ("postgres", 5432, dbadmin.DATABASE, dbadmin.APP_ROLE), service
+    migrate = service_env(compose, "migrate", env_example)
+    assert {"FLEET_DB_ADMIN_URL", "FLEET_DB_PASSWORD", "FLEET_INGEST_DB_PASSWORD"} <= set(migrate)
+    assert service_env(compose, "emqx", env_example)["EMQX_CONNECTORS__PGSQL__FLEET_DB__PASSWORD"] == \
+        migrate["FLEET_INGEST_DB_PASSWORD"]
+
+
+def test_services_reach_the_broker_api_with_the_key_the_broker_loads(compose, emqx_conf, env_example):
+    emqx = compose["services"]["emqx"]
+    entrypoint = " ".join(emqx["entrypoint"])
+    assert emqx_conf["api_key"]["bootstrap_file"] in entrypoint
+    assert str(emqx_conf["dashboard"]["listeners"]["http"]["bind"]) == "18083"
+    assert "18083:18083" in emqx["ports"]
+    emqx_env = service_env(compose, "emqx", env_example)
+    for service in ("authsvc", "api"):
+        env = service_env(compose, service, env_example)
+        url = urlparse(env["FLEET_EMQX_API_URL"])
+        assert (url.hostname, url.port) == ("emqx", 18083)
+        assert env["FLEET_EMQX_API_KEY"] == emqx_env["FLEET_EMQX_API_KEY"]
+        assert env["FLEET_EMQX_API_SECRET"] == emqx_env["FLEET_EMQX_API_SECRET"]
+
+
+def test_the_shared_broker_token_is_the_same_on_both_sides(compose, env_example):
+    emqx_env = service_env(compose, "emqx", env_example)
+    token = service_env(compose, "authsvc", env_example)["FLEET_BROKER_TOKEN"]
+    for key in ("EMQX_AUTHENTICATION__1__HEADERS", "EMQX_AUTHORIZATION__SOURCES__1__HEADERS",
+                "EMQX_CONNECTORS__HTTP__AUTHSVC__HEADERS"):
+        header = ConfigFactory.parse_string(f"h = {emqx_env[key]}")["h"]
+        assert header["x-fleet-broker-token"] == token, key
+
+
+def _conf_has(conf, path: list[str]) -> bool:
+    node = conf
+    for part in path:
+        if isinstance(node, list):
+            index = int(part) - 1
+            if not 0 <= index < len(node):
+                return False
+            node = node[index]
+        elif part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def test_every_emqx_override_in_compose_targets_a_real_key(compose, emqx_conf):
+    # Keys EMQX has built in that our file does not spell out.
+    builtin = {("node", "name"), ("node", "cookie"), ("dashboard", "default_password")}
+    for key in compose["services"]["emqx"]["environment"]:
+        if not key.startswith("EMQX_"):
+            continue
+        path = key[len("EMQX_"):].lower().split("__")
+        assert tuple(path) in builtin or _conf_has(emqx_conf, path), f"{key} overrides nothing in emqx.conf"
+
+
+def test_both_modes_override_the_same_secrets(compose, tmp_path):
+    """The embedded launcher sets the same EMQX_* secret overrides as Compose (plus local addresses)."""
+    stack = Stack(StackConfig(state_dir=tmp_path, ports=Ports()), out=lambda m: None)
+    embedded = {k for k in stack.broker_env() if k.startswith("EMQX_")}
+    production = {k for k in compose["services"]["emqx"]["environment"] if k.startswith("EMQX_")}
+    secrets = {k for k in production if k.endswith("HEADERS") or k.endswith("PASSWORD") and "CONNECTORS" in k}
+    assert secrets <= embedded
+    conf = ConfigFactory.parse_file(str(ROOT / "emqx" / "emqx.conf"))
+    for key in embedded:
+        path = key[len("EMQX_"):].lower().split("__")
+        # `enable` exists on every listener in EMQX's schema even where the file does not spell it out
+        exists = _conf_has(conf, path) or (path[-1] == "enable" and _conf_has(conf, path[:-1]))
+        assert exists, f"{key} overrides nothing in emqx.conf"
+
+
+def test_tls_listener_uses_the_files_the_cert_script_makes(compose, emqx_conf):
+    mounts = compose["services"]["emqx"]["volumes"]
+    target = next(m.split(":")[1] for m in mounts if m.startswith("./emqx/certs:"))
+    options = emqx_conf["listeners"]["ssl"]["default"]["ssl_options"]
+    script = (ROOT / "scripts" / "make-certs.sh").read_text()
+    for key, name in (("cacertfile", "ca.pem"), ("certfile", "server.pem"), ("keyfile", "server.key")):
+        assert options[key] == f"{target}/{name}"
+        assert f'$OUT_DIR/{name}' in script
+
+
+def test_the_api_starts_from_the_compose_environment(compose, env_example, monkeypatch):
+    from api.config import ApiConfig
+    env = service_env(compose, "api", env_example)
+    for key in [k for k in os.environ if k.startswith(("FLEET_", "API_", "DATABASE_URL"))]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = ApiConfig.from_env()
+    assert config.admin_password and config.emqx_api_url == "http://emqx:18083"
+    bind_port = env["API_BIND"].rsplit(":", 1)[1]
+    assert f"{bind_port}:{bind_port}" in compose["services"]["api"]["ports"]
+
+
+def test_images_run_the_same_commands_as_the_embedded_stack(compose, tmp_path):
+    stack = Stack(StackConfig(state_dir=tmp_path, ports=Ports()), out=lambda m: None)
+    commands = {c.name: c.argv[c.argv.index("gunicorn") + 1:] for c in stack._components() if "gunicorn" in c.argv}
+    for service in ("authsvc", "api"):
+        assert compose["services"][service]["command"][1:] == commands[service], service
