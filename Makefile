@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench install lock clean-state
+.PHONY: run test bench install lock clean-state reliability
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ lock:
 # Removes the embedded stack's local state (database, generated secrets, logs).
 clean-state:
 	rm -rf var
+
+# Runs the acceptance, failure, security and fuzz tests and regenerates docs/RELIABILITY.md from their figures.
+reliability: $(STAMP)
+	rm -f var/reliability.jsonl && mkdir -p var
+	FLEET_RELIABILITY_OUT=$(CURDIR)/var/reliability.jsonl $(BIN)/python -m pytest tests/acceptance tests/failure tests/security tests/fuzz $(PYTEST_ARGS)
+	$(BIN)/python -m tests.support.reliability var/reliability.jsonl

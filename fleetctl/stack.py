@@ -112,6 +112,7 @@ class Stack:
         self.postgres: EmbeddedPostgres | None = None
         self.components: list[Component] = []
         self.started: list[Component] = []
+        self._stopped: dict[str, Component] = {}
         self._stop = threading.Event()
         self.stop_reason = ""
 
@@ -287,6 +288,17 @@ class Stack:
         if component.process:
             component.process.stop()
         self._start_component(component, timeout)
+
+    def stop_component(self, name: str) -> None:
+        """Stop one service and keep it aside for start_component (used by the outage tests)."""
+        component = self.component(name)
+        self.started.remove(component)
+        self._stopped[name] = component
+        if component.process:
+            component.process.stop()
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        self._start_component(self._stopped.pop(name), timeout)
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason

@@ -17,6 +17,8 @@ import pytest
 from fleetcore import db, migrations
 from fleetctl import dbadmin
 from fleetctl.stack import Ports, Stack, StackConfig
+from tests.support.fleet_fixtures import (  # noqa: F401 - fixtures for every package
+    admin, admin_password, anonymous, api_url, enroll, fleet, make_user, operator)
 
 TEMPLATE_DB = "fleet_template"
 _counter = itertools.count(1)

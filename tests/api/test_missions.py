@@ -9,41 +9,9 @@ import uuid
 import pytest
 
 from fleetcore import topics
-from tests.api.conftest import unique
-from tests.support.vehicle import MqttVehicle
 from tests.support.waiting import wait_until
 
 WAYPOINTS = [{"lat": 48.1371, "lon": 11.5754}, {"lat": 48.1402, "lon": 11.5601, "name": "depot"}]
-
-
-@pytest.fixture
-def operator(make_user, fleet):
-    client = make_user("operator", [fleet])
-    client.fleet = fleet
-    return client
-
-
-@pytest.fixture
-def enroll(operator, stack):
-    """Create a vehicle over the API and register it over MQTT; returns (vehicle_id, device_secret)."""
-    created = []
-
-    def _enroll(connect: bool = True) -> MqttVehicle:
-        vehicle_id = unique("veh")
-        response = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet})
-        assert response.status_code == 201, response.text
-        vehicle = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id)
-        vehicle.secret = vehicle.register(response.json()["enrollment"]["token"])
-        if connect:
-            vehicle.connect(vehicle.secret)
-            vehicle.subscribe_commands()
-            wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle_id}").json()["presence"]["online"],
-                       message=f"{vehicle_id} never showed as online")
-        created.append(vehicle)
-        return vehicle
-    yield _enroll
-    for vehicle in created:
-        vehicle.close()
 
 
 def mission_state(client, mission_id: str) -> str:

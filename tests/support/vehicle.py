@@ -143,6 +143,12 @@ class MqttVehicle:
         self.publish_raw(topics.vehicle_topic(self.vehicle_id, kind), envelope.encode(message), qos=qos)
         return message
 
+    def publish_nowait(self, kind: topics.Kind, data: dict, *, qos: int = 1) -> tuple[dict, mqtt.MQTTMessageInfo]:
+        """Queue a message without waiting for its PUBACK (paho resends it after a reconnect)."""
+        message = envelope.message(data, seq=next(self._seq))
+        info = self.client.publish(topics.vehicle_topic(self.vehicle_id, kind), envelope.encode(message), qos=qos)
+        return message, info
+
     def telemetry(self, lat: float = 48.137, lon: float = 11.575, **fields) -> dict:
         return self.publish(topics.Kind.TELEMETRY, {"lat": lat, "lon": lon, **fields})
 
@@ -193,7 +199,7 @@ class MqttVehicle:
             self.close()
         assert answer["type"] == "register.accepted", answer
         assert answer["data"]["request_msg_id"] == request["msg_id"]
-        return answer["data"]["device_secret"]
+        return answer["data"]["password"]
 
 
 def new_msg_id() -> str:

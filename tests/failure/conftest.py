@@ -1,0 +1,62 @@
+"""Outage tests stop and start parts of the system, so they get a stack of their own (same launcher as
+``make run``), never the session's shared one."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fleetctl.stack import Stack, StackConfig
+from tests.conftest import free_ports
+from tests.support.operators import ApiClient, unique
+from tests.support.vehicle import MqttVehicle
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory):
+    messages: list[str] = []
+    config = StackConfig(state_dir=tmp_path_factory.mktemp("outage-stack"), ports=free_ports(), durable=False,
+                         extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
+    stack = Stack(config, out=messages.append)
+    stack.start()
+    missing = {"authsvc", "broker", "api"} - {c.name for c in stack.started}
+    if missing:
+        stack.stop("components missing")
+        pytest.skip(f"outage tests need the whole stack; not running: {', '.join(sorted(missing))}")
+    yield stack
+    stack.stop("outage tests finished")
+
+
+@pytest.fixture(scope="module")
+def own_admin(own_stack) -> ApiClient:
+    return ApiClient(own_stack.url("api")).login("admin", own_stack.secrets["FLEET_ADMIN_PASSWORD"])
+
+
+@pytest.fixture(scope="module")
+def own_fleet(own_admin) -> str:
+    fleet_id = unique("outage")
+    assert own_admin.post("/api/v1/fleets", json={"id": fleet_id, "name": fleet_id}).status_code == 201
+    return fleet_id
+
+
+@pytest.fixture
+def connected_vehicles(own_stack, own_admin, own_fleet):
+    """``connected_vehicles(n)``: n vehicles created over the API, registered over MQTT, connected."""
+    vehicles: list[MqttVehicle] = []
+
+    def _make(n: int) -> list[MqttVehicle]:
+        batch = []
+        for _ in range(n):
+            vehicle_id = unique("veh")
+            response = own_admin.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": own_fleet})
+            assert response.status_code == 201, response.text
+            vehicle = MqttVehicle("127.0.0.1", own_stack.config.ports.mqtt, vehicle_id)
+            vehicle.secret = vehicle.register(response.json()["enrollment"]["token"])
+            vehicle.connect(vehicle.secret)
+            vehicle.subscribe_commands()
+            batch.append(vehicle)
+        vehicles.extend(batch)
+        return batch
+    yield _make
+    for vehicle in vehicles:
+        vehicle.close()

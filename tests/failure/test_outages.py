@@ -1,0 +1,127 @@
+"""Faults the system must survive without losing a vehicle's data or an operator's mission. Each is bounded in time
+and runs on loopback against the module's own stack."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fleetcore import topics
+from tests.support.database import rows
+from tests.support.reliability import record
+from tests.support.vehicle import ConnectRefused, MqttVehicle
+from tests.support.waiting import wait_until
+
+WAYPOINTS = [{"lat": 48.1371, "lon": 11.5754}, {"lat": 48.1402, "lon": 11.5601}]
+
+
+class Publisher(threading.Thread):
+    """Publishes QoS 1 telemetry for one vehicle at a steady rate until stopped; remembers every message."""
+
+    def __init__(self, vehicle: MqttVehicle, rate_hz: float) -> None:
+        super().__init__(daemon=True)
+        self.vehicle, self.period = vehicle, 1.0 / rate_hz
+        self.sent: list[tuple[dict, object]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.period):
+            self.sent.append(self.vehicle.publish_nowait(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5}))
+
+    def acked(self) -> set[str]:
+        return {message["msg_id"] for message, info in self.sent if info.is_published()}
+
+    def all_acked(self) -> bool:
+        return all(info.is_published() for _, info in self.sent)
+
+
+def _stored(stack, vehicle_ids: list[str]) -> dict[str, int]:
+    found = rows(stack.database_url, "SELECT msg_id, count(*) AS n FROM telemetry WHERE vehicle_id = ANY(%s) "
+                 "GROUP BY msg_id", (vehicle_ids,))
+    return {r["msg_id"]: r["n"] for r in found}
+
+
+def test_postgres_down_10s_loses_no_acknowledged_message(own_stack, connected_vehicles):
+    vehicles = connected_vehicles(50)
+    publishers = [Publisher(v, rate_hz=2) for v in vehicles]
+    for publisher in publishers:
+        publisher.start()
+    wait_until(lambda: sum(len(p.acked()) for p in publishers) >= 100, timeout=30)
+    own_stack.postgres.stop()
+    outage_ends = time.monotonic() + 10
+    try:
+        wait_until(lambda: time.monotonic() >= outage_ends, timeout=15, interval=0.5)   # the outage itself
+    finally:
+        own_stack.postgres.start()
+    wait_until(lambda: sum(len(p.acked()) for p in publishers) >= 200, timeout=60)
+    for publisher in publishers:
+        publisher.halt.set()
+    for publisher in publishers:
+        publisher.join(5)
+    wait_until(lambda: all(p.all_acked() for p in publishers), timeout=120,
+               message="some messages were never acknowledged after the database came back")
+    acked = set().union(*(p.acked() for p in publishers))
+    stored = _stored(own_stack, [v.vehicle_id for v in vehicles])
+    lost = acked - stored.keys()
+    record("fault", "PostgreSQL stopped for 10 s while 50 vehicles publish QoS 1 at 2 Hz", vehicles=len(vehicles),
+           acked=len(acked), stored=len(stored), lost=len(lost), duplicates=sum(n - 1 for n in stored.values()))
+    assert lost == set(), f"{len(lost)} acknowledged messages were lost"
+    assert max(stored.values()) == 1, "a message was stored twice"
+    assert all(v.connected for v in vehicles)
+
+
+def test_authsvc_down_fails_closed_for_new_connections_but_connected_vehicles_keep_publishing(
+        own_stack, connected_vehicles):
+    connected, waiting = connected_vehicles(2)
+    waiting.close()
+    own_stack.stop_component("authsvc")
+    try:
+        with pytest.raises(ConnectRefused):
+            MqttVehicle("127.0.0.1", own_stack.config.ports.mqtt, waiting.vehicle_id).connect(waiting.secret)
+        message = connected.telemetry()
+        wait_until(lambda: _stored(own_stack, [connected.vehicle_id]).get(message["msg_id"]) == 1,
+                   message="a connected vehicle's telemetry was not stored while authsvc was down")
+    finally:
+        own_stack.start_component("authsvc")
+    waiting.connect(waiting.secret)
+    assert waiting.connected
+    record("fault", "authsvc stopped", new_connections="refused (fail closed)", connected_vehicles="kept publishing",
+           after_restart="connections accepted")
+
+
+def test_api_restart_mid_mission_loses_no_vehicle_event(own_stack, own_admin, connected_vehicles):
+    [vehicle] = connected_vehicles(1)
+    mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "survive",
+                                                        "waypoints": WAYPOINTS}).json()
+    vehicle.wait_for_command("mission.dispatch")
+    vehicle.mission_event(mission["id"], "accepted")
+    own_stack.stop_component("api")
+    try:
+        vehicle.mission_event(mission["id"], "progress", progress={"percent": 40, "step": "leg 1", "eta_s": 60})
+        vehicle.mission_event(mission["id"], "completed")
+    finally:
+        own_stack.start_component("api")
+    own_admin.login("admin", own_stack.secrets["FLEET_ADMIN_PASSWORD"])
+    wait_until(lambda: own_admin.get(f"/api/v1/missions/{mission['id']}").json()["state"] == "completed")
+    events = [e["event"] for e in own_admin.get(f"/api/v1/missions/{mission['id']}").json()["timeline"]]
+    assert events == ["created", "dispatch", "accepted", "progress", "completed"]
+    record("fault", "api stopped mid-mission", vehicle_events_sent_while_down=2, vehicle_events_lost=0)
+
+
+def test_broker_restart_vehicles_reconnect_and_queued_missions_are_dispatched(own_stack, own_admin,
+                                                                              connected_vehicles):
+    [vehicle] = connected_vehicles(1)
+    vehicle.close()
+    own_stack.stop_component("broker")
+    try:
+        mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "after restart",
+                                                            "waypoints": WAYPOINTS}).json()
+        assert mission["state"] == "queued"
+    finally:
+        own_stack.start_component("broker")
+    vehicle.connect(vehicle.secret)
+    vehicle.subscribe_commands()
+    command = vehicle.wait_for_command("mission.dispatch", timeout=20)
+    assert command["data"]["mission_id"] == mission["id"]
+    record("fault", "broker restarted", queued_mission="dispatched after the vehicle reconnected")

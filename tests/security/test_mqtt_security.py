@@ -1,0 +1,117 @@
+"""Hostile vehicles on the broker: other vehicles' topics, wildcards, $SYS, enrollment-token abuse, revocation."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fleetcore import topics
+from tests.support.database import rejected, rows
+from tests.support.operators import unique
+from tests.support.reliability import record
+from tests.support.vehicle import ConnectRefused, MqttVehicle
+from tests.support.waiting import wait_until
+
+DENIED = 0x80
+
+
+@pytest.mark.parametrize("topic_filter", [
+    "#", "fleet/v1/#", "fleet/v1/+/cmd", "fleet/v1/+/telemetry", "$SYS/#", "$SYS/brokers",
+    "fleet/v1/{other}/cmd", "fleet/v1/{other}/register/response", "fleet/v1/{self}/telemetry", "fleet/v1/{self}/#",
+])
+def test_a_vehicle_cannot_subscribe_beyond_its_own_commands(enroll, topic_filter):
+    vehicle, other = enroll(), enroll(connect=False)
+    granted = vehicle.subscribe(topic_filter.format(self=vehicle.vehicle_id, other=other.vehicle_id))
+    assert granted == [DENIED]
+    record("security", "subscriptions beyond a vehicle's own commands (wildcards, $SYS, other vehicles)", probes=1,
+           granted=0)
+
+
+def test_a_vehicle_may_subscribe_to_its_commands_and_the_fleet_channel(enroll):
+    vehicle = enroll()
+    assert vehicle.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.CMD)) == [1]
+    assert vehicle.subscribe(topics.fleet_command_topic()) == [1]
+
+
+def test_publishing_as_another_vehicle_is_denied_and_recorded(enroll, stack):
+    victim, attacker = enroll(), enroll()
+    for kind in (topics.Kind.TELEMETRY, topics.Kind.STATUS, topics.Kind.MISSION, topics.Kind.CMD):
+        attacker.publish_raw(topics.vehicle_topic(victim.vehicle_id, kind), b'{"v":1}')
+    attacker.publish_raw(topics.fleet_command_topic(), b'{"v":1,"type":"emergency.release"}')
+    denied = wait_until(lambda: len(r := rejected(stack.database_url, attacker.vehicle_id)) >= 5 and r)
+    assert {r["reason"] for r in denied} == {"acl_denied"}
+    assert rows(stack.database_url, "SELECT 1 FROM telemetry WHERE vehicle_id = %s", (victim.vehicle_id,)) == []
+    assert not [m for m in victim.history if m.topic.endswith("/cmd")], "the forged command reached the victim"
+    record("security", "publishes as another vehicle or as the backend", probes=5, delivered=0, dead_lettered=len(denied))
+
+
+def test_enrollment_token_is_single_use(operator, stack):
+    vehicle_id = unique("veh")
+    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    vehicle = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id)
+    secret = vehicle.register(token)
+    assert len(secret) >= 43                                   # ≥ 256 bits, url-safe base64
+    with pytest.raises(ConnectRefused):
+        vehicle.register(token)
+    vehicle.connect(secret)                                    # the issued secret still works
+    assert vehicle.connected
+    vehicle.close()
+
+
+def test_an_enrolling_client_may_only_register(operator, stack):
+    vehicle_id = unique("veh")
+    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    enrolling = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id).connect(token, clean_session=True,
+                                                                                         will=False)
+    try:
+        assert enrolling.subscribe(topics.vehicle_topic(vehicle_id, topics.Kind.CMD)) == [DENIED]
+        enrolling.publish(topics.Kind.TELEMETRY, {"lat": 1.0, "lon": 2.0})
+        wait_until(lambda: rejected(stack.database_url, vehicle_id))
+        assert rows(stack.database_url, "SELECT 1 FROM telemetry WHERE vehicle_id = %s", (vehicle_id,)) == []
+    finally:
+        enrolling.close()
+
+
+def test_two_simultaneous_registrations_with_one_token_yield_one_secret(operator, stack):
+    """The race is decided in authsvc; over MQTT the two attempts come from two connections of one client id,
+    so the broker lets one through at a time; both publish their request before either gets an answer."""
+    vehicle_id = unique("veh")
+    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        try:
+            outcomes.append(MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id).register(token))
+        except (ConnectRefused, AssertionError) as exc:
+            outcomes.append(f"refused: {exc}")
+
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    secrets = [o for o in outcomes if not o.startswith("refused")]
+    assert len(secrets) <= 1, outcomes
+    active = rows(stack.database_url, "SELECT count(*) AS n FROM device_credentials WHERE vehicle_id = %s "
+                  "AND revoked_at IS NULL", (vehicle_id,))
+    assert active[0]["n"] == 1
+
+
+def test_a_revoked_vehicle_is_kicked_at_once_and_refused_afterwards(operator, enroll):
+    vehicle = enroll()
+    response = operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/revoke", json={"reason": "stolen"})
+    assert response.status_code == 200, response.text
+    # The requirement is "kicked within 1 s": the deadline is the requirement, not a guess.
+    wait_until(lambda: not vehicle.connected, timeout=1.0, message="the revoked vehicle is still connected")
+    with pytest.raises(ConnectRefused):
+        MqttVehicle("127.0.0.1", vehicle.port, vehicle.vehicle_id).connect(vehicle.secret)
+    record("security", "revoked vehicle", kicked_within_s=1, reconnect="refused")
+
+
+def test_oversized_payload_is_dead_lettered(enroll, stack):
+    vehicle = enroll()
+    big = b'{"v":1,"msg_id":"big","seq":1,"ts":1,"data":{"lat":1,"lon":1,"pad":"' + b"x" * 300_000 + b'"}}'
+    vehicle.publish_raw(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.TELEMETRY), big)
+    [row] = wait_until(lambda: rejected(stack.database_url, vehicle.vehicle_id))
+    assert row["reason"] == "payload_too_large"
+    assert vehicle.connected
