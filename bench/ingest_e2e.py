@@ -1,0 +1,130 @@
+"""End-to-end ingest: N vehicles publish QoS 1 telemetry → stand-in broker (HTTP authn + authz, rule engine,
+ack after commit) → PostgreSQL through the ingest SQL; against baselines measured in the same run on the same
+PostgreSQL: mosquitto + counting / naive / batched subscribers, and COPY.
+
+Loss is counted, not assumed: rows in the database are compared with PUBACKed messages.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+
+from bench import baselines, loadgen, mosquitto, report
+from bench.fleet import provision_vehicles
+from bench.report import say
+from fleetctl.stack import Ports, Stack, StackConfig
+from bench.fleet import free_port
+
+
+def _stack(state_dir: Path) -> Stack:
+    ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+    config = StackConfig(state_dir=state_dir, ports=ports, durable=True, components=("authsvc", "broker"),
+                         extra_env={"FLEET_LOG_LEVEL": "WARNING"})
+    stack = Stack(config, out=lambda line: None)
+    stack.start()
+    return stack
+
+
+def _telemetry_rows(dsn: str, vehicle_prefix: str) -> int:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM telemetry WHERE vehicle_id LIKE %s", (vehicle_prefix + "%",))
+        n = cur.fetchone()[0]
+    conn.close()
+    return n
+
+
+def _bench_db(stack: Stack) -> str:
+    admin = psycopg2.connect(stack.postgres.url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS bench")
+        cur.execute("CREATE DATABASE bench")
+    admin.close()
+    return stack.postgres.url(database="bench")
+
+
+def run_case(stack: Stack, n_vehicles: int, messages: int, mosquitto_binary: str | None) -> list[dict]:
+    rows = []
+    prefix = f"bench{n_vehicles}-"
+    credentials = provision_vehicles(stack.database_url, stack.secrets["FLEET_DEVICE_SECRET_KEY"], prefix,
+                                     n_vehicles)
+    total = n_vehicles * messages
+    spec = loadgen.LoadSpec("127.0.0.1", stack.config.ports.mqtt, credentials, messages, window=10)
+    say(f"ingest: {n_vehicles} vehicles × {messages} messages through the stand-in")
+    result = loadgen.run(spec)
+    stored = _telemetry_rows(stack.database_url, prefix)
+    rows.append({"case": "stand-in broker → ingest SQL (authn, ACL, validation, dedup, ack after commit)",
+                 "stored": stored, "per_s": result["acked_per_s"], "p50": result["latency_ms"]["p50"],
+                 "p99": result["latency_ms"]["p99"], "lost": result["acked"] - stored, "raw": result})
+
+    bench_dsn = _bench_db(stack)
+    vehicle_ids = [vid for vid, _ in credentials]
+    if mosquitto_binary:
+        for kind in ("counting", "naive", "batched"):
+            baselines.create_table(bench_dsn)
+            with mosquitto.Mosquitto(mosquitto_binary, free_port()) as broker, \
+                    baselines.Subscriber(kind, broker.port, bench_dsn) as subscriber:
+                say(f"ingest baseline: mosquitto + {kind} subscriber")
+                spec = loadgen.LoadSpec("127.0.0.1", broker.port, [(v, None) for v in vehicle_ids], messages,
+                                        window=10)
+                load = loadgen.run(spec)
+                subscriber.wait_for(load["acked"], timeout=120)
+                summary = subscriber.summary(load["wall_started"])
+            stored = summary["stored"] if kind == "counting" else baselines.count_rows(bench_dsn)
+            rows.append({"case": f"mosquitto + {kind} subscriber", "stored": stored,
+                         "per_s": summary["stored_per_s"], "p50": summary["latency_ms"]["p50"],
+                         "p99": summary["latency_ms"]["p99"], "lost": load["acked"] - stored,
+                         "raw": {"load": load, "subscriber": summary}})
+    baselines.create_table(bench_dsn)
+    copy = baselines.copy_rows(bench_dsn, vehicle_ids, messages)
+    rows.append({"case": "COPY of the same rows (storage ceiling)", "stored": copy["stored"],
+                 "per_s": copy["stored_per_s"], "p50": None, "p99": None, "lost": 0, "raw": copy})
+    for row in rows:
+        row["vehicles"], row["offered"] = n_vehicles, total
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vehicles", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--messages-total", type=int, default=20000, help="messages per case, split over vehicles")
+    args = parser.parse_args(argv)
+    binary, note = mosquitto.ensure_installed(say)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        stack = _stack(Path(tmp))
+        try:
+            all_rows = []
+            for n in args.vehicles:
+                all_rows += run_case(stack, n, max(1, args.messages_total // n), binary)
+        finally:
+            stack.stop("benchmark finished")
+    table, summary = [], []
+    for n in args.vehicles:
+        case_rows = [r for r in all_rows if r["vehicles"] == n]
+        naive = next((r for r in case_rows if "naive" in r["case"]), None)
+        for r in case_rows:
+            ratio = round(r["per_s"] / naive["per_s"], 2) if naive and naive["per_s"] else None
+            table.append([n, r["case"], r["offered"], r["stored"], r["per_s"], ratio, r["p50"], r["p99"], r["lost"]])
+        ours = case_rows[0]
+        if naive:
+            summary.append(f"{n} vehicles: the stand-in stores {ours['per_s']:,.0f} rows/s = "
+                           f"{ours['per_s'] / naive['per_s']:.2f}× the naive subscriber (target ≥ 1×), "
+                           f"lost {ours['lost']}")
+    notes = [f"mosquitto: {note}" + (f" ({mosquitto.version(binary)})" if binary else " — baseline rows skipped"),
+             "mosquitto runs with max_queued_messages 0: its default (1000) drops QoS 1 messages it has already "
+             "acknowledged when a subscriber falls behind.",
+             "Latency: stand-in = publish → PUBACK, which it sends only after the row is committed; baselines = "
+             "device timestamp → the subscriber's commit.",
+             "Publishers: paho-mqtt clients driven by 2 processes, 10 messages in flight per vehicle, on the same "
+             "2-core machine as broker and database (everything competes for the same cores)."]
+    report.write("ingest_e2e", "End-to-end ingest: vehicles → broker → PostgreSQL",
+                 ["vehicles", "path", "offered", "stored", "rows/s", "× naive", "p50 ms", "p99 ms", "lost"],
+                 table, summary, notes, raw={"rows": all_rows})
+
+
+if __name__ == "__main__":
+    main()
