@@ -1,0 +1,262 @@
+"""MQTT listeners from the configuration: ``tcp``, ``ssl`` (TLS) and ``ws`` (MQTT over WebSocket).
+
+TCP and TLS use an asyncio ``Protocol`` straight on the event loop's transport (no stream layer per packet);
+WebSocket uses an aiohttp server at ``websocket.mqtt_path`` with the ``mqtt`` subprotocol, one binary WebSocket
+message carrying any number of MQTT bytes. ``max_connections`` is per listener; a connection over the limit is
+closed before anything is read (as esockd does). Disabled listeners are skipped; ``wss`` is refused at start.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from fleetcore.logs import log_event
+
+from .broker import Broker, Connection
+
+log = logging.getLogger("emqx.standin.listeners")
+
+_TLS_VERSIONS = {"tlsv1.3": ssl.TLSVersion.TLSv1_3, "tlsv1.2": ssl.TLSVersion.TLSv1_2,
+                 "tlsv1.1": ssl.TLSVersion.TLSv1_1, "tlsv1": ssl.TLSVersion.TLSv1}
+
+
+class ListenerError(RuntimeError):
+    """A listener cannot be started as configured."""
+
+
+class _Limit:
+    def __init__(self, maximum: int | None) -> None:
+        self.maximum = maximum
+        self.current = 0
+
+    def acquire(self) -> bool:
+        if self.maximum is not None and self.current >= self.maximum:
+            return False
+        self.current += 1
+        return True
+
+    def release(self) -> None:
+        self.current -= 1
+
+
+class MqttProtocol(asyncio.Protocol):
+    """TCP/TLS transport → Connection."""
+
+    __slots__ = ("broker", "listener_id", "limit", "closed_reason", "conn", "_counted")
+
+    def __init__(self, broker: Broker, listener_id: str, limit: _Limit, closed_reason: str) -> None:
+        self.broker = broker
+        self.listener_id = listener_id
+        self.limit = limit
+        self.closed_reason = closed_reason
+        self.conn: Connection | None = None
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.broker.accepting or not self.limit.acquire():
+            log_event(log, "listener.connection_refused", logging.WARNING, listener=self.listener_id,
+                      reason="max_connections" if self.broker.accepting else "shutting_down")
+            transport.abort()
+            return
+        self._counted = True
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.conn = Connection(self.broker, transport, self.listener_id, peer, sock, self.closed_reason)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False                                 # half-close → close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.limit.release()
+        if self.conn is not None:
+            self.conn.connection_lost()
+            self.conn = None
+
+
+def ssl_context(options: dict[str, Any], where: str) -> ssl.SSLContext:
+    """Server TLS context from EMQX ``ssl_options`` (certfile, keyfile, cacertfile, verify, versions, …)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certfile, keyfile = options.get("certfile"), options.get("keyfile")
+    if not certfile or not keyfile:
+        raise ListenerError(f"{where}.ssl_options: certfile and keyfile are required")
+    try:
+        ctx.load_cert_chain(certfile, keyfile, password=options.get("password") or None)
+        if options.get("cacertfile"):
+            ctx.load_verify_locations(options["cacertfile"])
+    except (OSError, ssl.SSLError) as exc:
+        raise ListenerError(f"{where}.ssl_options: cannot load certificates: {exc}") from None
+    verify = str(options.get("verify", "verify_none")).lower()
+    if verify == "verify_peer":
+        fail = str(options.get("fail_if_no_peer_cert", False)).lower() == "true"
+        ctx.verify_mode = ssl.CERT_REQUIRED if fail else ssl.CERT_OPTIONAL
+    elif verify == "verify_none":
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        raise ListenerError(f"{where}.ssl_options.verify: {verify!r} is not verify_peer or verify_none")
+    versions = options.get("versions")
+    if versions:
+        try:
+            wanted = sorted(_TLS_VERSIONS[str(v).lower()] for v in versions)
+        except KeyError as exc:
+            raise ListenerError(f"{where}.ssl_options.versions: unknown version {exc.args[0]!r}") from None
+        ctx.minimum_version, ctx.maximum_version = wanted[0], wanted[-1]
+    if options.get("ciphers"):
+        ciphers = options["ciphers"]
+        ctx.set_ciphers(":".join(ciphers) if isinstance(ciphers, list) else str(ciphers))
+    return ctx
+
+
+class _WsTransport:
+    """What a Connection needs from a transport, over an aiohttp WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop) -> None:
+        self.ws = ws
+        self.loop = loop
+        self.readable = asyncio.Event()
+        self.readable.set()
+        self._sending: asyncio.Task | None = None
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._sending is None:
+            self._sending = self.loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._pending:
+                data = b"".join(self._pending)
+                self._pending.clear()
+                await self.ws.send_bytes(data)
+        except (ConnectionError, RuntimeError):
+            self._pending.clear()
+        finally:
+            self._sending = None
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(chunk) for chunk in self._pending)
+
+    def pause_reading(self) -> None:
+        self.readable.clear()
+
+    def resume_reading(self) -> None:
+        self.readable.set()
+
+    def close(self) -> None:
+        self.loop.create_task(self._close())
+
+    async def _close(self) -> None:
+        if self._sending is not None:
+            await asyncio.wait([self._sending], timeout=5)
+        await self.ws.close()
+
+    def abort(self) -> None:
+        self.close()
+
+
+class Listeners:
+    """Start and stop every enabled MQTT listener of the configuration."""
+
+    def __init__(self, broker: Broker, listener_configs: list[Any]) -> None:
+        self.broker = broker
+        self.configs = listener_configs
+        self.servers: list[asyncio.AbstractServer] = []
+        self.runners: list[web.AppRunner] = []
+        self.bound: dict[str, tuple[str, int]] = {}   # listener id → (host, port) actually bound
+
+    async def start(self) -> None:
+        for cfg in self.configs:
+            if not cfg.enable:
+                continue
+            if cfg.type in ("tcp", "ssl"):
+                await self._start_stream(cfg)
+            elif cfg.type == "ws":
+                await self._start_ws(cfg)
+            else:
+                raise ListenerError(f"listeners.{cfg.type}.{cfg.name}: listener type {cfg.type!r} is not "
+                                    "supported by the stand-in (tcp, ssl, ws)")
+
+    async def _start_stream(self, cfg: Any) -> None:
+        limit = _Limit(cfg.max_connections)
+        context = ssl_context(cfg.ssl_options, f"listeners.ssl.{cfg.name}") if cfg.type == "ssl" else None
+        closed_reason = "ssl_closed" if cfg.type == "ssl" else "tcp_closed"
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: MqttProtocol(self.broker, cfg.id, limit, closed_reason), cfg.host, cfg.port, ssl=context,
+            reuse_address=True, backlog=1024)
+        self.servers.append(server)
+        self.bound[cfg.id] = server.sockets[0].getsockname()[:2]
+
+    async def _start_ws(self, cfg: Any) -> None:
+        limit = _Limit(cfg.max_connections)
+        broker = self.broker
+        listener_id = cfg.id
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            ws = web.WebSocketResponse(protocols=("mqtt", "mqttv3.1"), max_msg_size=broker.mqtt.max_packet_size + 8,
+                                       autoping=True)
+            if not ws.can_prepare(request).ok:
+                return web.Response(status=400, text="expected a WebSocket upgrade with subprotocol mqtt")
+            if not broker.accepting or not limit.acquire():
+                return web.Response(status=503, text="max_connections")
+            try:
+                await ws.prepare(request)
+                loop = asyncio.get_running_loop()
+                transport = _WsTransport(ws, loop)
+                peer = request.transport.get_extra_info("peername") if request.transport else None
+                sock = request.transport.get_extra_info("sockname") if request.transport else None
+                conn = Connection(broker, transport, listener_id, peer or ("", 0), sock or ("", 0), "ws_closed")
+                try:
+                    async for message in ws:
+                        if message.type == WSMsgType.BINARY:
+                            conn.data_received(message.data)
+                            if not transport.readable.is_set():
+                                await transport.readable.wait()
+                        elif message.type == WSMsgType.TEXT:
+                            conn.close("protocol_error")      # MQTT over WebSocket is binary only
+                            break
+                        elif message.type == WSMsgType.ERROR:
+                            break
+                finally:
+                    conn.connection_lost()
+                return ws
+            finally:
+                limit.release()
+
+        app = web.Application()
+        app.router.add_get(cfg.mqtt_path, handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+        await site.start()
+        self.runners.append(runner)
+        server = site._server  # noqa: SLF001 - the only way to learn the bound port of port 0
+        self.bound[cfg.id] = server.sockets[0].getsockname()[:2] if server and server.sockets else (cfg.host, cfg.port)
+
+    async def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for runner in self.runners:
+            await runner.cleanup()
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 2)
+            except asyncio.TimeoutError:
+                pass
+        self.servers.clear()
+        self.runners.clear()

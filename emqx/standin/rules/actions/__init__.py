@@ -1,0 +1,1 @@
+"""Rule actions (``pgsql:<name>``, ``http:<name>``) and the buffer/batch/retry machinery they share."""

@@ -1,0 +1,1 @@
+"""Tests of the embedded EMQX-compatible broker (emqx.standin)."""

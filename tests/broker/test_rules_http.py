@@ -1,0 +1,110 @@
+"""Rule engine → HTTP action (the registration webhook): request shape, ack after 2xx, retries."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import pytest
+from aiohttp import web
+
+from emqx.standin.clientinfo import Message
+from emqx.standin.config import load_config
+from emqx.standin.rules import RuleDeliveryError, RuleEngine
+from fleetcore import paths
+from tests.broker.compat_support import FakeAuthService, conf_from
+
+TOKEN = "tok-xyz"
+
+
+def registration_request(payload: bytes = b'{"v":1,"data":{"enrollment_token":"enr_1"}}') -> Message:
+    return Message(id="00AB", clientid="veh-5", username="veh-5", topic="fleet/v1/veh-5/register/request",
+                   payload=payload, qos=1, retain=False, publish_received_at=int(time.time() * 1000),
+                   peerhost="127.0.0.1", client_attrs={"role": "enrolling"})
+
+
+def production_rules(port: int):
+    return load_config(paths.emqx_conf(), {
+        "EMQX_CONNECTORS__HTTP__AUTHSVC__URL": f"http://127.0.0.1:{port}",
+        "EMQX_CONNECTORS__HTTP__AUTHSVC__HEADERS": '{"x-fleet-broker-token" = "%s"}' % TOKEN,
+        "EMQX_CONNECTORS__PGSQL__FLEET_DB__SERVER": '"127.0.0.1:1"',
+    })
+
+
+def test_registration_request_is_posted_as_rule_output_json_and_acked_after_200():
+    async def scenario():
+        async with FakeAuthService() as svc:
+            svc.reply = lambda r: web.json_response({"ok": True})
+            engine = RuleEngine(production_rules(svc.port))
+            await engine.start()
+            msg = registration_request()
+            await engine.on_publish(msg)
+            seen = list(svc.requests)                   # the request was answered before on_publish returned
+            metrics = engine.metrics()
+            await engine.stop()
+            return msg, seen, metrics
+
+    msg, seen, metrics = asyncio.run(scenario())
+    [req] = seen
+    assert (req["method"], req["path"]) == ("POST", "/mqtt/register")
+    assert req["headers"]["x-fleet-broker-token"] == TOKEN
+    assert req["headers"]["content-type"] == "application/json"
+    assert req["json"] == {"clientid": "veh-5", "username": "veh-5", "topic": "fleet/v1/veh-5/register/request",
+                           "payload_b64": base64.b64encode(msg.payload).decode(),
+                           "publish_received_at": msg.publish_received_at}
+    assert metrics["actions"]["http:registration"]["success"] == 1
+
+
+def test_5xx_and_connection_errors_are_retried_until_2xx():
+    async def scenario():
+        async with FakeAuthService() as svc:
+            answers = iter([503, 500, 502, 500, 200])
+            svc.reply = lambda r: web.json_response({}, status=next(answers))
+            engine = RuleEngine(production_rules(svc.port))       # max_retries = 2, then buffer retries
+            await engine.start()
+            await engine.on_publish(registration_request())
+            metrics = engine.metrics()
+            await engine.stop()
+            return len(svc.requests), metrics
+
+    calls, metrics = asyncio.run(scenario())
+    assert calls == 5
+    assert metrics["actions"]["http:registration"]["retried"] >= 1
+    assert metrics["actions"]["http:registration"]["success"] == 1
+
+
+def test_4xx_fails_the_message():
+    async def scenario():
+        async with FakeAuthService() as svc:
+            svc.reply = lambda r: web.json_response({"error": "no"}, status=400)
+            engine = RuleEngine(production_rules(svc.port))
+            await engine.start()
+            with pytest.raises(RuleDeliveryError, match="HTTP 400"):
+                await engine.on_publish(registration_request())
+            await engine.stop()
+            return len(svc.requests)
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_body_template_path_and_headers(tmp_path):
+    async def scenario():
+        async with FakeAuthService() as svc:
+            cfg = conf_from(tmp_path, f"""
+connectors.http.hook {{ url = "http://127.0.0.1:{svc.port}/base", headers {{ "X-A" = "1" }}, pool_size = 2 }}
+actions.http.hook {{ connector = hook, parameters {{ path = "/v/${{clientid}}", method = put,
+  headers {{ "X-Topic" = "${{topic}}" }}, body = "{{\\"c\\":\\"${{clientid}}\\",\\"s\\":${{payload.speed}}}}" }} }}
+rule_engine.rules.hook {{ sql = \"\"\"SELECT clientid, topic, payload FROM "t/#" \"\"\", actions = ["http:hook"] }}
+""")
+            engine = RuleEngine(cfg)
+            await engine.start()
+            msg = registration_request(b'{"speed": 3}')
+            msg.topic = "t/1"
+            await engine.on_publish(msg)
+            await engine.stop()
+            return svc.requests
+
+    [req] = asyncio.run(scenario())
+    assert (req["method"], req["path"]) == ("PUT", "/base/v/veh-5")
+    assert req["headers"]["x-a"] == "1" and req["headers"]["x-topic"] == "t/1"
+    assert req["json"] == {"c": "veh-5", "s": 3}
