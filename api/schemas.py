@@ -110,6 +110,20 @@ class FleetUpdateSchema(StrictSchema):
 # --------------------------------------------------------------------------------------------------------------
 # Vehicles
 # --------------------------------------------------------------------------------------------------------------
+def reject_nul(value, path: str = "") -> None:
+    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them as a validation error, not a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{path or 'value'} must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key, path)
+            reject_nul(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul(item, path)
+
+
 class VehicleCreateSchema(StrictSchema):
     id = fields.String(required=True, validate=VEHICLE_ID, metadata={"description": "also its MQTT client id"})
     fleet_id = fields.String(required=True, validate=FLEET_ID)
@@ -117,11 +131,19 @@ class VehicleCreateSchema(StrictSchema):
     model = fields.String(validate=validate.Length(max=200), allow_none=True)
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
+    @validates_schema
+    def _no_nul(self, data: dict, **_kwargs) -> None:
+        reject_nul(data)
+
 
 class VehicleUpdateSchema(StrictSchema):
     name = fields.String(validate=validate.Length(max=200), allow_none=True)
     model = fields.String(validate=validate.Length(max=200), allow_none=True)
     metadata = fields.Dict(keys=fields.String())
+
+    @validates_schema
+    def _no_nul(self, data: dict, **_kwargs) -> None:
+        reject_nul(data)
 
 
 class PresenceSchema(Schema):
@@ -189,6 +211,17 @@ class VehicleCreatedSchema(Schema):
     enrollment = fields.Nested(EnrollmentSchema)
 
 
+class VehicleSessionResultSchema(Schema):
+    vehicle = fields.Nested(VehicleSchema)
+    session = fields.String(metadata={"description": "the live MQTT session: `kicked` or `not_connected`"})
+
+
+class ConfigUpdateResultSchema(Schema):
+    config = fields.Nested(VehicleConfigSchema)
+    command = fields.Nested(lambda: CommandResultSchema(),
+                            metadata={"description": "the config.update command; `delivered` false: offline"})
+
+
 class VehicleListQuerySchema(PageQuerySchema):
     fleet = fields.String(validate=FLEET_ID)
     status = fields.String(validate=validate.OneOf(("pending", "active", "revoked", "decommissioned")))
@@ -217,6 +250,10 @@ def parse_lat_lon(value: str) -> tuple[float, float]:
 class DesiredConfigSchema(StrictSchema):
     config = fields.Dict(keys=fields.String(), required=True,
                          metadata={"description": "the desired configuration, sent as config.update"})
+
+    @validates_schema
+    def _no_nul(self, data: dict, **_kwargs) -> None:
+        reject_nul(data)
 
 
 class ReasonSchema(StrictSchema):

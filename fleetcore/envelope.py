@@ -39,5 +39,10 @@ def message(data: dict[str, Any], seq: int, msg_id: str | None = None, ts: int |
             "data": data}
 
 
+def batch(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several vehicle → backend messages in one publish (the offline buffer upload): ``{"v":1,"batch":[…]}``."""
+    return {"v": VERSION, "batch": list(messages)}
+
+
 def encode(envelope: dict[str, Any]) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode("utf-8")

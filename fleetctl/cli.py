@@ -1,4 +1,5 @@
-"""Command line: ``fleetctl run`` (the embedded stack) and ``fleetctl db …`` (bootstrap, migrate, status, psql)."""
+"""Command line: ``fleetctl run`` (the embedded stack), ``fleetctl db …`` (bootstrap, migrate, status, psql) and
+``fleetctl production-env`` (a ``.env`` with fresh secrets for docker-compose.yml)."""
 from __future__ import annotations
 
 import argparse
@@ -147,6 +148,43 @@ def cmd_db_psql(args: argparse.Namespace) -> int:
             stack.stop()
 
 
+def cmd_production_env(args: argparse.Namespace) -> int:
+    from fleetctl import production
+    return production.main()
+
+
+def cmd_enroll_bulk(args: argparse.Namespace) -> int:
+    """Create vehicles with enrollment tokens (DATABASE_URL + FLEET_DEVICE_SECRET_KEY, or the embedded stack)."""
+    from fleetctl import enroll
+    stack = None
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        key = env_secret("FLEET_DEVICE_SECRET_KEY", min_length=32)
+    else:
+        from fleetctl.stack import Stack, StackConfig
+        probe = Stack(StackConfig(), out=lambda m: None)
+        url, key = probe.database_url, probe.secrets["FLEET_DEVICE_SECRET_KEY"]
+        try:
+            db.connect(url, connect_timeout=2).close()
+        except Exception:  # noqa: BLE001 - not running: start it just for this command
+            stack = _embedded_database()
+    try:
+        enrollments = enroll.enroll_bulk(url, key, fleet_id=args.fleet, count=args.count, prefix=args.prefix,
+                                         start=args.start, token_ttl_s=args.ttl_hours * 3600,
+                                         create_fleet=args.create_fleet)
+    except Exception as exc:  # noqa: BLE001 - one clear line for the operator (nothing was created)
+        _say(f"error: nothing was created: {exc}")
+        return 1
+    finally:
+        if stack:
+            stack.stop()
+    enroll.write_csv(enrollments, args.out)
+    if args.out != "-":
+        _say(f"created {len(enrollments)} vehicles in fleet {args.fleet} "
+             f"({enrollments[0].vehicle_id} … {enrollments[-1].vehicle_id}); tokens in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     psql = dbp.add_parser("psql", help="open psql on the database")
     psql.add_argument("psql_args", nargs=argparse.REMAINDER)
     psql.set_defaults(func=cmd_db_psql)
+    sub.add_parser("production-env", help="print a .env for docker-compose.yml with fresh random secrets "
+                   "(fleetctl production-env > .env)").set_defaults(func=cmd_production_env)
+    bulk = sub.add_parser("enroll-bulk", help="create vehicles with one-time enrollment tokens, written to a CSV "
+                          "(vehicle_id,fleet_id,enrollment_token,expires_at)")
+    bulk.add_argument("--fleet", required=True, help="fleet id")
+    bulk.add_argument("--count", required=True, type=int, help="how many vehicles (1–100000)")
+    bulk.add_argument("--prefix", help="vehicle id prefix (default '<fleet>-'); ids are <prefix>0001, …")
+    bulk.add_argument("--start", type=int, default=1, help="first number (default 1)")
+    bulk.add_argument("--ttl-hours", type=int, default=24, help="token validity in hours (default 24)")
+    bulk.add_argument("--create-fleet", action="store_true", help="create the fleet if it does not exist")
+    bulk.add_argument("--out", required=True, help="CSV file to write (mode 0600), or - for standard output")
+    bulk.set_defaults(func=cmd_enroll_bulk)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

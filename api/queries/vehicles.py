@@ -109,3 +109,35 @@ def fleet_latest_json(cur, visible: list[str] | None, fleet: str | None) -> str:
            AND (%(fleet)s::text IS NULL OR v.fleet_id = %(fleet)s::text)""",
                 {"visible": visible, "fleet": fleet})
     return cur.fetchone()["doc"]
+
+
+def update_details(cur, vehicle_id: str, changes: dict) -> None:
+    """Set name, model and/or metadata (the keys present in ``changes``)."""
+    columns = [name for name in ("name", "model", "metadata") if name in changes]
+    if columns:
+        assignments = ", ".join(f"{name} = %({name})s" for name in columns)
+        cur.execute(f"UPDATE vehicles SET {assignments} WHERE id = %(id)s",  # noqa: S608 - fixed column names
+                    {**changes, "id": vehicle_id})
+
+
+def set_desired_config(cur, vehicle_id: str, config: dict) -> int:
+    """Store the desired configuration and return its version; the version only moves when the configuration
+    changes, so a retried PUT re-sends the same version."""
+    cur.execute("""
+        UPDATE vehicles
+           SET desired_config_version = desired_config_version + CASE WHEN desired_config = %(config)s::jsonb
+                                                                      THEN 0 ELSE 1 END,
+               desired_config = %(config)s::jsonb
+         WHERE id = %(id)s
+     RETURNING desired_config_version""", {"config": config, "id": vehicle_id})
+    return cur.fetchone()["desired_config_version"]
+
+
+def queued_missions(cur, vehicle_id: str) -> tuple[list[str], int]:
+    """(ids of queued missions, number of missions the vehicle is working on)."""
+    cur.execute("""
+        SELECT id::text, state FROM missions
+         WHERE vehicle_id = %s AND state IN ('queued', 'dispatched', 'accepted', 'in_progress', 'cancel_requested')
+         FOR UPDATE""", (vehicle_id,))
+    rows = cur.fetchall()
+    return [r["id"] for r in rows if r["state"] == "queued"], sum(1 for r in rows if r["state"] != "queued")

@@ -1,0 +1,229 @@
+"""Vehicles: create (with a one-time enrollment token), list and inspect, edit, desired configuration,
+re-enrollment, revocation and decommissioning. Credentials follow the shared registry (fleetcore/registry.py),
+the same rules authsvc applies at every MQTT connect."""
+from __future__ import annotations
+
+import logging
+
+from flask_smorest import Blueprint
+
+from api import auth
+from api.errors import ApiError
+from api.extensions import broker, config, database
+from api.pagination import page_of, window
+from api.queries import audit, missions, vehicles
+from api.schemas import (ConfigUpdateResultSchema, DesiredConfigSchema, EnrollmentSchema, ReasonSchema,
+                         VehicleCreatedSchema, VehicleCreateSchema, VehicleListQuerySchema, VehicleSchema,
+                         VehicleSessionResultSchema, VehicleUpdateSchema, list_of, parse_lat_lon)
+from fleetcore import envelope, registry, topics
+from fleetcore.emqx_api import EmqxApiError
+from fleetcore.logs import log_event
+
+blp = Blueprint("vehicles", __name__, url_prefix="/api/v1/vehicles",
+                description="Vehicles, their credentials (enrollment, revocation) and their desired configuration.")
+log = logging.getLogger("api.vehicles")
+
+
+def _visible(cur, vehicle_id: str) -> dict:
+    """The vehicle row if the caller may see it; 404 otherwise (never confirm that another fleet's exists)."""
+    vehicle = vehicles.visible_vehicle(cur, vehicle_id, auth.current_user().visible_fleets())
+    if vehicle is None:
+        raise ApiError(404, f"no such vehicle: {vehicle_id}")
+    return vehicle
+
+
+def _shaped(vehicle_id: str) -> dict:
+    with database().transaction() as cur:
+        return vehicles.shape(vehicles.get(cur, vehicle_id))
+
+
+def _conflict(exc: registry.RegistryError) -> ApiError:
+    status = {"not_found": 404, "fleet_not_found": 404}.get(exc.code, 409)
+    return ApiError(status, exc.message, code=exc.code if status == 409 else None)
+
+
+@blp.route("", methods=["GET"])
+@auth.requires("viewer")
+@blp.arguments(VehicleListQuerySchema, location="query")
+@blp.response(200, list_of(VehicleSchema, "VehiclePage"))
+def list_vehicles(args: dict):
+    """Vehicles you can see, with presence, latest telemetry and health.
+
+    Filter by `fleet`, `status`, `online`, `mode`; sort by `id`, `created_at`, `last_seen`, `battery` (prefix `-`
+    for descending); `near=lat,lon` orders by distance from the latest position instead (`distance_m`).
+    """
+    limit, offset = window(args)
+    near = parse_lat_lon(args["near"]) if args.get("near") else None
+    with database().transaction() as cur:
+        items, total = vehicles.list_vehicles(cur, auth.current_user().visible_fleets(), args, near, limit, offset)
+    return page_of([vehicles.shape(item) for item in items], total, args)
+
+
+@blp.route("", methods=["POST"])
+@auth.requires("operator")
+@blp.arguments(VehicleCreateSchema)
+@blp.response(201, VehicleCreatedSchema, description="the vehicle (`pending`) and its one-time enrollment token, "
+                                                      "shown only here")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def create_vehicle(body: dict):
+    """Create a vehicle; it registers over MQTT with the returned enrollment token (valid 24 h, single use).
+
+    The vehicle connects with client id = username = its id and the token as password, publishes a registration
+    request to `fleet/v1/{id}/register/request` and receives its device secret on `…/register/response`.
+    """
+    user = auth.current_user()
+    auth.require_fleet_access(body["fleet_id"])
+    try:
+        with database().transaction() as cur:
+            enrollment = registry.create_vehicle(
+                cur, config().device_secret_key, vehicle_id=body["id"], fleet_id=body["fleet_id"],
+                name=body.get("name"), model=body.get("model"), metadata=body.get("metadata"),
+                actor_type="operator", actor_id=user.username, token_ttl_s=config().enrollment_token_ttl_s)
+    except registry.RegistryError as exc:
+        raise _conflict(exc) from None
+    log_event(log, "vehicle.created", vehicle=body["id"], fleet=body["fleet_id"], user=user.username)
+    return ({"vehicle": _shaped(body["id"]),
+             "enrollment": {"token": enrollment.token, "expires_at": enrollment.expires_at}},
+            201, {"Location": f"/api/v1/vehicles/{body['id']}"})
+
+
+@blp.route("/<vehicle_id>", methods=["GET"])
+@auth.requires("viewer")
+@blp.response(200, VehicleSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_vehicle(vehicle_id: str):
+    """One vehicle: registration, presence, latest telemetry, health, desired and reported configuration."""
+    with database().transaction() as cur:
+        _visible(cur, vehicle_id)
+        return vehicles.shape(vehicles.get(cur, vehicle_id))
+
+
+@blp.route("/<vehicle_id>", methods=["PATCH"])
+@auth.requires("operator")
+@blp.arguments(VehicleUpdateSchema)
+@blp.response(200, VehicleSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def update_vehicle(body: dict, vehicle_id: str):
+    """Change a vehicle's name, model or metadata (metadata is replaced as a whole)."""
+    user = auth.current_user()
+    with database().transaction() as cur:
+        _visible(cur, vehicle_id)
+        vehicles.update_details(cur, vehicle_id, body)
+        audit.record(cur, "operator", user.username, "vehicle.update", "vehicle", vehicle_id, body)
+        return vehicles.shape(vehicles.get(cur, vehicle_id))
+
+
+@blp.route("/<vehicle_id>/enrollment", methods=["POST"])
+@auth.requires("operator")
+@blp.response(201, EnrollmentSchema, description="a fresh one-time token, shown only here")
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+def issue_enrollment(vehicle_id: str):
+    """Issue a fresh enrollment token: the vehicle registers again and gets a new device secret (rotation).
+
+    The old secret keeps working until that registration, then stops at once. Earlier unused tokens stop
+    working now. For a revoked vehicle this is how it is re-admitted. Decommissioned vehicles get none (409).
+    """
+    user = auth.current_user()
+    try:
+        with database().transaction() as cur:
+            _visible(cur, vehicle_id)
+            enrollment = registry.issue_enrollment_token(cur, config().device_secret_key, vehicle_id,
+                                                         actor_type="operator", actor_id=user.username,
+                                                         token_ttl_s=config().enrollment_token_ttl_s)
+    except registry.RegistryError as exc:
+        raise _conflict(exc) from None
+    log_event(log, "vehicle.enrollment_issued", vehicle=vehicle_id, user=user.username)
+    return {"token": enrollment.token, "expires_at": enrollment.expires_at}, 201
+
+
+@blp.route("/<vehicle_id>/config", methods=["PUT"])
+@auth.requires("operator")
+@blp.arguments(DesiredConfigSchema)
+@blp.response(200, ConfigUpdateResultSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+def put_config(body: dict, vehicle_id: str):
+    """Set the desired configuration and send it (`config.update` {version, config}, QoS 1, on the vehicle's
+    cmd topic). The vehicle reports what it applied in its status (`config_version`, `config`): both are kept.
+
+    The version moves only when the configuration changes, so repeating the same PUT re-sends the same version
+    (retry after a 503). `delivered` is false when the vehicle had no session to receive it.
+    """
+    user = auth.current_user()
+    with database().transaction() as cur:
+        vehicle = _visible(cur, vehicle_id)
+        if vehicle["status"] in ("revoked", "decommissioned"):
+            raise ApiError(409, f"vehicle {vehicle_id} is {vehicle['status']}", code="vehicle_state_conflict")
+        version = vehicles.set_desired_config(cur, vehicle_id, body["config"])
+        command = envelope.command("config.update", {"version": version, "config": body["config"]})
+        audit.record(cur, "operator", user.username, "vehicle.config_update", "vehicle", vehicle_id,
+                     {"version": version, "msg_id": command["msg_id"]})
+    try:
+        delivered = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
+    except EmqxApiError as exc:
+        log_event(log, "vehicle.config_not_sent", logging.ERROR, vehicle=vehicle_id, version=version, error=str(exc))
+        raise ApiError(503, "the desired configuration is stored, but the broker could not be reached to send it; "
+                            "repeat the request", details={"desired_version": version}) from exc
+    log_event(log, "vehicle.config_sent", vehicle=vehicle_id, version=version, delivered=delivered, user=user.username)
+    return {"config": _shaped(vehicle_id)["config"],
+            "command": {"command": "config.update", "msg_id": command["msg_id"], "delivered": delivered}}
+
+
+def _disconnect(vehicle_id: str, action: str) -> dict:
+    session = registry.disconnect(broker(), vehicle_id)
+    if session == "broker_unreachable":
+        raise ApiError(503, f"the vehicle is {action} and can no longer connect, but the broker could not be reached "
+                            "to end its live session; repeat the request", details={"status": action})
+    return {"vehicle": _shaped(vehicle_id), "session": session}
+
+
+@blp.route("/<vehicle_id>/revoke", methods=["POST"])
+@auth.requires("operator")
+@blp.arguments(ReasonSchema, required=False)
+@blp.response(200, VehicleSessionResultSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+def revoke_vehicle(body: dict | None, vehicle_id: str):
+    """Revoke the vehicle's credentials: its device secret and unused tokens stop working, its live MQTT session
+    is kicked and its authorization cache cleared. Idempotent. A new enrollment token re-admits it later."""
+    user = auth.current_user()
+    reason = (body or {}).get("reason")
+    try:
+        with database().transaction() as cur:
+            _visible(cur, vehicle_id)
+            registry.revoke_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+    except registry.RegistryError as exc:
+        raise _conflict(exc) from None
+    log_event(log, "vehicle.revoked", logging.WARNING, vehicle=vehicle_id, user=user.username, reason=reason)
+    return _disconnect(vehicle_id, "revoked")
+
+
+@blp.route("/<vehicle_id>/decommission", methods=["POST"])
+@auth.requires("operator")
+@blp.arguments(ReasonSchema, required=False)
+@blp.response(200, VehicleSessionResultSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+@blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+def decommission_vehicle(body: dict | None, vehicle_id: str):
+    """Retire the vehicle for good: credentials withdrawn, session kicked, queued missions cancelled; it can
+    never be enrolled again. Refused (409) while it is working on a mission: cancel that first."""
+    user = auth.current_user()
+    reason = (body or {}).get("reason")
+    with database().transaction() as cur:
+        _visible(cur, vehicle_id)
+        queued, active = vehicles.queued_missions(cur, vehicle_id)
+        if active:
+            raise ApiError(409, f"vehicle {vehicle_id} is working on a mission; cancel it first",
+                           code="vehicle_busy")
+        for mission_id in queued:
+            missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
+                                 {"reason": "vehicle decommissioned"})
+        registry.decommission_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+    log_event(log, "vehicle.decommissioned", logging.WARNING, vehicle=vehicle_id, user=user.username,
+              missions_cancelled=len(queued))
+    return _disconnect(vehicle_id, "decommissioned")

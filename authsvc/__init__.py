@@ -1,0 +1,38 @@
+"""authsvc — the broker's front door: MQTT authentication and ACL callouts, and vehicle registration.
+
+``create_app()`` builds the application from environment variables (``authsvc/config.py``); tests may pass an
+``AuthsvcConfig``. Nothing happens at import time. Production and the embedded stack both serve it with
+gunicorn (``authsvc/gunicorn_conf.py``).
+"""
+from __future__ import annotations
+
+from flask import Flask
+
+from authsvc import errors
+from authsvc.broker_request import BrokerCallouts
+from authsvc.config import AuthsvcConfig
+from fleetcore import logs
+from fleetcore.db import Database
+from fleetcore.emqx_api import EmqxApi
+
+
+def create_app(config: AuthsvcConfig | None = None) -> Flask:
+    logs.configure("authsvc")
+    cfg = config or AuthsvcConfig.from_env()
+    app = Flask(__name__)
+    app.extensions["authsvc.config"] = cfg
+    app.extensions["authsvc.broker_token"] = cfg.broker_token.encode("utf-8")
+    app.extensions["authsvc.db"] = Database(cfg.database_url, max_connections=cfg.db_pool_size,
+                                            application_name="authsvc")
+    app.extensions["authsvc.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret,
+                                             timeout=cfg.emqx_timeout_s)
+    errors.register(app)
+
+    from authsvc import authn, authz, health, registration
+    for module in (health, registration):
+        app.register_blueprint(module.blp)
+    # The two callouts on the broker's hot path skip Flask's per-request machinery (broker_request.BrokerCallouts).
+    routes = {authn.PATH: authn.Authenticator(app.extensions["authsvc.db"], cfg.device_secret_key),
+              authz.PATH: authz.authorize}
+    app.wsgi_app = BrokerCallouts(app.wsgi_app, routes, app.extensions["authsvc.broker_token"], cfg.max_body_bytes)
+    return app

@@ -1,0 +1,73 @@
+"""The topic ACL (design.md §3) as a pure function of identity and topic: no database, no state.
+
+A ``vehicle`` may publish its own telemetry, status, mission and connection, and subscribe to its own cmd and
+register/response and to the fleet-wide ``fleet/v1/_fleet/cmd``. An ``enrolling`` client (enrollment token only)
+may publish its own register/request and subscribe to its own register/response. Everything else is denied:
+wildcards, ``$SYS`` and other ``$`` topics (shared subscriptions included), other vehicles' topics, topics outside
+the tree, an empty or unknown role, and a client whose clientid and username differ.
+
+``session_rules`` turns the same table into the ``acl`` list of the authn answer (EMQX 5.8+ attaches it to the
+session and checks it before the HTTP source): a connected vehicle's own topics are then allowed without a
+callout — it keeps working through an authsvc outage — while everything else still comes here and is denied.
+
+The role comes from the authn answer's ``client_attrs.role`` (the broker sends it with every authz request);
+authn only hands out a role after verifying the credential, so the decision needs nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetcore import topics
+from fleetcore.registry import ROLE_ENROLLING, ROLE_VEHICLE
+
+Kind = topics.Kind
+
+_ALLOWED: dict[tuple[str, str], frozenset[Kind]] = {
+    (ROLE_VEHICLE, "publish"): frozenset({Kind.TELEMETRY, Kind.STATUS, Kind.MISSION, Kind.CONNECTION}),
+    (ROLE_VEHICLE, "subscribe"): frozenset({Kind.CMD, Kind.REGISTER_RESPONSE}),
+    (ROLE_ENROLLING, "publish"): frozenset({Kind.REGISTER_REQUEST}),
+    (ROLE_ENROLLING, "subscribe"): frozenset({Kind.REGISTER_RESPONSE}),
+}
+
+
+@dataclass(frozen=True)
+class AclDecision:
+    allow: bool
+    reason: str
+
+
+def decide(role: str, clientid: str, username: str, action: str, topic: str) -> AclDecision:
+    """May this client do ``action`` (publish | subscribe) on ``topic``?"""
+    if role not in (ROLE_VEHICLE, ROLE_ENROLLING):
+        return AclDecision(False, "unknown_role" if role else "no_role")
+    if action not in ("publish", "subscribe"):
+        return AclDecision(False, "unknown_action")
+    if clientid != username or not topics.is_vehicle_id(clientid):
+        return AclDecision(False, "identity_mismatch")
+    if topic.startswith("$"):
+        return AclDecision(False, "system_topic")
+    if "+" in topic or "#" in topic:
+        return AclDecision(False, "wildcard")
+    parsed = topics.parse(topic)
+    if parsed is None:
+        return AclDecision(False, "outside_tree")
+    if parsed.vehicle_id is None:  # fleet/v1/_fleet/cmd
+        if role == ROLE_VEHICLE and action == "subscribe":
+            return AclDecision(True, "fleet_commands")
+        return AclDecision(False, "fleet_topic")
+    if parsed.vehicle_id != clientid:
+        return AclDecision(False, "other_vehicle")
+    if parsed.kind in _ALLOWED[(role, action)]:
+        return AclDecision(True, "own_topic")
+    return AclDecision(False, f"{role}_may_not_{action}_{parsed.kind.value.replace('/', '_')}")
+
+
+def session_rules(role: str, vehicle_id: str) -> list[dict]:
+    """The allow rules of ``decide`` for one client, as EMQX authn-answer ACL rules with literal topics."""
+    rules = []
+    for action in ("publish", "subscribe"):
+        names = [topics.vehicle_topic(vehicle_id, kind) for kind in sorted(_ALLOWED[(role, action)])]
+        if role == ROLE_VEHICLE and action == "subscribe":
+            names.append(topics.fleet_command_topic())
+        rules.append({"permission": "allow", "action": action, "topics": names})
+    return rules

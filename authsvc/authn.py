@@ -1,0 +1,57 @@
+"""``POST /mqtt/authn`` — EMQX's HTTP authentication callout, at every MQTT CONNECT.
+
+Body (all strings): ``{clientid, username, password, peerhost}``. Answer, always ``200`` for a decision:
+``{"result": "allow", "is_superuser": false, "client_attrs": {"role": "vehicle"|"enrolling", "fleet": …},
+"acl": [the client's own topics, see acl.session_rules]}`` or
+``{"result": "deny"}``. A body that breaks the contract is denied too. Only a database outage answers ``503``
+(EMQX then "ignores" this authenticator and, being the only one, refuses the client: fail-closed).
+Every decision is logged with its reason — never with the password. Served by ``broker_request.BrokerCallouts``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import psycopg2
+
+from authsvc import acl
+from authsvc.broker_request import DENY_BODY, CalloutUnavailable, MalformedRequest, string_fields_of
+from authsvc.errors import log_unavailable
+from fleetcore import registry
+from fleetcore.db import Database
+from fleetcore.logs import log_event
+
+PATH = "/mqtt/authn"
+log = logging.getLogger("authsvc.authn")
+
+
+class Authenticator:
+    """Decides one CONNECT: an active vehicle with its device secret, or an enrolling one with its token."""
+
+    def __init__(self, database: Database, device_secret_key: str) -> None:
+        self.database = database
+        self.key = device_secret_key
+
+    def __call__(self, data: bytes) -> bytes:
+        try:
+            body = string_fields_of(data, ("clientid", "username", "password"), ("peerhost",))
+        except MalformedRequest as exc:
+            log_event(log, "authn.deny", logging.WARNING, reason=f"malformed:{exc.reason}")
+            return DENY_BODY
+        clientid, peer = body["clientid"][:100], body.get("peerhost", "")[:64]
+        try:
+            with self.database.transaction() as cur:
+                decision = registry.verify_credentials(cur, self.key, body["clientid"], body["username"],
+                                                       body["password"])
+        except psycopg2.Error as exc:
+            log_unavailable("database", exc, vehicle=clientid)
+            raise CalloutUnavailable("the credential store is unavailable") from None
+        if not decision.allow:
+            log_event(log, "authn.deny", logging.WARNING, vehicle=clientid, username=body["username"][:100],
+                      reason=decision.reason, peer=peer)
+            return DENY_BODY
+        log_event(log, "authn.allow", vehicle=clientid, role=decision.role, fleet=decision.fleet_id, peer=peer)
+        return json.dumps({"result": "allow", "is_superuser": False,
+                           "client_attrs": {"role": decision.role, "fleet": decision.fleet_id},
+                           "acl": acl.session_rules(decision.role, clientid)},
+                          separators=(",", ":")).encode()

@@ -1,0 +1,27 @@
+"""Production server settings for authsvc (gunicorn): the same in Docker and in the embedded stack.
+
+authz is pure CPU and authn is one short query, so throughput comes from processes (one per core by default,
+``AUTHSVC_WORKERS``), each with a few threads to overlap the database round trip. The broker keeps HTTP
+connections open (keep-alive, no pipelining): the keep-alive timeout is longer than its idle time, so an idle
+pooled connection is never closed under it.
+"""
+import os
+
+bind = os.environ.get("AUTHSVC_BIND", "0.0.0.0:8081")
+workers = int(os.environ.get("AUTHSVC_WORKERS", str(os.cpu_count() or 2)))
+worker_class = "gthread"
+threads = int(os.environ.get("AUTHSVC_THREADS", "8"))
+timeout = 30
+graceful_timeout = 10
+keepalive = 75
+accesslog = None            # every decision is logged by the app, structured
+errorlog = "-"
+loglevel = os.environ.get("FLEET_LOG_LEVEL", "info").lower()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "ts=%(asctime)s level=%(levelname)s component=authsvc logger=gunicorn "
+                                       "msg=\"%(message)s\""}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "loggers": {"gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False}},
+}

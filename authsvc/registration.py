@@ -1,0 +1,176 @@
+"""``POST /mqtt/register`` — vehicle registration over MQTT, called by the broker's ``http:registration`` action.
+
+The broker forwards every ``fleet/v1/{vid}/register/request`` as the rule output
+``{clientid, username, topic, payload_b64, publish_received_at}``. authsvc validates the request, turns the
+enrollment token into a device secret (``fleetcore.registry.register``: atomic, one secret per token) and
+publishes the answer (QoS 1) to ``fleet/v1/{clientid}/register/response`` through the broker's publish API:
+``register.accepted`` with ``username``/``password``, or ``register.rejected`` with a reason (contracts.md).
+The answer always goes to the verified identity (``clientid``), never to anything named in the payload.
+
+HTTP answer: ``200`` once handled — accepted or rejected, and the answer published (``delivered`` false when the
+vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). ``4xx`` for a
+call that is not a rule output at all. ``5xx`` for infrastructure failure, so the broker retries:
+
+* database unavailable → ``503`` before anything changed;
+* the answer could not be published → ``503`` (``502`` if the broker refused it), *after* the database commit.
+  The secret then exists only as its hash, but it is derived from the request, so the retry of the same request
+  (same ``msg_id``) is recognised as a replay and re-publishes the identical answer with the identical secret,
+  within the replay window (``AUTHSVC_REGISTRATION_REPLAY_WINDOW_S``, 10 min). A different request with the used
+  token gets ``token_used``. If every retry fails, the vehicle never learns the secret and an operator issues a
+  new enrollment token (``POST /api/v1/vehicles/{id}/enrollment``), which rotates it.
+
+The enrolling client is not kicked: it has the vehicle's clientid, so connecting it already took over (ended)
+any old session of the vehicle, and it must stay connected to receive the answer. The old secret stops working
+in the registration transaction itself.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+
+import psycopg2
+from flask import Blueprint, jsonify
+
+from authsvc.broker_request import MalformedRequest, json_object, read_body, require_broker_token
+from authsvc.errors import AuthsvcError, log_unavailable
+from authsvc.extensions import broker, config, database
+from fleetcore import envelope, registry, topics
+from fleetcore.emqx_api import EmqxApiError, EmqxUnavailable
+from fleetcore.logs import log_event
+
+blp = Blueprint("registration", __name__)
+blp.before_request(require_broker_token)
+log = logging.getLogger("authsvc.registration")
+
+MAX_REQUEST_BYTES = 256 * 1024     # the rule output with a base64 payload; a registration request is < 1 KB
+_ANSWER_NAMESPACE = uuid.UUID("5b0e3c52-8d9a-4f27-9d0e-6c1f4a7e2b10")
+
+
+class _Malformed(Exception):
+    def __init__(self, message: str, request_msg_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_msg_id = request_msg_id
+
+
+def _text(value) -> bool:
+    """A string PostgreSQL can store (text cannot hold NUL)."""
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _request_envelope(payload_b64: str) -> dict:
+    """The registration request inside the rule output: ``{"v":1,"msg_id","ts","data":{"enrollment_token",…}}``."""
+    try:
+        raw = base64.b64decode(payload_b64, validate=True)
+        message = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise _Malformed("the payload is not JSON") from None
+    if not isinstance(message, dict):
+        raise _Malformed("the payload is not a JSON object")
+    msg_id = message.get("msg_id")
+    msg_id = msg_id if _text(msg_id) and 1 <= len(msg_id) <= 64 else None
+    if msg_id is None:
+        raise _Malformed("msg_id must be a string of 1–64 characters")
+    if message.get("v") != envelope.VERSION:
+        raise _Malformed(f"unsupported envelope version {message.get('v')!r}; expected 1", msg_id)
+    data = message.get("data")
+    if not isinstance(data, dict):
+        raise _Malformed("data must be an object", msg_id)
+    token = data.get("enrollment_token")
+    if not _text(token) or not 1 <= len(token) <= 200:
+        raise _Malformed("data.enrollment_token is required", msg_id)
+    for name in ("model", "sw_version"):
+        value = data.get(name)
+        if value is not None and (not _text(value) or len(value) > 200):
+            raise _Malformed(f"data.{name} must be a string of at most 200 characters", msg_id)
+    return {"msg_id": msg_id, "token": token, "model": data.get("model"), "sw_version": data.get("sw_version")}
+
+
+def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> dict:
+    """The register.accepted / register.rejected envelope. Its msg_id is derived from the request, so a re-sent
+    answer carries the same msg_id and the vehicle can recognise it as a repeat."""
+    if outcome.accepted:
+        answer = envelope.reply("register.accepted", {
+            "request_msg_id": request_msg_id, "vehicle_id": outcome.vehicle_id, "fleet_id": outcome.fleet_id,
+            "username": outcome.vehicle_id, "password": outcome.secret})
+    else:
+        answer = envelope.reply("register.rejected", {
+            "request_msg_id": request_msg_id, "reason": outcome.reason, "message": outcome.message})
+    if request_msg_id is not None:
+        answer["msg_id"] = str(uuid.uuid5(_ANSWER_NAMESPACE, f"{outcome.vehicle_id}\x00{request_msg_id}\x00"
+                                                             f"{answer['type']}"))
+    return answer
+
+
+def _decide(body: dict, clientid: str) -> tuple[registry.RegistrationOutcome, str | None]:
+    parsed = topics.parse(body["topic"])
+    if (body.get("username") != clientid or parsed is None or parsed.kind is not topics.Kind.REGISTER_REQUEST
+            or parsed.vehicle_id != clientid):
+        return registry.rejected(clientid, "malformed", "the request must come from the vehicle's own "
+                                                        "register/request topic, with username = clientid"), None
+    try:
+        request = _request_envelope(body["payload_b64"])
+    except _Malformed as exc:
+        return registry.rejected(clientid, "malformed", exc.message), exc.request_msg_id
+    cfg = config()
+    with database().transaction() as cur:
+        outcome = registry.register(cur, cfg.device_secret_key, vehicle_id=clientid,
+                                    enrollment_token=request["token"], request_msg_id=request["msg_id"],
+                                    model=request["model"], sw_version=request["sw_version"],
+                                    replay_window_s=cfg.replay_window_s)
+    return outcome, request["msg_id"]
+
+
+def _audit_rejection(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> None:
+    with database().transaction() as cur:
+        cur.execute("INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, detail) "
+                    "VALUES ('vehicle', %s, 'vehicle.register_rejected', 'vehicle', %s, %s)",
+                    (outcome.vehicle_id, outcome.vehicle_id,
+                     {"reason": outcome.reason, "request_msg_id": request_msg_id}))
+
+
+@blp.route("/mqtt/register", methods=["POST"])
+def register():
+    """Handle one registration request and publish the answer to the vehicle."""
+    try:
+        body = json_object(read_body(MAX_REQUEST_BYTES))
+    except MalformedRequest as exc:
+        log_event(log, "registration.bad_call", logging.WARNING, reason=exc.reason)
+        raise AuthsvcError(413 if exc.reason == "oversized" else 400,
+                           f"expected the rule output as a JSON object ({exc.reason})") from None
+    clientid = body.get("clientid")
+    if not isinstance(clientid, str) or not topics.is_vehicle_id(clientid) or not isinstance(body.get("topic"), str) \
+            or not isinstance(body.get("payload_b64"), str):
+        log_event(log, "registration.bad_call", logging.WARNING, reason="missing_fields")
+        raise AuthsvcError(400, "expected {clientid, username, topic, payload_b64, publish_received_at} with a "
+                                "valid vehicle id as clientid")
+    try:
+        outcome, request_msg_id = _decide(body, clientid)
+        if not outcome.accepted:
+            _audit_rejection(outcome, request_msg_id)
+    except psycopg2.Error as exc:
+        log_unavailable("database", exc, vehicle=clientid)
+        raise AuthsvcError(503, "the registry is unavailable; retry", code="unavailable") from None
+
+    result = "accepted" if outcome.accepted else "rejected"
+    summary = {"result": result, "reason": outcome.reason, "vehicle_id": clientid, "request_msg_id": request_msg_id,
+               "replayed": outcome.replayed, "rotated": outcome.rotated}
+    try:
+        published = broker().publish(topics.vehicle_topic(clientid, topics.Kind.REGISTER_RESPONSE),
+                                     _answer(outcome, request_msg_id), qos=1)
+    except EmqxApiError as exc:
+        status = 503 if isinstance(exc, EmqxUnavailable) else 502
+        log_event(log, "registration.answer_failed", logging.ERROR, vehicle=clientid, result=result,
+                  reason=outcome.reason, request_msg_id=request_msg_id, error=str(exc)[:200])
+        raise AuthsvcError(status, f"registration {result}, but the answer could not be published; retry the same "
+                                   "request to re-send it", code="answer_not_published", details=summary) from None
+    log_event(log, f"registration.{result}", logging.INFO if outcome.accepted else logging.WARNING,
+              vehicle=clientid, reason=outcome.reason, request_msg_id=request_msg_id, replayed=outcome.replayed,
+              rotated=outcome.rotated, delivered=published.delivered)
+    if not published.delivered:
+        log_event(log, "registration.answer_not_delivered", logging.WARNING, vehicle=clientid,
+                  hint="the vehicle must subscribe to its register/response topic before sending the request")
+    return jsonify({**summary, "delivered": published.delivered})

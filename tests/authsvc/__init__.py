@@ -1,0 +1,1 @@
+"""authsvc over HTTP, called as the broker calls it."""
