@@ -52,10 +52,15 @@ def mission_command(mission: dict, msg_id: str) -> dict:
 
 
 class MissionDispatcher:
+    CONFIG_RETRIES_S = (2.0, 5.0, 15.0)
+
     def __init__(self, db: Database, emqx: EmqxApi, config: ApiConfig) -> None:
         self.db = db
         self.emqx = emqx
         self.config = config
+        # vehicle → (when to try again, attempts so far): a vehicle that just connected may not have subscribed
+        # to its commands yet, so an undelivered config.update is tried again a few times.
+        self._config_retries: dict[str, tuple[float, int]] = {}
 
     def dispatch_next(self, vehicle_id: str) -> DispatchResult:
         """Send the vehicle its next queued mission if it is online and idle."""
@@ -101,6 +106,34 @@ class MissionDispatcher:
             log_event(log, "mission.cancel_not_sent", logging.WARNING, mission=str(mission["id"]), error=str(exc))
             return False
 
+    def resend_config(self, vehicle_id: str, attempt: int = 0) -> bool:
+        """A vehicle that comes online behind its desired configuration gets ``config.update`` again (the one
+        sent while it was offline found no subscriber). Returns whether a command was delivered."""
+        self._config_retries.pop(vehicle_id, None)
+        with self.db.transaction() as cur:
+            cur.execute("SELECT desired_config, desired_config_version, reported_config_version FROM vehicles "
+                        "WHERE id = %s AND status = 'active'", (vehicle_id,))
+            row = cur.fetchone()
+        if row is None or row["desired_config_version"] <= (row["reported_config_version"] or 0):
+            return False
+        command = envelope.command("config.update", {"version": row["desired_config_version"],
+                                                      "config": row["desired_config"]})
+        try:
+            delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
+        except EmqxApiError as exc:
+            log_event(log, "config.resend_failed", logging.WARNING, vehicle=vehicle_id, error=str(exc))
+            return False
+        log_event(log, "config.resent", vehicle=vehicle_id, version=row["desired_config_version"], delivered=delivered)
+        if not delivered and attempt < len(self.CONFIG_RETRIES_S):
+            self._config_retries[vehicle_id] = (time.monotonic() + self.CONFIG_RETRIES_S[attempt], attempt + 1)
+        return delivered
+
+    def retry_configs(self) -> None:
+        now = time.monotonic()
+        for vehicle_id, (due, attempt) in list(self._config_retries.items()):
+            if due <= now:
+                self.resend_config(vehicle_id, attempt)
+
     # -- periodic work ---------------------------------------------------------------------------------------
     def expire_and_time_out(self) -> int:
         changed = 0
@@ -115,6 +148,7 @@ class MissionDispatcher:
 
     def sweep(self) -> None:
         self.expire_and_time_out()
+        self.retry_configs()
         with self.db.transaction() as cur:
             waiting = missions.vehicles_waiting_for_dispatch(cur)
         for vehicle_id in waiting:
@@ -174,10 +208,17 @@ class DispatcherThread(threading.Thread):
         while not self.stopping.is_set():
             readable, _, _ = select.select([conn], [], [], self.config.dispatcher_tick_s)
             vehicles: set[str] = set()
+            came_online: set[str] = set()
             if readable:
                 conn.poll()
                 while conn.notifies:
-                    vehicles |= _vehicles_to_try(conn.notifies.pop(0))
+                    notify = conn.notifies.pop(0)
+                    found = _vehicles_to_try(notify)
+                    vehicles |= found
+                    if notify.channel == "fleet_vehicle_online":
+                        came_online |= found
+            for vehicle_id in sorted(came_online):
+                self.dispatcher.resend_config(vehicle_id)
             for vehicle_id in sorted(vehicles):
                 self.dispatcher.dispatch_next(vehicle_id)
             now = time.monotonic()

@@ -16,6 +16,7 @@ import psycopg2
 from bench import baselines, loadgen, mosquitto, report
 from bench.fleet import provision_vehicles
 from bench.report import say
+from bench.stackutil import PeakRss, component_roots
 from fleetctl.stack import Ports, Stack, StackConfig
 from bench.fleet import free_port
 
@@ -55,11 +56,14 @@ def run_case(stack: Stack, n_vehicles: int, messages: int, mosquitto_binary: str
     total = n_vehicles * messages
     spec = loadgen.LoadSpec("127.0.0.1", stack.config.ports.mqtt, credentials, messages, window=10)
     say(f"ingest: {n_vehicles} vehicles × {messages} messages through the stand-in")
-    result = loadgen.run(spec)
+    with PeakRss(component_roots(stack)) as memory:
+        result = loadgen.run(spec)
     stored = _telemetry_rows(stack.database_url, prefix)
     rows.append({"case": "stand-in broker → ingest SQL (authn, ACL, validation, dedup, ack after commit)",
                  "stored": stored, "per_s": result["acked_per_s"], "p50": result["latency_ms"]["p50"],
-                 "p99": result["latency_ms"]["p99"], "lost": result["acked"] - stored, "raw": result})
+                 "p99": result["latency_ms"]["p99"], "lost": result["acked"] - stored, "raw": result,
+                 "peak_rss_mib": memory.peak_mib(), "peak_pss_mib": memory.peak_pss_mib(),
+                 "processes": memory.processes})
 
     bench_dsn = _bench_db(stack)
     vehicle_ids = [vid for vid, _ in credentials]
@@ -71,14 +75,15 @@ def run_case(stack: Stack, n_vehicles: int, messages: int, mosquitto_binary: str
                 say(f"ingest baseline: mosquitto + {kind} subscriber")
                 spec = loadgen.LoadSpec("127.0.0.1", broker.port, [(v, None) for v in vehicle_ids], messages,
                                         window=10)
-                load = loadgen.run(spec)
+                with PeakRss({"mosquitto": broker.process.pid}) as memory:
+                    load = loadgen.run(spec)
                 subscriber.wait_for(load["acked"], timeout=120)
                 summary = subscriber.summary(load["wall_started"])
             stored = summary["stored"] if kind == "counting" else baselines.count_rows(bench_dsn)
             rows.append({"case": f"mosquitto + {kind} subscriber", "stored": stored,
                          "per_s": summary["stored_per_s"], "p50": summary["latency_ms"]["p50"],
                          "p99": summary["latency_ms"]["p99"], "lost": load["acked"] - stored,
-                         "raw": {"load": load, "subscriber": summary}})
+                         "raw": {"load": load, "subscriber": summary}, "peak_rss_mib": memory.peak_mib()})
     baselines.create_table(bench_dsn)
     copy = baselines.copy_rows(bench_dsn, vehicle_ids, messages)
     rows.append({"case": "COPY of the same rows (storage ceiling)", "stored": copy["stored"],
@@ -86,6 +91,19 @@ def run_case(stack: Stack, n_vehicles: int, messages: int, mosquitto_binary: str
     for row in rows:
         row["vehicles"], row["offered"] = n_vehicles, total
     return rows
+
+
+def _memory_line(n: int, ours: dict, case_rows: list[dict]) -> str:
+    """Peak RSS per component during the stand-in run, beside mosquitto's peak in its naive-subscriber run."""
+    peaks, pss, procs = ours["peak_rss_mib"], ours["peak_pss_mib"], ours["processes"]
+    parts = [f"{name} {mib:,.0f} MiB (PSS {pss[name]:,.0f} MiB, {procs[name]} "
+             f"process{'es' if procs[name] > 1 else ''})" for name, mib in peaks.items()]
+    line = f"{n} vehicles: peak RSS " + ", ".join(parts)
+    naive = next((r for r in case_rows if "naive" in r["case"]), None)
+    if naive and naive.get("peak_rss_mib", {}).get("mosquitto") and "broker" in peaks:
+        mosq = naive["peak_rss_mib"]["mosquitto"]
+        line += f"; broker = {peaks['broker'] / mosq:.1f}× mosquitto's {mosq:,.1f} MiB with the same vehicles"
+    return line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,11 +132,15 @@ def main(argv: list[str] | None = None) -> None:
             summary.append(f"{n} vehicles: the stand-in stores {ours['per_s']:,.0f} rows/s = "
                            f"{ours['per_s'] / naive['per_s']:.2f}× the naive subscriber (target ≥ 1×), "
                            f"lost {ours['lost']}")
+        summary.append(_memory_line(n, ours, case_rows))
     notes = [f"mosquitto: {note}" + (f" ({mosquitto.version(binary)})" if binary else " — baseline rows skipped"),
              "mosquitto runs with max_queued_messages 0: its default (1000) drops QoS 1 messages it has already "
              "acknowledged when a subscriber falls behind.",
              "Latency: stand-in = publish → PUBACK, which it sends only after the row is committed; baselines = "
              "device timestamp → the subscriber's commit.",
+             "Peak RSS: summed resident memory of each component's process tree (gunicorn master + workers, "
+             "postmaster + backends; shared pages counted in every process), sampled every 0.25 s during the load; PSS "
+             "divides shared pages among the processes sharing them (PostgreSQL's shared buffers count once).",
              "Publishers: paho-mqtt clients driven by 2 processes, 10 messages in flight per vehicle, on the same "
              "2-core machine as broker and database (everything competes for the same cores)."]
     report.write("ingest_e2e", "End-to-end ingest: vehicles → broker → PostgreSQL",

@@ -142,3 +142,18 @@ def test_config_update_reaches_the_connected_vehicle(operator, stack):
         assert command["msg_id"] == response.json()["command"]["msg_id"]
     finally:
         vehicle.close()
+
+
+def test_config_set_while_offline_is_sent_when_the_vehicle_comes_online(operator, stack):
+    vehicle, token = new_vehicle(operator, stack)
+    secret = vehicle.register(token)
+    response = operator.put(f"/api/v1/vehicles/{vehicle.vehicle_id}/config", json={"config": {"max_speed": 2}})
+    assert response.status_code == 200 and response.json()["command"]["delivered"] is False
+    vehicle.connect(secret)
+    try:
+        vehicle.subscribe_commands()
+        # The resend follows the vehicle's presence, so it can race the first subscription; the api retries.
+        command = vehicle.wait_for_command("config.update", timeout=15)
+        assert command["data"] == {"version": 1, "config": {"max_speed": 2}}
+    finally:
+        vehicle.close()

@@ -1,0 +1,121 @@
+"""A private embedded stack for one benchmark (only the components it needs, on free loopback ports, in a temp
+dir), and per-component process accounting with psutil: CPU seconds and peak RSS of a component's process tree
+(gunicorn's master and its workers; PostgreSQL's postmaster and its backends)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psutil
+
+from bench.fleet import free_port
+from fleetctl.stack import Ports, Stack, StackConfig
+
+
+def start_stack(state_dir: Path, components: tuple[str, ...], extra_env: dict[str, str] | None = None) -> Stack:
+    ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+    config = StackConfig(state_dir=state_dir, ports=ports, durable=True, components=components,
+                         extra_env={"FLEET_LOG_LEVEL": "WARNING"} | (extra_env or {}))
+    stack = Stack(config, out=lambda line: None)
+    stack.start()
+    return stack
+
+
+def component_roots(stack: Stack) -> dict[str, int]:
+    """PID of each started component's top process, plus PostgreSQL's postmaster when it is embedded."""
+    roots = {c.name: c.process.pid for c in stack.started if c.process and c.process.pid}
+    postmaster = _postmaster_pid(stack)
+    if postmaster:
+        roots["postgres"] = postmaster
+    return roots
+
+
+def _postmaster_pid(stack: Stack) -> int | None:
+    if stack.postgres is None:
+        return None
+    pidfile = Path(stack.state_dir) / "pgdata" / "postmaster.pid"
+    try:
+        return int(pidfile.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process tree so far (children that already exited are not counted)."""
+    total = 0.0
+    for proc in tree(pid):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for proc in tree(pid):
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of a process tree: shared pages (PostgreSQL's shared buffers, gunicorn's
+    copy-on-write worker memory) divided among the processes sharing them, so the sum is not inflated."""
+    total = 0
+    for proc in tree(pid):
+        try:
+            total += getattr(proc.memory_full_info(), "pss", 0)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class PeakRss(threading.Thread):
+    """Samples the summed RSS (and PSS) of each component's process tree every ``interval`` s; keeps the peak."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.25) -> None:
+        super().__init__(name="bench-peak-rss", daemon=True)
+        self.roots, self.interval = roots, interval
+        self.peak: dict[str, int] = {name: 0 for name in roots}
+        self.peak_pss: dict[str, int] = {name: 0 for name in roots}
+        self.processes: dict[str, int] = {name: 0 for name in roots}
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        for name, pid in self.roots.items():
+            procs = tree(pid)
+            self.processes[name] = max(self.processes[name], len(procs))
+            self.peak[name] = max(self.peak[name], rss_bytes(pid))
+            self.peak_pss[name] = max(self.peak_pss[name], pss_bytes(pid))
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "PeakRss":
+        self.sample()
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+        self.sample()
+
+    def peak_mib(self) -> dict[str, float]:
+        return {name: round(value / 2**20, 1) for name, value in self.peak.items()}
+
+    def peak_pss_mib(self) -> dict[str, float]:
+        return {name: round(value / 2**20, 1) for name, value in self.peak_pss.items()}
