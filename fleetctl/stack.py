@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -217,6 +219,7 @@ class Stack:
         try:
             self._start_database()
             self._write_api_keys()
+            self._ensure_tls_certificates()
             wanted = self.config.components
             for component in self._components():
                 if not component.available or (wanted is not None and component.name not in wanted):
@@ -225,6 +228,18 @@ class Stack:
         except BaseException:
             self.stop("start-up failed")
             raise
+
+    def _ensure_tls_certificates(self) -> None:
+        """First run: a local CA and a broker certificate (scripts/make-certs.sh), so the TLS listener is on.
+        Without openssl the TLS listener stays off and the summary does not list it."""
+        if (self.tls_dir / "server.pem").exists() or not shutil.which("openssl"):
+            return
+        script = paths.PROJECT_ROOT / "scripts" / "make-certs.sh"
+        done = subprocess.run(["sh", str(script), str(self.tls_dir)], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            self.out(f"TLS certificates could not be made, MQTT over TLS stays off: {done.stderr.strip()[:300]}")
+        else:
+            self.out(f"made a local CA and broker certificate in {self.tls_dir} (vehicles verify with ca.pem)")
 
     def _start_database(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

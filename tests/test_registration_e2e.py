@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from fleetcore import topics
+from tests.support.database import rows
 from tests.support.operators import unique
 from tests.support.vehicle import ConnectRefused, MqttVehicle
 from tests.support.waiting import wait_until
@@ -157,3 +158,19 @@ def test_config_set_while_offline_is_sent_when_the_vehicle_comes_online(operator
         assert command["data"] == {"version": 1, "config": {"max_speed": 2}}
     finally:
         vehicle.close()
+
+
+def test_a_vehicle_connects_over_tls_verifying_the_broker_with_the_local_ca(operator, stack):
+    ca = stack.tls_dir / "ca.pem"
+    if not ca.exists():
+        pytest.skip("openssl is not installed: the embedded stack runs without its TLS listener")
+    vehicle, token = new_vehicle(operator, stack)
+    secret = vehicle.register(token)
+    tls = MqttVehicle("127.0.0.1", stack.config.ports.mqtt_tls, vehicle.vehicle_id)
+    tls.connect(secret, tls_ca=str(ca))
+    try:
+        message = tls.telemetry()
+        wait_until(lambda: rows(stack.database_url, "SELECT 1 FROM telemetry WHERE msg_id = %s",
+                                (message["msg_id"],)))
+    finally:
+        tls.close()
