@@ -113,5 +113,5 @@ def test_oversized_payload_is_dead_lettered(enroll, stack):
     big = b'{"v":1,"msg_id":"big","seq":1,"ts":1,"data":{"lat":1,"lon":1,"pad":"' + b"x" * 300_000 + b'"}}'
     vehicle.publish_raw(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.TELEMETRY), big)
     [row] = wait_until(lambda: rejected(stack.database_url, vehicle.vehicle_id))
-    assert row["reason"] == "payload_too_large"
+    assert row["reason"] == "oversize"
     assert vehicle.connected

@@ -1,0 +1,82 @@
+"""fleet_ingest — the broker's database role — may INSERT into the inbox views and do nothing else."""
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from tests.sql.conftest import envelope
+
+INBOXES = ["telemetry_inbox", "status_inbox", "mission_inbox", "connection_inbox", "presence_inbox",
+           "authz_denied_inbox"]
+
+FORBIDDEN = [
+    "SELECT * FROM ingest.telemetry_inbox",
+    "SELECT * FROM ingest.settings",
+    "UPDATE ingest.settings SET max_payload_bytes = 1048576",
+    "SELECT * FROM telemetry",
+    "SELECT * FROM vehicles",
+    "SELECT * FROM rejected_messages",
+    "SELECT * FROM vehicle_state",
+    "INSERT INTO telemetry (vehicle_id, ts, received_at, msg_id, lat, lon) VALUES ('veh-1', now(), now(), 'x', 0, 0)",
+    "INSERT INTO rejected_messages (received_at, reason) VALUES (now(), 'forged')",
+    "UPDATE vehicles SET status = 'active'",
+    "DELETE FROM missions",
+    "TRUNCATE telemetry",
+    "DROP VIEW ingest.telemetry_inbox",
+    "ALTER TABLE telemetry ADD COLUMN x int",
+    "CREATE TABLE public.sneaky (id int)",
+    "CREATE TABLE ingest.sneaky (id int)",
+    "SELECT fleet_maintenance()",
+    "SELECT * FROM mission_apply_event(gen_random_uuid(), 'completed', 'vehicle', 'veh-1', NULL, NULL, NULL)",
+    "SELECT ingest.reject('veh-1', 't', now(), 'forged', NULL, NULL, 0)",
+    "SELECT ingest.current_settings()",
+    "SELECT * FROM ingest_metrics()",
+]
+
+
+@pytest.mark.parametrize("statement", FORBIDDEN)
+def test_fleet_ingest_cannot(ingest_conn, vehicles, statement):
+    with ingest_conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        cur.execute(statement)
+
+
+def test_fleet_ingest_is_who_the_inbox_sees_and_the_triggers_run_as_the_owner(ingest_conn, inbox, vehicles, q):
+    with ingest_conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        assert cur.fetchone()[0] == "fleet_ingest"
+    inbox.telemetry(envelope())
+    assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 1
+
+
+def test_the_grants_are_exactly_insert_on_the_inboxes(q):
+    rows = q("SELECT table_schema, table_name, privilege_type FROM information_schema.role_table_grants "
+             "WHERE grantee = 'fleet_ingest' ORDER BY table_name")
+    assert [(r["table_schema"], r["table_name"], r["privilege_type"]) for r in rows] == \
+        [("ingest", name, "INSERT") for name in sorted(INBOXES)]
+
+
+def test_the_inbox_triggers_are_security_definer_with_a_pinned_search_path(q):
+    rows = q("SELECT p.proname, p.prosecdef, p.proconfig FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+             "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+             "WHERE n.nspname = 'ingest' AND NOT t.tgisinternal")
+    assert len(rows) == len(INBOXES)
+    for row in rows:
+        assert row["prosecdef"] and row["proconfig"] == ["search_path=pg_catalog, pg_temp"], row
+
+
+def test_an_infrastructure_failure_still_raises_so_the_broker_retries(conn, ingest_conn, inbox, vehicles, q):
+    # a lock the ingest cannot get within its timeout is not the vehicle's fault: the INSERT must fail
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE vehicle_state IN ACCESS EXCLUSIVE MODE")
+    try:
+        with ingest_conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg2.errors.LockNotAvailable):
+            inbox.telemetry(envelope())
+    finally:
+        conn.rollback()
+        conn.autocommit = True
+    assert q("SELECT count(*) AS n FROM rejected_messages")[0]["n"] == 0, "not dead-lettered: it will be retried"
+    inbox.telemetry(envelope())
+    assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 1
