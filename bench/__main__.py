@@ -1,5 +1,6 @@
-"""`make bench` / `python -m bench [name ...]`: run the benchmarks one after another, each in its own process
-(bounded to about two minutes, loopback only), then regenerate docs/BENCHMARKS.md."""
+"""`make bench` / `python -m bench [--quick] [name ...]`: run the benchmarks one after another, each in its own
+process (bounded to about two minutes, loopback only), then regenerate docs/BENCHMARKS.md. ``--quick`` runs small
+sizes to check that everything works (its results are not for BENCHMARKS.md)."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,8 @@ BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatc
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BENCHMARKS)
+    quick = "--quick" in argv
+    names = [a for a in argv if a != "--quick"] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
@@ -21,7 +23,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         report.say(f"== bench {name}")
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", f"bench.{name}"], timeout=900)
+        done = subprocess.run([sys.executable, "-m", f"bench.{name}", *(["--quick"] if quick else [])], timeout=900)
         report.say(f"== bench {name}: exit {done.returncode} after {time.monotonic() - started:.0f} s")
         if done.returncode != 0:
             failed.append(name)
