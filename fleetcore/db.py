@@ -40,7 +40,7 @@ class Database:
             raise psycopg2.OperationalError("no database connection free within %.0f s" % timeout)
         conn = None
         try:
-            conn = self._pool.getconn()
+            conn = self._checkout()
             yield conn
         except BaseException:
             if conn is not None:
@@ -62,6 +62,25 @@ class Database:
                         conn.rollback()
                     self._pool.putconn(conn)
             self._slots.release()
+
+    def _checkout(self) -> psycopg2.extensions.connection:
+        """A pooled connection that is still alive. A server restart or pg_terminate_backend leaves idle pooled
+        connections dead. poll() reads what the server sent without a round trip: the first one consumes its
+        "FATAL: terminating connection" notice, the second meets the closed socket and raises. Dead connections
+        are dropped here instead of failing the caller's first statement."""
+        for _ in range(self._pool.maxconn + 1):
+            conn = self._pool.getconn()
+            try:
+                if not conn.closed:
+                    del conn.notices[:]          # an idle pooled connection's old notices mean nothing
+                    conn.poll()
+                    conn.poll()
+                    if not any(n.startswith("FATAL") for n in conn.notices):
+                        return conn
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                pass
+            self._pool.putconn(conn, close=True)
+        return self._pool.getconn()
 
     @contextmanager
     def transaction(self, dict_rows: bool = True) -> Iterator[psycopg2.extensions.cursor]:

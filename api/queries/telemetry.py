@@ -36,6 +36,9 @@ def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tupl
 
 def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: int, after: str | None,
             limit: int) -> list[dict]:
+    # One vehicle's day is ~86,400 rows read in index order: parallel workers cost more to start than they save
+    # (measured 92 ms with, 53 ms without, on 2 cores), so this transaction plans without them.
+    cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
     # Headings are averaged on the circle (359° and 1° average to 0°, not 180°).
     cur.execute("""
         SELECT date_bin(make_interval(secs => %(interval)s), ts, TIMESTAMPTZ '2000-01-01') AS bucket,
