@@ -37,6 +37,8 @@ def readyz():
 
 
 @blp.route("/metrics", methods=["GET"])
+@blp.doc(responses={"200": {"description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics():
     """Prometheus metrics: requests and latencies of this process, missions by state, ingest rejects."""
     lines = current_app.extensions["fleet.metrics"].render()

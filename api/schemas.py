@@ -1,7 +1,9 @@
 """Marshmallow schemas: what every endpoint accepts and returns. The OpenAPI document is generated from them."""
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
+from datetime import datetime, timezone
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from fleetcore.topics import VEHICLE_ID_PATTERN
 
@@ -13,18 +15,54 @@ MISSION_STATES = ("queued", "dispatched", "accepted", "in_progress", "cancel_req
                   "rejected", "cancelled", "timed_out", "expired")
 
 
+def reject_unstorable(value, path: str = "") -> None:
+    """Text PostgreSQL cannot store — NUL characters, lone UTF-16 surrogates (valid JSON escapes, invalid UTF-8) —
+    is a validation error, not a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError(f"{path or 'value'} must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"{path or 'value'} must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_unstorable(key, path)
+            reject_unstorable(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            reject_unstorable(item, path)
+
+
 class StrictSchema(Schema):
-    """Unknown fields are an error (a typo must not be silently ignored)."""
+    """Input: unknown fields are an error (a typo must not be silently ignored), and so is text the database
+    cannot store."""
 
     class Meta:
         unknown = RAISE
+
+    @validates_schema
+    def _storable(self, data: dict, **_kwargs) -> None:
+        reject_unstorable(data)
+
+    @post_load
+    def _utc(self, data: dict, **_kwargs) -> dict:
+        """Times are compared in UTC; a time without an offset is UTC. (PostgreSQL refuses offsets beyond ±15:59,
+        which ISO 8601 allows up to ±23:59.)"""
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                try:
+                    data[key] = value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+                except (OverflowError, ValueError):
+                    raise ValidationError("out of range", field_name=key) from None
+        return data
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Lists
 # --------------------------------------------------------------------------------------------------------------
 class PageQuerySchema(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
@@ -77,15 +115,24 @@ class UserSchema(Schema):
     updated_at = fields.DateTime()
 
 
+def _bcrypt_limit(password: str) -> None:
+    # bcrypt uses at most 72 bytes of a password (and the library refuses more): say so instead of truncating.
+    if len(password.encode("utf-8", "surrogatepass")) > 72:
+        raise ValidationError("at most 72 bytes (UTF-8)")
+
+
+NEW_PASSWORD = validate.And(validate.Length(min=12, max=72), _bcrypt_limit)
+
+
 class UserCreateSchema(StrictSchema):
     username = fields.String(required=True, validate=USERNAME)
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=12, max=256))
+    password = fields.String(required=True, load_only=True, validate=NEW_PASSWORD)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     fleets = fields.List(fields.String(validate=FLEET_ID), load_default=list)
 
 
 class UserUpdateSchema(StrictSchema):
-    password = fields.String(load_only=True, validate=validate.Length(min=12, max=256))
+    password = fields.String(load_only=True, validate=NEW_PASSWORD)
     role = fields.String(validate=validate.OneOf(ROLES))
     active = fields.Boolean()
     fleets = fields.List(fields.String(validate=FLEET_ID))
@@ -110,20 +157,6 @@ class FleetUpdateSchema(StrictSchema):
 # --------------------------------------------------------------------------------------------------------------
 # Vehicles
 # --------------------------------------------------------------------------------------------------------------
-def reject_nul(value, path: str = "") -> None:
-    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them as a validation error, not a 500."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValidationError(f"{path or 'value'} must not contain NUL characters")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            reject_nul(key, path)
-            reject_nul(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for item in value:
-            reject_nul(item, path)
-
-
 class VehicleCreateSchema(StrictSchema):
     id = fields.String(required=True, validate=VEHICLE_ID, metadata={"description": "also its MQTT client id"})
     fleet_id = fields.String(required=True, validate=FLEET_ID)
@@ -131,19 +164,11 @@ class VehicleCreateSchema(StrictSchema):
     model = fields.String(validate=validate.Length(max=200), allow_none=True)
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
-    @validates_schema
-    def _no_nul(self, data: dict, **_kwargs) -> None:
-        reject_nul(data)
-
 
 class VehicleUpdateSchema(StrictSchema):
     name = fields.String(validate=validate.Length(max=200), allow_none=True)
     model = fields.String(validate=validate.Length(max=200), allow_none=True)
     metadata = fields.Dict(keys=fields.String())
-
-    @validates_schema
-    def _no_nul(self, data: dict, **_kwargs) -> None:
-        reject_nul(data)
 
 
 class PresenceSchema(Schema):
@@ -250,10 +275,6 @@ def parse_lat_lon(value: str) -> tuple[float, float]:
 class DesiredConfigSchema(StrictSchema):
     config = fields.Dict(keys=fields.String(), required=True,
                          metadata={"description": "the desired configuration, sent as config.update"})
-
-    @validates_schema
-    def _no_nul(self, data: dict, **_kwargs) -> None:
-        reject_nul(data)
 
 
 class ReasonSchema(StrictSchema):
