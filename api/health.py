@@ -11,22 +11,22 @@ from api.metrics import database_gauges
 blp = Blueprint("health", __name__, description="Health checks and metrics (no authentication).")
 
 
-class HealthSchema(Schema):
+class ServiceHealthSchema(Schema):
     status = fields.String()
     database = fields.String()
     broker = fields.String()
 
 
 @blp.route("/healthz", methods=["GET"])
-@blp.response(200, HealthSchema)
+@blp.response(200, ServiceHealthSchema)
 def healthz():
     """Liveness: the process answers. Also says whether the database answers."""
     return {"status": "ok", "database": "up" if database().ping() else "down"}
 
 
 @blp.route("/readyz", methods=["GET"])
-@blp.response(200, HealthSchema)
-@blp.alt_response(503, schema=HealthSchema)
+@blp.response(200, ServiceHealthSchema)
+@blp.alt_response(503, schema=ServiceHealthSchema)
 def readyz():
     """Readiness: the database and the broker's API both answer (503 otherwise)."""
     db_up = database().ping()

@@ -210,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--create-fleet", action="store_true", help="create the fleet if it does not exist")
     bulk.add_argument("--out", required=True, help="CSV file to write (mode 0600), or - for standard output")
     bulk.set_defaults(func=cmd_enroll_bulk)
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after `db psql` goes to psql untouched (argparse would read `-c` as its own option).
+    passthrough: list[str] = []
+    if argv[:2] == ["db", "psql"]:
+        argv, passthrough = argv[:2], argv[2:]
     args = parser.parse_args(argv)
+    if passthrough:
+        args.psql_args = passthrough
     try:
         return args.func(args)
     except (ConfigError, migrations.MigrationError) as exc:
