@@ -43,6 +43,14 @@ class DispatchResult:
     reason: str
 
 
+@dataclass
+class Claim:
+    """A mission committed as `dispatched`, whose command is still to be published."""
+    vehicle_id: str
+    mission_id: str
+    command: dict
+
+
 def mission_command(mission: dict, msg_id: str) -> dict:
     return envelope.command("mission.dispatch", {
         "mission_id": str(mission["id"]), "name": mission["name"], "priority": mission["priority"],
@@ -65,24 +73,37 @@ class MissionDispatcher:
     def dispatch_next(self, vehicle_id: str) -> DispatchResult:
         """Send the vehicle its next queued mission if it is online and idle."""
         with self.db.transaction() as cur:
-            vehicle = missions.lock_vehicle(cur, vehicle_id)
-            if vehicle is None or vehicle["status"] != "active":
-                return DispatchResult(None, None, False, "vehicle_not_active")
-            if not vehicle["online"]:
-                return DispatchResult(None, None, False, "vehicle_offline")
-            if vehicle["busy"]:
-                return DispatchResult(None, None, False, "vehicle_busy")
-            mission = missions.next_queued(cur, vehicle_id)
-            if mission is None:
-                return DispatchResult(None, None, False, "nothing_queued")
-            command = mission_command(mission, msg_id=envelope.command("mission.dispatch", {})["msg_id"])
-            result = missions.apply_event(cur, str(mission["id"]), "dispatch", "system", "dispatcher",
-                                          {"command_msg_id": command["msg_id"], "attempt":
-                                           mission["dispatch_attempts"] + 1})
-            if not result["applied"]:
-                return DispatchResult(str(mission["id"]), mission["state"], False, result["error"] or "not_applied")
-            missions.record_dispatch_attempt(cur, str(mission["id"]), command["msg_id"])
-        mission_id = str(mission["id"])
+            claim = self.claim_next(cur, vehicle_id)
+        return self.send(claim)
+
+    def claim_next(self, cur, vehicle_id: str) -> Claim | DispatchResult:
+        """In the caller's transaction: mark the vehicle's next queued mission `dispatched` (or say why not).
+        The caller commits, then calls ``send`` — the command never leaves before the state is committed."""
+        vehicle = missions.lock_vehicle(cur, vehicle_id)
+        if vehicle is None or vehicle["status"] != "active":
+            return DispatchResult(None, None, False, "vehicle_not_active")
+        if not vehicle["online"]:
+            return DispatchResult(None, None, False, "vehicle_offline")
+        if vehicle["busy"]:
+            return DispatchResult(None, None, False, "vehicle_busy")
+        mission = missions.next_queued(cur, vehicle_id)
+        if mission is None:
+            return DispatchResult(None, None, False, "nothing_queued")
+        command = mission_command(mission, msg_id=envelope.command("mission.dispatch", {})["msg_id"])
+        result = missions.apply_event(cur, str(mission["id"]), "dispatch", "system", "dispatcher",
+                                      {"command_msg_id": command["msg_id"],
+                                       "attempt": mission["dispatch_attempts"] + 1})
+        if not result["applied"]:
+            return DispatchResult(str(mission["id"]), mission["state"], False, result["error"] or "not_applied")
+        missions.record_dispatch_attempt(cur, str(mission["id"]), command["msg_id"])
+        return Claim(vehicle_id, str(mission["id"]), command)
+
+    def send(self, claim: Claim | DispatchResult) -> DispatchResult:
+        """Publish a committed claim; on 202 (nobody subscribed) or a broker error, back to `queued` with a
+        back-off."""
+        if isinstance(claim, DispatchResult):
+            return claim
+        vehicle_id, mission_id, command = claim.vehicle_id, claim.mission_id, claim.command
         try:
             published = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1)
             reason = "delivered" if published.delivered else "no_subscriber"

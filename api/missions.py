@@ -86,11 +86,13 @@ def create_mission(body: dict):
             mission_id = missions.create(cur, body, vehicle["fleet_id"], user.username, key, request_hash, timeout_s)
             audit.record(cur, "operator", user.username, "mission.create", "mission", mission_id,
                          {"vehicle_id": body["vehicle_id"], "name": body["name"]})
+            # Dispatch in the same transaction when the vehicle is online and idle: one commit, not two.
+            claim = dispatcher().claim_next(cur, body["vehicle_id"])
     except psycopg2.errors.UniqueViolation:  # a concurrent retry with the same key won the race
         with database().transaction() as cur:
             return _replay(missions.find_by_idempotency_key(cur, user.username, key), request_hash)
     log_event(log, "mission.created", mission=mission_id, vehicle=body["vehicle_id"], user=user.username)
-    dispatcher().dispatch_next(body["vehicle_id"])
+    dispatcher().send(claim)
     return _detail(mission_id), 201, {"Location": f"/api/v1/missions/{mission_id}"}
 
 

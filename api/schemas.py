@@ -324,7 +324,8 @@ class TelemetryHistoryQuerySchema(StrictSchema):
     from_ = fields.DateTime(data_key="from", metadata={"description": "default: `to` minus one hour"})
     to = fields.DateTime(metadata={"description": "default: now"})
     interval = fields.String(metadata={"description": "average per bucket, e.g. 10s, 1m, 1h"},
-                             validate=validate.Regexp(r"^\d+(s|m|h)$", error="use e.g. 10s, 1m or 1h"))
+                             validate=validate.Regexp(r"^[1-9]\d{0,5}(s|m|h)$",
+                                                      error="use e.g. 10s, 1m or 1h (1 to 999999 units)"))
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
     cursor = fields.String(metadata={"description": "next_cursor from the previous page"})
 

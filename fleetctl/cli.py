@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from fleetcore import db, migrations, paths
+from fleetcore import db, migrations
 from fleetcore.config import ConfigError, env_secret, env_str
 
 _COLOURS = {"postgres": "34", "authsvc": "35", "broker": "36", "api": "33", "fleetctl": "32"}

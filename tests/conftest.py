@@ -55,11 +55,11 @@ def pg_admin_url(stack) -> str:
 @pytest.fixture(scope="session")
 def template_db(stack, pg_admin_url) -> str:
     """A migrated database used as the template of every per-test database."""
-    admin = db.connect(pg_admin_url, autocommit=True)
-    with admin.cursor() as cur:
+    admin_conn = db.connect(pg_admin_url, autocommit=True)
+    with admin_conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         cur.execute(f"CREATE DATABASE {TEMPLATE_DB} OWNER {dbadmin.APP_ROLE} TEMPLATE template0")
-    admin.close()
+    admin_conn.close()
     url = app_url(stack, TEMPLATE_DB)
     conn = db.connect(url)
     migrations.migrate(conn)
@@ -75,26 +75,26 @@ def app_url(stack, database: str) -> str:
 def empty_db_url(stack, pg_admin_url):
     """A new, empty database owned by the app role (for migration tests)."""
     name = f"t_empty_{os.getpid()}_{next(_counter)}"
-    admin = db.connect(pg_admin_url, autocommit=True)
-    with admin.cursor() as cur:
+    admin_conn = db.connect(pg_admin_url, autocommit=True)
+    with admin_conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE template0")
     yield app_url(stack, name)
-    with admin.cursor() as cur:
+    with admin_conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    admin_conn.close()
 
 
 @pytest.fixture
 def db_url(stack, pg_admin_url, template_db):
     """A new database with every migration applied, cloned from the template; dropped afterwards."""
     name = f"t_{os.getpid()}_{next(_counter)}"
-    admin = db.connect(pg_admin_url, autocommit=True)
-    with admin.cursor() as cur:
+    admin_conn = db.connect(pg_admin_url, autocommit=True)
+    with admin_conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE {template_db} STRATEGY FILE_COPY")
     yield app_url(stack, name)
-    with admin.cursor() as cur:
+    with admin_conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    admin_conn.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ nothing is lost, nothing crashes, and the vehicle stays connected."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -69,7 +70,9 @@ def _accounted(stack, vehicle_id: str) -> int:
     return row["n"]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FLEET_FUZZ_EXAMPLES", "12")), deadline=None,
+          derandomize=os.environ.get("FLEET_FUZZ_RANDOM") != "1",
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(st.tuples(st.sampled_from(KINDS), payloads), min_size=1, max_size=25))
 def test_every_generated_payload_is_stored_or_dead_lettered(stack, fuzz_vehicle, batch):
     before = _accounted(stack, fuzz_vehicle.vehicle_id)

@@ -2,6 +2,8 @@
 No answer may be a 5xx, and every answer must match its declared status codes, content type and schema."""
 from __future__ import annotations
 
+import os
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -14,7 +16,9 @@ from tests.support.reliability import record
 # Operations that would end the admin session the fuzzer itself uses, or stop every vehicle of the shared stack.
 SESSION_ENDING = r"^/api/v1/auth/(logout|refresh)$|^/api/v1/users/\{[^}]+\}$|^/api/v1/emergency-"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES_PER_OPERATION = 15
+# `make test` runs a fixed, repeatable selection; FLEET_FUZZ_EXAMPLES=200 FLEET_FUZZ_RANDOM=1 digs deeper.
+EXAMPLES_PER_OPERATION = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "15"))
+DERANDOMIZE = os.environ.get("FLEET_FUZZ_RANDOM") != "1"
 
 
 def test_generated_requests_get_documented_answers(stack, api_url):
@@ -26,7 +30,7 @@ def test_generated_requests_get_documented_answers(stack, api_url):
     calls = 0
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=DERANDOMIZE,
                   suppress_health_check=list(HealthCheck))
         def fuzz(case):
             nonlocal calls
