@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-
 from fleetcore import topics
 from tests.support.waiting import wait_until
 
