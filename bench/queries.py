@@ -105,6 +105,9 @@ def explain(conn, fn) -> list[dict]:
     plans = []
     with conn.cursor() as cur:
         for query, params in statements:
+            if query.lstrip().upper().startswith("SET "):   # planner settings the query function makes: apply them
+                cur.execute(query, params)
+                continue
             cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + query, params)
             lines = [row[0] for row in cur.fetchall()]
             execution = next((x for x in lines if x.startswith("Execution Time")), "")
