@@ -10,9 +10,8 @@ from api import auth
 from api.errors import ApiError
 from api.extensions import database
 from api.queries import telemetry, vehicles
-from api.schemas import (FleetLatestListSchema, LatestQuerySchema, StatusHistorySchema, StatusPointSchema,
-                         TelemetryBucketSchema, TelemetryHistoryQuerySchema, TelemetryHistorySchema,
-                         TelemetryPointSchema)
+from api.schemas import (FleetLatestListSchema, LatestQuerySchema, StatusHistorySchema, TelemetryBucketSchema,
+                         TelemetryHistoryQuerySchema, TelemetryHistorySchema, TelemetryPointSchema)
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/v1", description="Telemetry and health of vehicles.")
 
@@ -103,5 +102,5 @@ def status_history(args: dict, vehicle_id: str):
         _visible_vehicle(cur, vehicle_id)
         rows = telemetry.status_points(cur, vehicle_id, start, end, _cursor(args, 2), limit)
     last = rows[limit - 1] if len(rows) > limit else None
-    return {"vehicle_id": vehicle_id, "items": StatusPointSchema(many=True).dump(rows[:limit]),
+    return {"vehicle_id": vehicle_id, "items": rows[:limit],   # serialised once, by StatusHistorySchema
             "next_cursor": telemetry.encode_cursor(last["ts"], last["id"]) if last else None}
