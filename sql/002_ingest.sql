@@ -804,7 +804,10 @@ BEGIN
           FROM public.mission_apply_event(p.mission_id, p.event, 'vehicle', NEW.clientid, p.ts, p.msg_id,
                                           p.event_detail);
         IF NOT result.applied AND result.error IS DISTINCT FROM 'duplicate' THEN
-            problem := COALESCE(result.error, 'invalid_transition');
+            -- mission_apply_event's own codes, in this file's vocabulary (checked above; kept for races)
+            problem := CASE result.error WHEN 'not_found' THEN 'unknown_mission'
+                                         WHEN 'not_assigned' THEN 'mission_not_assigned'
+                                         ELSE 'invalid_transition' END;
             detail := format('mission %s is %s; event %s', p.mission_id, result.from_state, p.event);
         END IF;
     END IF;
