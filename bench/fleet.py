@@ -3,17 +3,11 @@ registry (the same code authsvc runs for an MQTT registration), so a 1,000-vehic
 two minutes enrolling."""
 from __future__ import annotations
 
-import socket
 import uuid
 
 from fleetcore import registry
 from fleetcore.db import Database
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from fleetctl.ports import free_port  # noqa: F401 - re-exported for benchmarks
 
 
 def provision_vehicles(database_url: str, device_secret_key: str, prefix: str, count: int,

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 import uuid
@@ -39,17 +38,13 @@ import psycopg2.extras
 
 from bench import report
 from fleetctl import dbadmin
+from fleetctl.ports import free_port
 from fleetctl.stack import Ports, Stack, StackConfig
 
 BATCH = 100
 INBOX_SQL = "INSERT INTO ingest.telemetry_inbox (clientid, topic, payload_b64, received_at_ms) VALUES "
 PLAIN_COLUMNS = "vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps, battery_pct, odometer_m"
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Messages:
@@ -139,7 +134,7 @@ def _backend_pid(conn) -> int:
 
 def run(rows: int, vehicles: int, rounds: int, durable: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        ports = Ports(**{name: _free_port() for name in Ports.__dataclass_fields__})
+        ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
         os.environ.pop("DATABASE_URL", None)
         config = StackConfig(state_dir=Path(tmp), ports=ports, durable=durable, components=())
         stack = Stack(config, out=lambda m: None)

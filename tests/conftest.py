@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -16,18 +17,13 @@ import pytest
 
 from fleetcore import db, migrations
 from fleetctl import dbadmin
+from fleetctl.ports import free_port
 from fleetctl.stack import Ports, Stack, StackConfig
 from tests.support.fleet_fixtures import (  # noqa: F401 - fixtures for every package
     admin, admin_password, anonymous, api_url, enroll, fleet, make_user, operator)
 
 TEMPLATE_DB = "fleet_template"
 _counter = itertools.count(1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_ports() -> Ports:
@@ -84,17 +80,25 @@ def empty_db_url(stack, pg_admin_url):
     admin_conn.close()
 
 
+@contextmanager
+def cloned_database(stack, pg_admin_url: str, template_db: str, name: str) -> Iterator[str]:
+    """A new database cloned from the migrated template (the app role's URL); dropped afterwards."""
+    admin_conn = db.connect(pg_admin_url, autocommit=True)
+    try:
+        with admin_conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE {template_db} STRATEGY FILE_COPY")
+        yield app_url(stack, name)
+        with admin_conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin_conn.close()
+
+
 @pytest.fixture
 def db_url(stack, pg_admin_url, template_db):
     """A new database with every migration applied, cloned from the template; dropped afterwards."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
-    admin_conn = db.connect(pg_admin_url, autocommit=True)
-    with admin_conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE {template_db} STRATEGY FILE_COPY")
-    yield app_url(stack, name)
-    with admin_conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin_conn.close()
+    with cloned_database(stack, pg_admin_url, template_db, f"t_{os.getpid()}_{next(_counter)}") as url:
+        yield url
 
 
 @pytest.fixture

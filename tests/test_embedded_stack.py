@@ -15,16 +15,7 @@ import pytest
 from fleetcore import db
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
-
-
-def _wait_for(predicate, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(message)
+from tests.support.waiting import wait_until
 
 
 def test_each_running_service_reports_healthy(stack):
@@ -87,7 +78,8 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
 
     def all_gone():
         return all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
-    _wait_for(all_gone, 30, f"processes outlived the launcher: {[c.pid for c in children if c.is_running()]}")
+    wait_until(all_gone, 30, message=lambda: f"processes outlived the launcher: "
+                                           f"{[c.pid for c in children if c.is_running()]}")
 
 
 @pytest.mark.slow

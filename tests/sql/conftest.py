@@ -90,16 +90,9 @@ class Inbox:
 @pytest.fixture(scope="module")
 def module_db_url(stack, pg_admin_url, template_db):
     """Like ``db_url``, but shared by the tests of one module (for long tables of cases that leave no state)."""
-    from tests.conftest import app_url  # the one place that builds the app role's URL
-    name = f"t_mod_{os.getpid()}_{next(_module_counter)}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE {template_db} STRATEGY FILE_COPY")
-    yield app_url(stack, name)
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    from tests.conftest import cloned_database
+    with cloned_database(stack, pg_admin_url, template_db, f"t_mod_{os.getpid()}_{next(_module_counter)}") as url:
+        yield url
 
 
 def ingest_url_for(stack, url: str) -> str:

@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from emqx.standin.mqtt import codec
 from fleetcore import paths
+from fleetctl.ports import free_port  # noqa: F401 - re-exported for tests
 from fleetctl.procs import ChildProcess
 from tests.support.waiting import wait_until
 
@@ -40,11 +41,6 @@ authorization {
 }
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_certs(directory: Path) -> Path:
