@@ -6,7 +6,7 @@ Baselines measured in the same run:
 * in-process, the device-secret check (HMAC-SHA-256 + constant-time compare, what authn does per CONNECT)
   beside one bcrypt operator-password check (``api.auth.check_password``, what a login costs).
 
-Targets (issue 10): authn ≥ 2,000/s, authz ≥ 5,000/s, p99 < 10 ms.
+Targets: authn ≥ 2,000/s, authz ≥ 5,000/s, p99 < 10 ms.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 one keep-alive connection, each beside the same SQL run directly in the same run (the api's own query functions
 on one psycopg2 connection: the database's share of the time).
 
-Cases and targets (issue 10): ``GET /reports/missions`` over everything and with a time filter selecting 1 %
+Cases and targets: ``GET /reports/missions`` over everything and with a time filter selecting 1 %
 (p95 < 1 s); fleet-wide latest telemetry for 10,000 vehicles (< 100 ms); 24 h of one vehicle at ``interval=1m``
 (< 100 ms). The EXPLAIN ANALYZE of every statement is kept in the results file (raw.explain).
 """

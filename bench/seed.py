@@ -3,8 +3,8 @@
 Runs bench/seed.sql in one transaction — everything generated in PostgreSQL with generate_series, nothing
 hand-written: vehicles with their latest state, missions with six events each, 24 h of 1 Hz telemetry for one
 vehicle and sparser telemetry for others — then VACUUM (ANALYZE) of the tables it filled. Defaults are the sizes
-of issue 10: 10,000 vehicles, 100,000 missions (600,000 events) over 100 days, 86,400 history points. Prints what
-it created and how long it took.
+the query targets of bench/queries.py are set for: 10,000 vehicles, 100,000 missions (600,000 events) over 100
+days, 86,400 history points. Prints what it created and how long it took.
 """
 from __future__ import annotations
 

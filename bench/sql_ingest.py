@@ -13,7 +13,7 @@ active vehicles, then stores telemetry four ways, each with fresh messages:
 * ``copy`` — the parsed rows into ``telemetry`` with ``COPY``.
 
 Prints rows/s and the ratios, and writes bench/results/sql_ingest.json (and docs/BENCHMARKS.md, via
-bench/report.py). Target (issue 6): ingest ≥ 50 % of the plain multi-row insert. Besides wall-clock rows/s it
+bench/report.py). Target: ingest ≥ 50 % of the plain multi-row insert. Besides wall-clock rows/s it
 reports CPU time per row (server backend + this client, from /proc), which stays meaningful when other work
 shares the machine.
 Usage: ``python -m bench.sql_ingest [--rows 40000] [--rounds 5] [--vehicles 200] [--durable] [--quick]``

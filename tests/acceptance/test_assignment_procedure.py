@@ -1,7 +1,6 @@
-"""The assignment's Test Procedure, step by step, as the people in it meet the system: a vehicle maker's paho
-client over MQTT, an operator over REST (what Postman sends), and an investigator reading the database.
-
-README.md → "Testing guide" describes the same steps by hand.
+"""The acceptance test procedure (README.md → "Testing guide", steps 1–4), step by step, as the people in it meet
+the system: a vehicle maker's paho client over MQTT, an operator over REST (what Postman sends), and an
+investigator reading the database. The README describes the same steps by hand.
 """
 from __future__ import annotations
 
