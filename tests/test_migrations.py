@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from fleetcore import db, migrations, paths
 from fleetctl.postgres import bin_dir
 from tests.conftest import empty_database
+from tests.sql.conftest import ingest_url_for
 
 PRE_SPLIT = Path(__file__).parent / "sql" / "vendor" / "pre_split"
 REWRITTEN = {1, 2, 3, 4, 10}  # the migrations that moved their functions out, or only had comments fixed
@@ -266,6 +268,46 @@ def test_applying_the_code_again_keeps_grants_and_revokes_exactly(empty_db_url, 
     assert "REVOKE ALL ON FUNCTION public.mission_apply_event" in after
 
 
+def test_applying_the_code_while_the_broker_writes_fails_no_insert(db_url, stack):
+    # Status reports with a new configuration UPDATE vehicles, whose trigger the code step re-creates. The code step
+    # locks every inbox view before any table (60_vehicle_state.sql comes after the inboxes), so the two never wait
+    # for each other in a cycle; a deadlock would fail the INSERT, and EMQX drops a failed batch.
+    _query(db_url, "INSERT INTO fleets (id, name) VALUES ('f', 'F'); "
+                   "INSERT INTO vehicles (id, fleet_id, status) VALUES ('veh-1', 'f', 'active')")
+    ingest = psycopg2.connect(ingest_url_for(stack, db_url))
+    ingest.autocommit = True
+    stop = threading.Event()
+    sent, failures = [], []
+
+    def publish() -> None:
+        with ingest.cursor() as cur:
+            while not stop.is_set():
+                seq = len(sent) + 1
+                envelope = {"v": 1, "msg_id": str(uuid.uuid4()), "seq": seq, "ts": _now_ms(),
+                            "data": {"mode": "AUTO", "config_version": seq, "config": {"n": seq}}}
+                try:
+                    cur.execute("INSERT INTO ingest.status_inbox (clientid, topic, payload_b64, received_at_ms) "
+                                "VALUES ('veh-1', 'fleet/v1/veh-1/status', %s, %s)",
+                                (base64.b64encode(json.dumps(envelope).encode()).decode(), _now_ms()))
+                    sent.append(seq)
+                except psycopg2.Error as exc:
+                    failures.append(exc)
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        for _ in range(10):
+            _query(db_url, "DELETE FROM schema_code")
+            assert len(_migrate(db_url).code) == len(migrations.discover_code())
+    finally:
+        stop.set()
+        publisher.join(timeout=30)
+        ingest.close()
+    assert failures == []
+    assert len(sent) > 10, "the publisher ran alongside the code step"
+    assert _query(db_url, "SELECT count(*), max(reported_config_version) FROM vehicle_status, vehicles "
+                          "WHERE vehicles.id = 'veh-1'")[0] == (len(sent), len(sent))
+
+
 def test_a_removed_code_file_is_reported_and_forgotten(empty_db_url, sql_dir_copy):
     _migrate(empty_db_url, sql_dir_copy)
     (sql_dir_copy / "code" / "50_vehicle_authn.sql").unlink()
@@ -367,12 +409,15 @@ def test_a_database_of_the_old_layout_upgrades_to_exactly_a_new_one(empty_db_url
     # and the upgraded database works: the vehicle that existed before is ingested through the new code
     _query(empty_db_url, "INSERT INTO ingest.telemetry_inbox (clientid, topic, payload_b64, received_at_ms) "
                          "VALUES ('veh-old', 'fleet/v1/veh-old/telemetry', %s, %s)",
-           (_telemetry_b64(), int(datetime.now(UTC).timestamp() * 1000)))
+           (_telemetry_b64(), _now_ms()))
     assert _query(empty_db_url, "SELECT count(*) FROM telemetry WHERE vehicle_id = 'veh-old'") == [(1,)]
     assert _migrate(empty_db_url).rewrites == []
 
 
+def _now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
 def _telemetry_b64() -> str:
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    envelope = {"v": 1, "msg_id": str(uuid.uuid4()), "seq": 1, "ts": now_ms, "data": {"lat": 48.1, "lon": 11.5}}
+    envelope = {"v": 1, "msg_id": str(uuid.uuid4()), "seq": 1, "ts": _now_ms(), "data": {"lat": 48.1, "lon": 11.5}}
     return base64.b64encode(json.dumps(envelope).encode()).decode()
