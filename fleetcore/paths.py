@@ -1,4 +1,4 @@
-"""Where the project's files are: migrations in ``sql/``, the broker config in ``emqx/``, local state in ``var/``."""
+"""Where the project's files are: SQL in ``sql/``, the broker config in ``emqx/``, local state in ``var/``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ PROJECT_ROOT = Path(os.environ.get("FLEET_PROJECT_ROOT") or Path(__file__).resol
 
 
 def sql_dir() -> Path:
-    """Directory with the numbered migration files."""
+    """Directory with the numbered migrations; the code files (functions, triggers, views) are in its ``code/``."""
     return Path(os.environ.get("FLEET_SQL_DIR") or PROJECT_ROOT / "sql")
 
 

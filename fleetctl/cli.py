@@ -78,11 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if reason.startswith("received") else 1
 
 
-def _embedded_database():
+def _embedded_database(*, migrate: bool = True):
     """Start the embedded PostgreSQL (for db commands without DATABASE_URL); caller stops it."""
     from fleetctl.stack import Stack, StackConfig
     stack = Stack(StackConfig(), out=_say)
-    stack._start_database()  # noqa: SLF001 - same start-up path as `run`, without the services
+    stack._start_database(migrate=migrate)  # noqa: SLF001 - same start-up path as `run`, without the services
     return stack
 
 
@@ -90,10 +90,10 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     if os.environ.get("DATABASE_URL"):
         conn = db.connect(os.environ["DATABASE_URL"], application_name="fleetctl-migrate")
         try:
-            applied = migrations.migrate(conn, log=_say)
+            outcome = migrations.migrate(conn, log=_say)
         finally:
             conn.close()
-        _say(f"{len(applied)} migration(s) applied; database is up to date")
+        _say(f"{outcome.summary()}; database is up to date")
         return 0
     stack = _embedded_database()  # starting it migrates it
     stack.stop()
@@ -113,15 +113,16 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     stack = None
     url = os.environ.get("DATABASE_URL")
     if not url:
-        stack = _embedded_database()
+        stack = _embedded_database(migrate=False)  # show what `migrate` would do, not what it did
         url = stack.database_url
     try:
         conn = db.connect(url, application_name="fleetctl-status")
-        applied = migrations.applied_versions(conn)
-        conn.close()
-        for migration in migrations.discover():
-            state = "applied" if migration.version in applied else "pending"
-            print(f"{migration.filename:<40} {state}")
+        try:
+            rows = migrations.status(conn)
+        finally:
+            conn.close()
+        for filename, state in rows:
+            print(f"{filename:<40} {state}")
     finally:
         if stack:
             stack.stop()
@@ -189,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start the embedded stack in the foreground").set_defaults(func=cmd_run)
     dbp = sub.add_parser("db", help="database commands").add_subparsers(dest="db_command", required=True)
-    dbp.add_parser("migrate", help="apply pending migrations (DATABASE_URL, or the embedded database)"
-                   ).set_defaults(func=cmd_db_migrate)
+    dbp.add_parser("migrate", help="apply pending migrations and changed code files of sql/code/ (DATABASE_URL, "
+                   "or the embedded database)").set_defaults(func=cmd_db_migrate)
     dbp.add_parser("bootstrap", help="create roles and database (FLEET_DB_ADMIN_URL, FLEET_DB_PASSWORD, "
                    "FLEET_INGEST_DB_PASSWORD)").set_defaults(func=cmd_db_bootstrap)
-    dbp.add_parser("status", help="list migrations and whether they are applied").set_defaults(func=cmd_db_status)
+    dbp.add_parser("status", help="list migrations and code files and whether they are applied"
+                   ).set_defaults(func=cmd_db_status)
     psql = dbp.add_parser("psql", help="open psql on the database")
     psql.add_argument("psql_args", nargs=argparse.REMAINDER)
     psql.set_defaults(func=cmd_db_psql)

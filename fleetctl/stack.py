@@ -241,7 +241,7 @@ class Stack:
         else:
             self.out(f"made a local CA and broker certificate in {self.tls_dir} (vehicles verify with ca.pem)")
 
-    def _start_database(self) -> None:
+    def _start_database(self, migrate: bool = True) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.external_database_url:
             admin_url = os.environ.get("FLEET_DB_ADMIN_URL")
@@ -258,9 +258,11 @@ class Stack:
         if admin_url:
             dbadmin.bootstrap(admin_url, app_password=self.secrets["FLEET_DB_PASSWORD"],
                               ingest_password=self.secrets["FLEET_INGEST_DB_PASSWORD"], log=self.out)
+        if not migrate:
+            return
         conn = db.connect(self.database_url, application_name="fleetctl-migrate")
         try:
-            migrations.migrate(conn, log=self.out)
+            self.out(f"database: {migrations.migrate(conn, log=self.out).summary()}")
         finally:
             conn.close()
 

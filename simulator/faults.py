@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-# Kinds of malformed payload, sent in turn, and the rejected_messages.reason each must produce
-# (sql/002_ingest.sql). Other faults: spoof on another vehicle's topic → acl_denied; a foreign vehicle_id in the
-# payload → vehicle_id_mismatch. Duplicates and out-of-order messages are not rejections (stored once / stored
+# Kinds of malformed payload, sent in turn, and the rejected_messages.reason each must produce (listed in
+# sql/code/10_ingest_common.sql). Other faults: spoof on another vehicle's topic → acl_denied; a foreign vehicle_id
+# in the payload → vehicle_id_mismatch. Duplicates and out-of-order messages are not rejections (stored once / stored
 # without moving the latest state backwards); clock skew is flagged (clock_skewed), or ts_out_of_range beyond a day.
 EXPECTED_REASON = {"not_json": "not_json", "not_object": "not_object", "missing_field": "missing_field",
                    "wrong_type": "wrong_type", "bad_version": "unsupported_version"}

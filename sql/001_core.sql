@@ -1,9 +1,12 @@
--- 001_core.sql — the core entities of the fleet backend (design.md §2–§6).
+-- 001_core.sql — the core entities of the fleet backend (docs/ARCHITECTURE.md).
 --
 -- Conventions: ids of things people type (fleets, vehicles) are text with a CHECK; everything else has a
 -- generated id. Every timestamp is timestamptz (UTC on the wire). Device time and server time are kept
 -- apart wherever a vehicle reports something: `ts` is what the device said, `received_at` is when the
 -- broker received it.
+--
+-- Only this header and the comment on telemetry partitions changed since databases applied this file:
+-- supersedes sha256: ed3990f5e458b48221f845e194303a9ab5c62e12052ed5b7cb849bb2b5b0f9fc
 
 -- ---------------------------------------------------------------------------------------------------
 -- Fleets, operators
@@ -82,7 +85,7 @@ CREATE UNIQUE INDEX device_credentials_one_active ON device_credentials (vehicle
 -- Telemetry (time series) and latest state
 -- ---------------------------------------------------------------------------------------------------
 -- Partitioned by device time (daily partitions, created ahead and dropped after the retention period by
--- the maintenance functions of the ingest migration). The primary key makes a QoS 1 redelivery (same
+-- fleet_maintenance(), sql/code/40_maintenance.sql). The primary key makes a QoS 1 redelivery (same
 -- vehicle, time and msg_id) a no-op and doubles as the (vehicle, time) index.
 CREATE TABLE telemetry (
     vehicle_id    text NOT NULL,

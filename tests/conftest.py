@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from fleetcore import db, migrations
+from fleetcore import db, migrations, paths
 from fleetctl import dbadmin
 from fleetctl.ports import free_port
 from fleetctl.stack import Ports, Stack, StackConfig
@@ -67,22 +67,9 @@ def app_url(stack, database: str) -> str:
     return stack.postgres.url(dbadmin.APP_ROLE, stack.secrets["FLEET_DB_PASSWORD"], database)
 
 
-@pytest.fixture
-def empty_db_url(stack, pg_admin_url):
-    """A new, empty database owned by the app role (for migration tests)."""
-    name = f"t_empty_{os.getpid()}_{next(_counter)}"
-    admin_conn = db.connect(pg_admin_url, autocommit=True)
-    with admin_conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} OWNER {dbadmin.APP_ROLE} TEMPLATE template0")
-    yield app_url(stack, name)
-    with admin_conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin_conn.close()
-
-
 @contextmanager
 def cloned_database(stack, pg_admin_url: str, template_db: str, name: str) -> Iterator[str]:
-    """A new database cloned from the migrated template (the app role's URL); dropped afterwards."""
+    """A new database owned by the app role, a copy of ``template_db`` (its URL); dropped afterwards."""
     admin_conn = db.connect(pg_admin_url, autocommit=True)
     try:
         with admin_conn.cursor() as cur:
@@ -92,6 +79,18 @@ def cloned_database(stack, pg_admin_url: str, template_db: str, name: str) -> It
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         admin_conn.close()
+
+
+def empty_database(stack, pg_admin_url: str) -> AbstractContextManager[str]:
+    """A new, empty database owned by the app role (for migration tests); dropped afterwards."""
+    return cloned_database(stack, pg_admin_url, "template0", f"t_empty_{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def empty_db_url(stack, pg_admin_url):
+    """A new, empty database owned by the app role (for migration tests)."""
+    with empty_database(stack, pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -112,9 +111,9 @@ def conn(db_url):
 
 @pytest.fixture
 def sql_dir_copy(tmp_path: Path) -> Path:
-    """A copy of sql/ that a test may edit."""
+    """A copy of sql/ (migrations and code files) that a test may edit."""
     target = tmp_path / "sql"
-    target.mkdir()
-    for migration in migrations.discover():
-        (target / migration.filename).write_text(migration.sql, encoding="utf-8")
+    (target / migrations.CODE_DIRECTORY).mkdir(parents=True)
+    for sql_file in [*migrations.discover(), *migrations.discover_code()]:
+        (target / sql_file.path.relative_to(paths.sql_dir())).write_text(sql_file.sql, encoding="utf-8")
     return target

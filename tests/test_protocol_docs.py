@@ -254,8 +254,8 @@ def test_vehicle_side_envelopes_validate():
 
 
 def sql_reason_codes() -> set[str]:
-    """The dead-letter reason codes that sql/002_ingest.sql documents in its header."""
-    sql = (ROOT / "sql" / "002_ingest.sql").read_text(encoding="utf-8")
+    """The dead-letter reason codes that sql/code/10_ingest_common.sql documents in its header."""
+    sql = (ROOT / "sql" / "code" / "10_ingest_common.sql").read_text(encoding="utf-8")
     block = sql.split("-- Reason codes in rejected_messages.reason", 1)[1].split("\n-- Not rejections", 1)[0]
     return set(re.findall(r"^--\s+([a-z0-9_]+)\s{2,}\S", block, re.MULTILINE))
 
@@ -266,7 +266,7 @@ def test_protocol_lists_exactly_the_dead_letter_reasons_of_the_ingest():
     codes = sql_reason_codes()
     assert len(codes) > 10
     assert listed == codes
-    sql_text = "\n".join(path.read_text(encoding="utf-8") for path in sorted((ROOT / "sql").glob("*.sql")))
+    sql_text = "\n".join(path.read_text(encoding="utf-8") for path in sorted((ROOT / "sql").rglob("*.sql")))
     for code in codes:
         assert f"'{code}'" in sql_text, f"reason {code} is documented but never used in sql/"
 

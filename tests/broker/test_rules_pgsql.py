@@ -316,7 +316,7 @@ def test_request_ttl_expiry_fails_the_publish(tmp_path, db_url, inbox):
 
 
 def test_production_actions_write_the_ingest_inboxes_as_fleet_ingest(db_url, stack, conn):
-    """The real emqx.conf rules and SQL, against sql/002_ingest.sql's views, logged in as fleet_ingest."""
+    """The real emqx.conf rules and SQL, against the ingest inbox views of sql/code/, logged in as fleet_ingest."""
     p = db_parts(db_url)
     env = {"EMQX_CONNECTORS__PGSQL__FLEET_DB__SERVER": f'"{p["host"]}:{p["port"]}"',
            "EMQX_CONNECTORS__PGSQL__FLEET_DB__DATABASE": p["database"],

@@ -29,7 +29,7 @@ def now_ms() -> int:
 
 def envelope(data: dict | None = None, *, seq: int = 1, ts: int | None = None, msg_id: str | None = None,
              **overrides) -> dict:
-    """A vehicle → backend envelope (design.md §4); ``overrides`` replace or add top-level fields."""
+    """A vehicle → backend envelope (docs/PROTOCOL.md, Envelope); ``overrides`` replace or add top-level fields."""
     message = {"v": 1, "msg_id": str(uuid.uuid4()) if msg_id is None else msg_id, "seq": seq,
                "ts": now_ms() if ts is None else ts,
                "data": {"lat": 48.137, "lon": 11.575} if data is None else data}

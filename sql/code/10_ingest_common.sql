@@ -1,0 +1,249 @@
+-- 10_ingest_common.sql — what every ingest handler shares: the settings lookup, time conversion, dead-lettering,
+-- topic and vehicle checks, payload decoding and the envelope check.
+--
+-- Every inbound vehicle message is validated, deduplicated and routed in SQL, so EMQX and the embedded stand-in
+-- behave identically (docs/ARCHITECTURE.md). The broker's pgsql actions may only INSERT (a SELECT template is not
+-- supported for batches, docs/EMQX.md §5.2), so each entry point is a view in schema `ingest` with an INSTEAD OF
+-- trigger, one file per topic: 20_telemetry, 21_status, 22_mission, 23_connection (with the broker's presence
+-- events), 24_authz_denied. The role fleet_ingest may INSERT into those views and do nothing else; the triggers run
+-- with the owner's rights (SECURITY DEFINER, pinned search_path).
+--
+-- Contract with the broker: an INSERT never raises because of what a vehicle sent. Bad content is dead-lettered
+-- into rejected_messages and the INSERT succeeds; infrastructure errors (lock timeouts, a full disk, a bug) raise.
+-- Exception blocks catch only data_exception (SQLSTATE class 22: bad base64, invalid UTF-8, invalid JSON, numeric
+-- overflow, bad uuid …) and never around a write, so a batch of 100 messages never opens 100 writing
+-- subtransactions.
+--
+-- Cost (bench/sql_ingest.py): one telemetry message is one trigger call, one parse with one exception block,
+-- one UPDATE of its vehicle_state row and one INSERT — about 55-60 % of a plain multi-row insert of the same
+-- parsed rows. Keep it that way: no extra statements per message on the telemetry path.
+--
+-- Reason codes in rejected_messages.reason (detail says which field / what was wrong):
+--   bad_topic              topic is not fleet/v1/{vid}/{kind} for this inbox
+--   topic_client_mismatch  the {vid} in the topic is not the verified client id
+--   empty_payload          no payload (an empty retained `connection` payload is ignored instead)
+--   bad_base64             payload_b64 is not base64 (a broker-side fault; never a vehicle's)
+--   oversize               decoded payload larger than ingest.settings.max_payload_bytes
+--   not_utf8               payload is not valid UTF-8
+--   not_json               payload is not JSON
+--   not_object             the JSON (or a batch item) is not an object
+--   missing_field          a required field is absent (detail: its path)
+--   wrong_type             a field has the wrong JSON type (detail: its path)
+--   unsupported_version    `v` is not 1
+--   bad_msg_id             msg_id empty or longer than 64 characters
+--   ts_out_of_range        device ts before 2000-01-01 or more than a day after the broker received it
+--   invalid_value          a value outside its domain (lat/lon range, mode, error level, state, event, uuid …)
+--   vehicle_id_mismatch    the payload's vehicle_id disagrees with the verified client id
+--   bad_batch              `batch` not a non-empty array within max_batch_items, or a batch off telemetry
+--   unknown_vehicle        no such vehicle
+--   vehicle_not_active     the vehicle is pending, revoked or decommissioned
+--   unknown_mission        mission event for a mission that does not exist
+--   mission_not_assigned   mission event for another vehicle's mission
+--   invalid_transition     mission event not allowed from the mission's current state (detail: the state)
+--   unknown_event          presence event other than client.connected / client.disconnected
+--   acl_denied             the broker denied a publish/subscribe (detail: the action)
+-- Not rejections: a redelivered message (same vehicle and msg_id) is stored once and otherwise ignored; an
+-- out-of-order message is stored but does not move the latest state backwards.
+
+-- A code file (fleetcore/migrations.py): applied after the migrations and again whenever a code file changes,
+-- so every statement here can run any number of times. The row types are in sql/002_ingest.sql.
+
+-- ---------------------------------------------------------------------------------------------------
+-- Settings (the table is in sql/002_ingest.sql)
+-- ---------------------------------------------------------------------------------------------------
+-- The settings row, read once per transaction and then kept in a transaction-local custom setting: every
+-- inbound message needs it, and a setting lookup is several times cheaper than a query. A change to
+-- ingest.settings therefore applies from the next transaction on.
+CREATE OR REPLACE FUNCTION ingest.current_settings() RETURNS ingest.settings
+LANGUAGE plpgsql AS $$
+DECLARE
+    cached text := current_setting('fleet.ingest_settings', true);
+    s ingest.settings;
+BEGIN
+    IF cached IS NULL OR cached = '' THEN
+        SELECT * INTO STRICT s FROM ingest.settings;
+        PERFORM set_config('fleet.ingest_settings', s::text, true);
+        RETURN s;
+    END IF;
+    RETURN cached::ingest.settings;
+END $$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Helpers
+-- ---------------------------------------------------------------------------------------------------
+-- Exact (no floating point) epoch milliseconds → timestamptz. Declared STABLE like the timestamptz + interval
+-- operator it uses, so the planner inlines it (an IMMUTABLE wrapper around a STABLE operator is never inlined,
+-- and a non-inlined SQL function costs a small plan per call on the hot path).
+CREATE OR REPLACE FUNCTION ingest.ms_to_ts(p_ms bigint) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT timestamptz '1970-01-01 00:00:00+00' + p_ms * interval '1 millisecond' $$;
+
+-- A broker timestamp (ms) as timestamptz; one outside 2000..2100 (never sent by a sane broker) is replaced by
+-- the server's own time rather than failing the INSERT.
+CREATE OR REPLACE FUNCTION ingest.broker_time(p_ms bigint) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT CASE WHEN p_ms BETWEEN 946684800000 AND 4102444800000 THEN ingest.ms_to_ts(p_ms) ELSE now() END $$;
+
+CREATE OR REPLACE FUNCTION ingest.reject(p_clientid text, p_topic text, p_received_at timestamptz, p_reason text,
+                                         p_detail text, p_payload bytea, p_cap integer) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO public.rejected_messages (received_at, clientid, topic, reason, detail, payload, payload_size,
+                                          payload_truncated)
+    VALUES (COALESCE(p_received_at, now()), left(p_clientid, 200), left(p_topic, 500), p_reason,
+            left(p_detail, 500), substring(p_payload FROM 1 FOR p_cap), octet_length(p_payload),
+            COALESCE(octet_length(p_payload) > p_cap, false))
+$$;
+
+-- NULL when the topic is fleet/v1/{clientid}/{kind}; otherwise the reason code.
+CREATE OR REPLACE FUNCTION ingest.topic_problem(p_clientid text, p_topic text, p_kind text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_topic IS NULL OR split_part(p_topic, '/', 1) <> 'fleet' OR split_part(p_topic, '/', 2) <> 'v1'
+             OR split_part(p_topic, '/', 4) <> p_kind OR split_part(p_topic, '/', 5) <> ''
+             OR split_part(p_topic, '/', 3) = '' THEN 'bad_topic'
+        WHEN p_clientid IS NULL OR split_part(p_topic, '/', 3) <> p_clientid THEN 'topic_client_mismatch'
+    END
+$$;
+
+-- base64 → bytes → UTF-8 text → jsonb. `raw` is kept for dead-lettering whatever step failed.
+CREATE OR REPLACE FUNCTION ingest.decode_payload(p_b64 text, p_max_bytes integer,
+                                                 OUT doc jsonb, OUT raw bytea, OUT reason text, OUT detail text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    step text;
+    txt text;
+BEGIN
+    IF p_b64 IS NULL OR p_b64 = '' THEN
+        reason := 'empty_payload';
+        RETURN;
+    END IF;
+    BEGIN
+        step := 'bad_base64';
+        raw := decode(p_b64, 'base64');
+        IF octet_length(raw) > p_max_bytes THEN
+            reason := 'oversize';
+            detail := format('%s bytes > %s', octet_length(raw), p_max_bytes);
+            RETURN;
+        END IF;
+        step := 'not_utf8';
+        txt := convert_from(raw, 'UTF8');
+        step := 'not_json';
+        doc := txt::jsonb;
+    EXCEPTION WHEN data_exception THEN
+        reason := step;
+        detail := left(SQLERRM, 200);
+        doc := NULL;
+    END;
+END $$;
+
+-- The raw bytes of a payload that is dead-lettered before decoding (NULL if it is not even base64).
+CREATE OR REPLACE FUNCTION ingest.decode_or_null(p_b64 text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN decode(p_b64, 'base64');
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION ingest.check_envelope(p_env jsonb, p_clientid text, p_received_at timestamptz)
+RETURNS ingest.envelope
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    e ingest.envelope;
+    j jsonb;
+    n numeric;
+BEGIN
+    -- Fast path: one expression accepts the common, well-formed envelope. Anything else falls through to the
+    -- step-by-step checks below, which name the first problem.
+    IF jsonb_typeof(p_env) = 'object' AND p_env -> 'v' = '1'::jsonb
+       AND jsonb_typeof(p_env -> 'msg_id') = 'string' AND length(p_env ->> 'msg_id') BETWEEN 1 AND 64
+       AND jsonb_typeof(p_env -> 'seq') = 'number' AND jsonb_typeof(p_env -> 'ts') = 'number'
+       AND jsonb_typeof(p_env -> 'data') = 'object'
+       AND NOT p_env ? 'vehicle_id' AND NOT p_env -> 'data' ? 'vehicle_id'
+    THEN
+        n := (p_env -> 'ts')::numeric;
+        IF n BETWEEN 946684800000 AND 4102444800000 AND n = trunc(n) THEN
+            e.ts := ingest.ms_to_ts(n::bigint);
+            n := (p_env -> 'seq')::numeric;
+            IF e.ts <= p_received_at + interval '1 day' AND n BETWEEN 0 AND 9223372036854775807
+               AND n = trunc(n) THEN
+                e.msg_id := p_env ->> 'msg_id';
+                e.seq := n;
+                e.data := p_env -> 'data';
+                RETURN e;
+            END IF;
+            e.ts := NULL;
+        END IF;
+    END IF;
+
+    IF jsonb_typeof(p_env) IS DISTINCT FROM 'object' THEN
+        e.reason := 'not_object'; RETURN e;
+    END IF;
+    j := p_env -> 'v';
+    IF j IS NULL THEN e.reason := 'missing_field'; e.detail := 'v'; RETURN e; END IF;
+    IF jsonb_typeof(j) <> 'number' THEN e.reason := 'wrong_type'; e.detail := 'v'; RETURN e; END IF;
+    IF j <> '1'::jsonb THEN e.reason := 'unsupported_version'; e.detail := left(j::text, 40); RETURN e; END IF;
+
+    j := p_env -> 'msg_id';
+    IF j IS NULL THEN e.reason := 'missing_field'; e.detail := 'msg_id'; RETURN e; END IF;
+    IF jsonb_typeof(j) <> 'string' THEN e.reason := 'wrong_type'; e.detail := 'msg_id'; RETURN e; END IF;
+    e.msg_id := j #>> '{}';
+    IF e.msg_id = '' OR length(e.msg_id) > 64 THEN
+        e.reason := 'bad_msg_id'; e.detail := format('length %s', length(e.msg_id)); e.msg_id := NULL; RETURN e;
+    END IF;
+
+    j := p_env -> 'seq';
+    IF j IS NULL THEN e.reason := 'missing_field'; e.detail := 'seq'; RETURN e; END IF;
+    IF jsonb_typeof(j) <> 'number' THEN e.reason := 'wrong_type'; e.detail := 'seq'; RETURN e; END IF;
+    n := j::numeric;
+    IF n <> trunc(n) OR n < 0 OR n > 9223372036854775807 THEN
+        e.reason := 'invalid_value'; e.detail := 'seq must be a non-negative integer'; RETURN e;
+    END IF;
+    e.seq := n::bigint;
+
+    j := p_env -> 'ts';
+    IF j IS NULL THEN e.reason := 'missing_field'; e.detail := 'ts'; RETURN e; END IF;
+    IF jsonb_typeof(j) <> 'number' THEN e.reason := 'wrong_type'; e.detail := 'ts'; RETURN e; END IF;
+    n := j::numeric;
+    IF n <> trunc(n) THEN
+        e.reason := 'wrong_type'; e.detail := 'ts must be integer epoch milliseconds'; RETURN e;
+    END IF;
+    IF n < 946684800000 OR n > 4102444800000 THEN
+        e.reason := 'ts_out_of_range'; e.detail := left(j::text, 40); RETURN e;
+    END IF;
+    e.ts := ingest.ms_to_ts(n::bigint);
+    IF e.ts > p_received_at + interval '1 day' THEN
+        e.reason := 'ts_out_of_range'; e.detail := 'more than a day in the future'; e.ts := NULL; RETURN e;
+    END IF;
+
+    e.data := p_env -> 'data';
+    IF e.data IS NULL THEN e.reason := 'missing_field'; e.detail := 'data'; RETURN e; END IF;
+    IF jsonb_typeof(e.data) <> 'object' THEN
+        e.reason := 'wrong_type'; e.detail := 'data'; e.data := NULL; RETURN e;
+    END IF;
+
+    -- the vehicle a message belongs to is the verified client id; a payload that names another is spoofed
+    j := COALESCE(e.data -> 'vehicle_id', p_env -> 'vehicle_id');
+    IF j IS NOT NULL AND j <> 'null'::jsonb AND (jsonb_typeof(j) <> 'string' OR j #>> '{}' <> p_clientid) THEN
+        e.reason := 'vehicle_id_mismatch'; e.detail := left(j::text, 80); e.data := NULL; RETURN e;
+    END IF;
+    RETURN e;
+END $$;
+
+-- NULL when the vehicle exists and is active; otherwise the reason code.
+CREATE OR REPLACE FUNCTION ingest.vehicle_problem(p_vehicle text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM public.vehicles WHERE id = p_vehicle) THEN 'unknown_vehicle'
+                WHEN NOT EXISTS (SELECT 1 FROM public.vehicles WHERE id = p_vehicle AND status = 'active')
+                     THEN 'vehicle_not_active' END
+$$;
+
+-- An optional JSON number field (absent or null → NULL); raises wrong_type through the caller's checks.
+CREATE OR REPLACE FUNCTION ingest.is_number_or_null(j jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$ SELECT j IS NULL OR jsonb_typeof(j) IN ('number', 'null') $$;
+
+CREATE OR REPLACE FUNCTION ingest.notify_online(p_vehicle text) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_notify('fleet_vehicle_online', json_build_object('vehicle_id', p_vehicle)::text) $$;
+
+-- Nothing in schema ingest is callable by PUBLIC (fleet_ingest only INSERTs into the inbox views).
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ingest FROM PUBLIC;

@@ -1,0 +1,32 @@
+-- 50_vehicle_authn.sql — the lookup behind vehicle authentication (authsvc, fleetcore/registry.py). The tables
+-- it reads are in sql/001_core.sql and sql/010_registration.sql.
+--
+-- A code file (fleetcore/migrations.py): applied after the migrations and again whenever a code file changes,
+-- so every statement here can run any number of times.
+
+-- The one query of every MQTT CONNECT (docs/ARCHITECTURE.md): the vehicle, its active device credential and — when the
+-- password is an enrollment token — that token, found by the keyed hash of the password. Three index probes
+-- (vehicles PK, device_credentials_one_active, enrollment_tokens.token_hash), one round trip. PL/pgSQL keeps
+-- the plan cached per connection, so a reconnect storm does not re-plan it thousands of times.
+-- The hash comparison itself is done by the caller in constant time; this function only fetches.
+CREATE OR REPLACE FUNCTION vehicle_authn_lookup(p_vehicle_id text, p_password_hash bytea)
+RETURNS TABLE (
+    fleet_id          text,
+    status            text,
+    secret_hash       bytea,
+    token_vehicle_id  text,
+    token_expired     boolean,
+    token_used        boolean,
+    token_revoked     boolean
+)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT v.fleet_id, v.status, c.secret_hash,
+           t.vehicle_id, t.expires_at <= now(), t.used_at IS NOT NULL, t.revoked_at IS NOT NULL
+      FROM vehicles v
+      LEFT JOIN device_credentials c ON c.vehicle_id = v.id AND c.revoked_at IS NULL
+      LEFT JOIN enrollment_tokens t ON t.token_hash = p_password_hash
+     WHERE v.id = p_vehicle_id;
+END;
+$$;
