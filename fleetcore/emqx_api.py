@@ -1,7 +1,7 @@
 """Client for the broker's REST API (EMQX ``/api/v5``; the stand-in serves the same endpoints).
 
 The services use it to publish commands (``POST /api/v5/publish``), kick a client, and clear its authorization
-cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (emqx-facts §6).
+cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (docs/EMQX.md §6).
 """
 from __future__ import annotations
 
