@@ -13,8 +13,6 @@ from urllib.parse import quote
 
 import requests
 
-from fleetcore.config import env_secret, env_str
-
 
 class EmqxApiError(RuntimeError):
     """The broker answered with an unexpected status."""
@@ -40,11 +38,6 @@ class EmqxApi:
         self.auth = (key, secret)
         self.timeout = timeout
         self._local = threading.local()
-
-    @classmethod
-    def from_env(cls) -> EmqxApi:
-        return cls(env_str("FLEET_EMQX_API_URL"), env_str("FLEET_EMQX_API_KEY"),
-                   env_secret("FLEET_EMQX_API_SECRET"))
 
     @property
     def _session(self) -> requests.Session:

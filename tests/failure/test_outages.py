@@ -41,6 +41,18 @@ class Publisher(threading.Thread):
         return all(info.is_published() for _, info in self.sent)
 
 
+def _create_mission(admin, vehicle: MqttVehicle, name: str) -> dict:
+    return admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": name,
+                                                "waypoints": WAYPOINTS}).json()
+
+
+def _reconnect_and_receive_a_mission(vehicle: MqttVehicle) -> str:
+    """Connect an offline vehicle again; the id of the first mission it is sent."""
+    vehicle.connect(vehicle.secret)
+    vehicle.subscribe_commands()
+    return vehicle.wait_for_command("mission.dispatch", timeout=20)["data"]["mission_id"]
+
+
 def _stored(stack, vehicle_ids: list[str]) -> dict[str, int]:
     found = rows(stack.database_url, "SELECT msg_id, count(*) AS n FROM telemetry WHERE vehicle_id = ANY(%s) "
                  "GROUP BY msg_id", (vehicle_ids,))
@@ -101,9 +113,7 @@ def test_authsvc_down_fails_closed_for_new_connections_but_connected_vehicles_ke
 def test_api_restart_mid_mission_loses_no_vehicle_event_and_the_worker_keeps_dispatching(own_stack, own_admin,
                                                                                          connected_vehicles):
     [vehicle] = connected_vehicles(1)
-    first, second = (own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": name,
-                                                              "waypoints": WAYPOINTS}).json()
-                     for name in ("survive", "next in line"))
+    first, second = (_create_mission(own_admin, vehicle, name) for name in ("survive", "next in line"))
     assert vehicle.wait_for_command("mission.dispatch")["data"]["mission_id"] == first["id"]
     assert second["state"] == "queued"
     vehicle.mission_event(first["id"], "accepted")
@@ -132,19 +142,15 @@ def test_worker_down_new_missions_still_go_out_at_once_and_queued_ones_wait_for_
     own_stack.stop_component("worker")
     try:
         # Dispatching a new mission to an online, idle vehicle is request work: the api does it itself.
-        mission = own_admin.post("/api/v1/missions", json={"vehicle_id": online.vehicle_id, "name": "no worker",
-                                                            "waypoints": WAYPOINTS}).json()
+        mission = _create_mission(own_admin, online, "no worker")
         assert mission["state"] == "dispatched"
         assert online.wait_for_command("mission.dispatch")["data"]["mission_id"] == mission["id"]
-        waiting = own_admin.post("/api/v1/missions", json={"vehicle_id": offline.vehicle_id, "name": "queued",
-                                                            "waypoints": WAYPOINTS}).json()
+        waiting = _create_mission(own_admin, offline, "queued")
         assert waiting["state"] == "queued"
     finally:
         own_stack.start_component("worker")
     # Reacting to a vehicle that comes online is the worker's.
-    offline.connect(offline.secret)
-    offline.subscribe_commands()
-    assert offline.wait_for_command("mission.dispatch", timeout=20)["data"]["mission_id"] == waiting["id"]
+    assert _reconnect_and_receive_a_mission(offline) == waiting["id"]
     record("fault", "worker stopped", new_missions="dispatched at once by the api",
            queued_missions="dispatched once the worker was back")
 
@@ -165,12 +171,8 @@ def test_a_standby_worker_takes_over_when_the_leader_stops(own_stack, own_admin,
         try:
             wait_until(lambda: _worker_role(standby_url) == "leader", timeout=30,
                        message="the standby did not take over")
-            mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id,
-                                                                "name": "after take-over",
-                                                                "waypoints": WAYPOINTS}).json()
-            vehicle.connect(vehicle.secret)
-            vehicle.subscribe_commands()
-            assert vehicle.wait_for_command("mission.dispatch", timeout=20)["data"]["mission_id"] == mission["id"]
+            mission = _create_mission(own_admin, vehicle, "after take-over")
+            assert _reconnect_and_receive_a_mission(vehicle) == mission["id"]
         finally:
             own_stack.start_component("worker")
         assert _worker_role(own_stack.url("worker")) == "standby", "two leaders"
@@ -194,13 +196,9 @@ def test_broker_restart_vehicles_reconnect_and_queued_missions_are_dispatched(ow
     vehicle.close()
     own_stack.stop_component("broker")
     try:
-        mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "after restart",
-                                                            "waypoints": WAYPOINTS}).json()
+        mission = _create_mission(own_admin, vehicle, "after restart")
         assert mission["state"] == "queued"
     finally:
         own_stack.start_component("broker")
-    vehicle.connect(vehicle.secret)
-    vehicle.subscribe_commands()
-    command = vehicle.wait_for_command("mission.dispatch", timeout=20)
-    assert command["data"]["mission_id"] == mission["id"]
+    assert _reconnect_and_receive_a_mission(vehicle) == mission["id"]
     record("fault", "broker restarted", queued_mission="dispatched after the vehicle reconnected")
