@@ -15,6 +15,7 @@ from api.pagination import page_of, window
 from api.queries import audit, missions
 from api.schemas import (MissionCreateSchema, MissionDetailSchema, MissionListQuerySchema, MissionSchema,
                          ReasonSchema, list_of)
+from fleetcore import missions as mission_states
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
@@ -131,7 +132,7 @@ def cancel_mission(body: dict | None, mission_id):
             raise HttpError(409, f"a mission that is {mission['state']} cannot be cancelled",
                             details={"state": mission["state"], "error": result["error"]})
         audit.record(cur, "operator", user.username, "mission.cancel", "mission", str(mission_id), {"reason": reason})
-    if result["to_state"] == "cancel_requested":
+    if result["to_state"] == mission_states.CANCEL_REQUESTED:
         delivered = dispatcher().publish_cancel(mission, reason)
         log_event(log, "mission.cancel_requested", mission=str(mission_id), delivered=delivered)
     return _detail(str(mission_id))
