@@ -1,4 +1,4 @@
-# One image for authsvc, api and the one-shot migrations job (the command differs per service).
+# One image for authsvc, api, the api's worker and the one-shot migrations job (the command differs per service).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

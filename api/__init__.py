@@ -1,11 +1,12 @@
 """The operator REST API (``/api/v1``): auth and roles, fleets, users, vehicles, telemetry, missions, reports.
 
-``create_app()`` builds the application from environment variables (``api/config.py``); tests pass an
-``ApiConfig``. Nothing happens at import time.
+``create_app()`` builds the application from environment variables (``api/config.py``); tests may pass an
+``ApiConfig``. Building it has no side effects: it neither writes to the database nor starts threads. The first
+admin is created by ``fleetctl create-admin`` (api/first_admin.py), and the background work (dispatcher sweeps,
+maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py).
 """
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -14,14 +15,14 @@ from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import errors, metrics
+from api import metrics
 from api.config import ApiConfig
-from fleetcore import logs
+from api.dispatcher import MissionDispatcher
+from api.schemas import ErrorSchema
+from fleetcore import errors, logs
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi
-from fleetcore.logs import log_event
-
-log = logging.getLogger("api")
+from fleetcore.errors import HttpError
 
 
 class FleetJSONProvider(DefaultJSONProvider):
@@ -40,7 +41,7 @@ class FleetJSONProvider(DefaultJSONProvider):
 
 class FleetApi(Api):
     """flask-smorest with our error shape in the generated documentation."""
-    ERROR_SCHEMA = errors.ErrorSchema
+    ERROR_SCHEMA = ErrorSchema
 
 
 def create_app(config: ApiConfig | None = None) -> Flask:
@@ -68,63 +69,31 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     app.extensions["fleet.config"] = cfg
     app.extensions["fleet.db"] = Database(cfg.database_url, max_connections=cfg.db_pool_size, application_name="api")
     app.extensions["fleet.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret)
-    from api.dispatcher import MissionDispatcher
-    app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"],
-                                                           cfg)
+    # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
+    # worker process (api/worker.py).
+    app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
 
     smorest = FleetApi(app)
-    errors.register(app)  # after flask-smorest, so our handlers win
+    errors.register(app, "api")  # after flask-smorest, so our handlers win
     metrics.install(app)
 
     @app.before_request
     def _request_context() -> None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:12]
-        errors.require_json_body()
+        _require_json_body()
 
     @app.after_request
     def _request_id_header(response):
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import fleets, health, tokens, users
-    for module in (health, tokens, users, fleets):
+    from api import emergency, fleets, health, missions, reports, telemetry, tokens, users, vehicles
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency):
         smorest.register_blueprint(module.blp)
-    for name in ("vehicles", "telemetry", "missions", "reports", "emergency"):
-        module = _optional_module(name)
-        if module is not None:
-            smorest.register_blueprint(module.blp)
-
-    _ensure_admin(app, cfg)
-    if cfg.dispatcher:
-        dispatcher = _optional_module("dispatcher")
-        if dispatcher is not None:
-            dispatcher.start(app)
     return app
 
 
-def _optional_module(name: str):
-    import importlib
-    try:
-        return importlib.import_module(f"api.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"api.{name}":
-            raise
-        return None
-
-
-def _ensure_admin(app: Flask, cfg: ApiConfig) -> None:
-    """Create the operator 'admin' on first start, with the password from FLEET_ADMIN_PASSWORD."""
-    from api.auth import hash_password
-    from api.queries import audit, users
-    if not cfg.admin_password:
-        return
-    with app.app_context():
-        db = app.extensions["fleet.db"]
-        with db.transaction() as cur:
-            cur.execute("SELECT 1 FROM users WHERE role = 'admin' LIMIT 1")
-            if cur.fetchone():
-                return
-        with db.transaction() as cur:
-            if users.ensure_admin(cur, hash_password(cfg.admin_password)):
-                audit.record(cur, "system", None, "user.create_initial_admin", "user", "admin")
-                log_event(log, "api.initial_admin_created", user="admin")
+def _require_json_body() -> None:
+    """415 for a body that is not JSON on methods that take one (an empty body is left to validation)."""
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+        raise HttpError(415, "send the body as JSON with Content-Type: application/json")

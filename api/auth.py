@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,11 +18,13 @@ import jwt
 from flask import g, request
 from flask_smorest import Blueprint
 
-from api.errors import ApiError, log_denied
 from api.extensions import config, database
+from fleetcore.errors import HttpError
+from fleetcore.logs import log_event
 
 ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
 BEARER = [{"bearerAuth": []}]
+log = logging.getLogger("api.auth")
 
 
 @dataclass(frozen=True)
@@ -99,23 +102,23 @@ def _authenticate() -> CurrentUser:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "send an access token: Authorization: Bearer <token>",
-                       headers={"WWW-Authenticate": 'Bearer realm="fleet"'})
+        raise HttpError(401, "send an access token: Authorization: Bearer <token>",
+                        headers={"WWW-Authenticate": 'Bearer realm="fleet"'})
     try:
         claims = decode_access_token(token.strip())
     except jwt.ExpiredSignatureError:
-        raise ApiError(401, "the access token has expired; refresh it", code="token_expired",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise HttpError(401, "the access token has expired; refresh it", code="token_expired",
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
     except jwt.InvalidTokenError:
         log_denied("invalid_token")
-        raise ApiError(401, "the access token is not valid", code="invalid_token",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise HttpError(401, "the access token is not valid", code="invalid_token",
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
     with database().transaction() as cur:
         cur.execute(_LOAD_CALLER, (claims["sid"], int(claims["sub"])))
         row = cur.fetchone()
     if row is None or row["revoked_at"] is not None or row["expired"] or not row["active"]:
         log_denied("session_revoked", user=claims.get("name"))
-        raise ApiError(401, "this session has ended; log in again", code="session_revoked")
+        raise HttpError(401, "this session has ended; log in again", code="session_revoked")
     return CurrentUser(row["id"], row["username"], row["role"], frozenset(row["fleets"]), claims["sid"])
 
 
@@ -127,7 +130,7 @@ def requires(role: str = "viewer"):
             user = _authenticate()
             if ROLE_RANK[user.role] < ROLE_RANK[role]:
                 log_denied("role", user=user.username, needed=role)
-                raise ApiError(403, f"this needs the {role} role; you are {user.role}")
+                raise HttpError(403, f"this needs the {role} role; you are {user.role}")
             g.user = user
             return view(*args, **kwargs)
         doc = Blueprint.doc(security=BEARER,
@@ -140,11 +143,9 @@ def current_user() -> CurrentUser:
     return g.user
 
 
-def require_fleet_access(fleet_id: str) -> None:
-    """404 rather than 403 for a fleet the caller may not see: do not confirm that it exists."""
-    if not current_user().can_see_fleet(fleet_id):
-        raise ApiError(404, "no such fleet")
-
-
 def client_addr() -> str:
     return request.remote_addr or "unknown"
+
+
+def log_denied(reason: str, **fields) -> None:
+    log_event(log, "api.denied", logging.WARNING, reason=reason, path=request.path, **fields)

@@ -1,10 +1,10 @@
 """Mission dispatch: queued missions go to their vehicle when it is online and idle, by priority, then age.
 
 ``MissionDispatcher.dispatch_next(vehicle)`` is the one way a mission is sent. It runs inside the request that
-creates a mission (so an online, idle vehicle gets it at once) and in a background thread that reacts to
-PostgreSQL notifications (a vehicle came online, a mission finished) and sweeps every second: expiry (TTL),
-timeouts, retries after "no subscriber", and the periodic database maintenance (partitions, retention,
-liveness). With several api replicas only the holder of an advisory lock runs the background loop.
+creates a mission (so an online, idle vehicle gets it at once) and in the worker process (api/worker.py), which
+reacts to PostgreSQL notifications (a vehicle came online, a mission finished) and sweeps every second: expiry
+(TTL), timeouts, retries after "no subscriber", and the periodic database maintenance (partitions, retention,
+liveness).
 
 Ordering that makes it safe: the mission is committed as `dispatched` *before* the command is published, so
 the vehicle's `accepted` can never arrive for a mission the database still calls `queued`; if the broker
@@ -12,27 +12,18 @@ answers 202 (nobody subscribed) or is unreachable, the mission goes back to `que
 """
 from __future__ import annotations
 
-import json
 import logging
-import select
-import threading
 import time
 from dataclasses import dataclass
 
-import psycopg2
-import psycopg2.extensions
-from flask import Flask
-
-from api.config import ApiConfig
 from api.queries import missions
 from fleetcore import envelope, topics
-from fleetcore.db import Database, connect
+from fleetcore import missions as mission_states
+from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
 from fleetcore.logs import log_event
 
 log = logging.getLogger("api.dispatcher")
-LEADER_LOCK_KEY = 0x666C7464  # "fltd"
-CHANNELS = ("fleet_mission_state", "fleet_vehicle_online")
 
 
 @dataclass
@@ -62,10 +53,9 @@ def mission_command(mission: dict, msg_id: str) -> dict:
 class MissionDispatcher:
     CONFIG_RETRIES_S = (2.0, 5.0, 15.0)
 
-    def __init__(self, db: Database, emqx: EmqxApi, config: ApiConfig) -> None:
+    def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
         self.emqx = emqx
-        self.config = config
         # vehicle → (when to try again, attempts so far): a vehicle that just connected may not have subscribed
         # to its commands yet, so an undelivered config.update is tried again a few times.
         self._config_retries: dict[str, tuple[float, int]] = {}
@@ -89,6 +79,8 @@ class MissionDispatcher:
         mission = missions.next_queued(cur, vehicle_id)
         if mission is None:
             return DispatchResult(None, None, False, "nothing_queued")
+        if mission["backing_off"]:
+            return DispatchResult(str(mission["id"]), mission["state"], False, "backing_off")
         command = mission_command(mission, msg_id=envelope.command("mission.dispatch", {})["msg_id"])
         result = missions.apply_event(cur, str(mission["id"]), "dispatch", "system", "dispatcher",
                                       {"command_msg_id": command["msg_id"],
@@ -111,12 +103,12 @@ class MissionDispatcher:
             published, reason = None, f"broker_error: {exc}"
         if published is not None and published.delivered:
             log_event(log, "mission.dispatched", mission=mission_id, vehicle=vehicle_id, msg_id=command["msg_id"])
-            return DispatchResult(mission_id, "dispatched", True, reason)
+            return DispatchResult(mission_id, mission_states.DISPATCHED, True, reason)
         with self.db.transaction() as cur:
             missions.apply_event(cur, mission_id, "requeue", "system", "dispatcher", {"reason": reason})
             missions.back_off(cur, mission_id)
         log_event(log, "mission.requeued", logging.WARNING, mission=mission_id, vehicle=vehicle_id, reason=reason)
-        return DispatchResult(mission_id, "queued", False, reason)
+        return DispatchResult(mission_id, mission_states.QUEUED, False, reason)
 
     def publish_cancel(self, mission: dict, reason: str | None) -> bool:
         command = envelope.command("mission.cancel", {"mission_id": str(mission["id"]), "reason": reason})
@@ -182,96 +174,3 @@ class MissionDispatcher:
                 return None
             cur.execute("SELECT fleet_maintenance() AS summary")
             return cur.fetchone()["summary"]
-
-
-class DispatcherThread(threading.Thread):
-    """Background loop; only the advisory-lock holder among api processes does the work."""
-
-    def __init__(self, dispatcher: MissionDispatcher, config: ApiConfig) -> None:
-        super().__init__(name="mission-dispatcher", daemon=True)
-        self.dispatcher = dispatcher
-        self.config = config
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        backoff = 1.0
-        while not self.stopping.is_set():
-            try:
-                self._lead()
-                backoff = 1.0
-            except (psycopg2.Error, OSError) as exc:
-                log_event(log, "dispatcher.db_error", logging.WARNING, error=str(exc).strip()[:200])
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            except Exception:  # noqa: BLE001 - the loop must survive anything and say so
-                log.exception("dispatcher loop failed", extra={"event": "dispatcher.crash"})
-                self.stopping.wait(backoff)
-
-    def _lead(self) -> None:
-        conn = connect(self.config.database_url, autocommit=True, application_name="api-dispatcher")
-        try:
-            with conn.cursor() as cur:
-                while not self.stopping.is_set():
-                    cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
-                    if cur.fetchone()[0]:
-                        break
-                    self.stopping.wait(5.0)
-                for channel in CHANNELS:
-                    cur.execute(f"LISTEN {channel}")
-            log_event(log, "dispatcher.leading")
-            self._loop(conn)
-        finally:
-            conn.close()
-
-    def _loop(self, conn: psycopg2.extensions.connection) -> None:
-        next_sweep = 0.0
-        next_maintenance = time.monotonic() + 2.0
-        while not self.stopping.is_set():
-            readable, _, _ = select.select([conn], [], [], self.config.dispatcher_tick_s)
-            vehicles: set[str] = set()
-            came_online: set[str] = set()
-            if readable:
-                conn.poll()
-                while conn.notifies:
-                    notify = conn.notifies.pop(0)
-                    found = _vehicles_to_try(notify)
-                    vehicles |= found
-                    if notify.channel == "fleet_vehicle_online":
-                        came_online |= found
-            for vehicle_id in sorted(came_online):
-                self.dispatcher.resend_config(vehicle_id)
-            for vehicle_id in sorted(vehicles):
-                self.dispatcher.dispatch_next(vehicle_id)
-            now = time.monotonic()
-            if now >= next_sweep:
-                self.dispatcher.sweep()
-                next_sweep = now + self.config.dispatcher_tick_s
-            if now >= next_maintenance:
-                summary = self.dispatcher.maintenance()
-                if summary:
-                    log_event(log, "maintenance.ran", logging.DEBUG, summary=summary)
-                next_maintenance = now + self.config.maintenance_interval_s
-
-
-def _vehicles_to_try(notify) -> set[str]:
-    """A vehicle that came online, or whose mission just ended, may be ready for its next mission."""
-    try:
-        payload = json.loads(notify.payload)
-    except ValueError:
-        return set()
-    vehicle_id = payload.get("vehicle_id")
-    if not vehicle_id:
-        return set()
-    if notify.channel == "fleet_vehicle_online":
-        return {vehicle_id}
-    if payload.get("to_state") in ("completed", "failed", "rejected", "cancelled", "timed_out", "expired", "queued"):
-        return {vehicle_id}
-    return set()
-
-
-def start(app: Flask) -> DispatcherThread:
-    dispatcher = app.extensions["fleet.dispatcher"]
-    thread = DispatcherThread(dispatcher, app.extensions["fleet.config"])
-    thread.start()
-    app.extensions["fleet.dispatcher_thread"] = thread
-    return thread

@@ -5,13 +5,13 @@ import logging
 
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import broker, database
-from api.queries import audit, vehicles
+from api.queries import audit
 from api.schemas import CommandResultSchema, EmergencyStopSchema, ReasonSchema
 from fleetcore import envelope, topics
 from fleetcore.emqx_api import EmqxApiError
+from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 blp = Blueprint("emergency", __name__, url_prefix="/api/v1",
@@ -26,7 +26,7 @@ def _send(topic: str, command_type: str, reason: str | None, target_type: str, t
         delivered = broker().publish(topic, command, qos=1).delivered
     except EmqxApiError as exc:
         log_event(log, f"{command_type}.failed", logging.ERROR, target=target_id, user=user.username, error=str(exc))
-        raise ApiError(503, "the broker could not be reached; the command was NOT sent", code="unavailable") from exc
+        raise HttpError(503, "the broker could not be reached; the command was NOT sent", code="unavailable") from exc
     with database().transaction() as cur:
         audit.record(cur, "operator", user.username, command_type, target_type, target_id,
                      {"reason": reason, "msg_id": command["msg_id"], "delivered": delivered})
@@ -35,10 +35,9 @@ def _send(topic: str, command_type: str, reason: str | None, target_type: str, t
     return {"command": command_type, "msg_id": command["msg_id"], "delivered": delivered}
 
 
-def _visible_vehicle(vehicle_id: str) -> None:
+def _require_visible(vehicle_id: str) -> None:
     with database().transaction() as cur:
-        if vehicles.visible_vehicle(cur, vehicle_id, auth.current_user().visible_fleets()) is None:
-            raise ApiError(404, f"no such vehicle: {vehicle_id}")
+        visibility.vehicle(cur, vehicle_id)
 
 
 @blp.route("/vehicles/<vehicle_id>/emergency-stop", methods=["POST"])
@@ -49,7 +48,7 @@ def _visible_vehicle(vehicle_id: str) -> None:
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def stop_vehicle(body: dict, vehicle_id: str):
     """Emergency-stop one vehicle (`emergency.stop` on its command topic, QoS 1)."""
-    _visible_vehicle(vehicle_id)
+    _require_visible(vehicle_id)
     return _send(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), "emergency.stop", body["reason"],
                  "vehicle", vehicle_id)
 
@@ -61,7 +60,7 @@ def stop_vehicle(body: dict, vehicle_id: str):
 @blp.alt_response(404, response="NOT_FOUND")
 def release_vehicle(body: dict | None, vehicle_id: str):
     """Release one vehicle's emergency stop (`emergency.release`)."""
-    _visible_vehicle(vehicle_id)
+    _require_visible(vehicle_id)
     return _send(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), "emergency.release", (body or {}).get("reason"),
                  "vehicle", vehicle_id)
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import database
 from api.pagination import page_of, window
 from api.queries import audit, fleets
 from api.schemas import FleetCreateSchema, FleetSchema, FleetUpdateSchema, PageQuerySchema, list_of
+from fleetcore.errors import HttpError
 
 blp = Blueprint("fleets", __name__, url_prefix="/api/v1/fleets", description="Fleets of vehicles.")
 
@@ -34,7 +34,7 @@ def create_fleet(body: dict):
     """Create a fleet (admins)."""
     with database().transaction() as cur:
         if not fleets.create_fleet(cur, body["id"], body["name"]):
-            raise ApiError(409, f"fleet {body['id']!r} already exists")
+            raise HttpError(409, f"fleet {body['id']!r} already exists")
         audit.record(cur, "operator", auth.current_user().username, "fleet.create", "fleet", body["id"], body)
         return fleets.get_fleet(cur, body["id"])
 
@@ -45,11 +45,11 @@ def create_fleet(body: dict):
 @blp.alt_response(404, response="NOT_FOUND")
 def get_fleet(fleet_id: str):
     """One fleet."""
-    auth.require_fleet_access(fleet_id)
+    visibility.require_fleet(fleet_id)
     with database().transaction() as cur:
         fleet = fleets.get_fleet(cur, fleet_id)
     if fleet is None:
-        raise ApiError(404, "no such fleet")
+        raise HttpError(404, "no such fleet")
     return fleet
 
 
@@ -62,6 +62,6 @@ def rename_fleet(body: dict, fleet_id: str):
     """Rename a fleet (admins)."""
     with database().transaction() as cur:
         if not fleets.rename_fleet(cur, fleet_id, body["name"]):
-            raise ApiError(404, "no such fleet")
+            raise HttpError(404, "no such fleet")
         audit.record(cur, "operator", auth.current_user().username, "fleet.rename", "fleet", fleet_id, body)
         return fleets.get_fleet(cur, fleet_id)

@@ -9,13 +9,14 @@ import psycopg2.errors
 from flask import request
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import config, database, dispatcher
 from api.pagination import page_of, window
 from api.queries import audit, missions
 from api.schemas import (MissionCreateSchema, MissionDetailSchema, MissionListQuerySchema, MissionSchema,
                          ReasonSchema, list_of)
+from fleetcore import missions as mission_states
+from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 blp = Blueprint("missions", __name__, url_prefix="/api/v1/missions",
@@ -27,25 +28,15 @@ IDEMPOTENCY_HEADER = {"Idempotency-Key": {"description": "retrying with the same
 
 
 def _vehicle_for_mission(cur, vehicle_id: str) -> dict:
-    cur.execute("SELECT id, fleet_id, status FROM vehicles WHERE id = %s", (vehicle_id,))
-    vehicle = cur.fetchone()
-    if vehicle is None or not auth.current_user().can_see_fleet(vehicle["fleet_id"]):
-        raise ApiError(404, f"no such vehicle: {vehicle_id}")
+    vehicle = visibility.vehicle(cur, vehicle_id)
     if vehicle["status"] in ("revoked", "decommissioned"):
-        raise ApiError(409, f"vehicle {vehicle_id} is {vehicle['status']}; it cannot take missions")
+        raise HttpError(409, f"vehicle {vehicle_id} is {vehicle['status']}; it cannot take missions")
     return vehicle
-
-
-def _load_visible(cur, mission_id: str) -> dict:
-    mission = missions.get(cur, mission_id)
-    if mission is None or not auth.current_user().can_see_fleet(mission["fleet_id"]):
-        raise ApiError(404, "no such mission")
-    return mission
 
 
 def _detail(mission_id: str) -> dict:
     with database().transaction() as cur:
-        mission = missions.shape(_load_visible(cur, mission_id))
+        mission = missions.shape(visibility.mission(cur, mission_id))
         mission["timeline"] = missions.timeline(cur, mission_id)
     return mission
 
@@ -73,7 +64,7 @@ def create_mission(body: dict):
     user = auth.current_user()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
-        raise ApiError(422, "Idempotency-Key must be 1–200 characters")
+        raise HttpError(422, "Idempotency-Key must be 1–200 characters")
     request_hash = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
     timeout_s = body.get("timeout_s") or config().mission_default_timeout_s
     try:
@@ -98,7 +89,7 @@ def create_mission(body: dict):
 
 def _replay(existing: dict, request_hash: str):
     if existing["request_hash"] != request_hash:
-        raise ApiError(409, "this Idempotency-Key was used for a different request", code="idempotency_conflict")
+        raise HttpError(409, "this Idempotency-Key was used for a different request", code="idempotency_conflict")
     return _detail(str(existing["id"])), 200, {"Idempotent-Replayed": "true"}
 
 
@@ -135,13 +126,13 @@ def cancel_mission(body: dict | None, mission_id):
     user = auth.current_user()
     reason = (body or {}).get("reason")
     with database().transaction() as cur:
-        mission = _load_visible(cur, str(mission_id))
+        mission = visibility.mission(cur, str(mission_id))
         result = missions.apply_event(cur, str(mission_id), "cancel", "operator", user.username, {"reason": reason})
         if not result["applied"]:
-            raise ApiError(409, f"a mission that is {mission['state']} cannot be cancelled",
-                           details={"state": mission["state"], "error": result["error"]})
+            raise HttpError(409, f"a mission that is {mission['state']} cannot be cancelled",
+                            details={"state": mission["state"], "error": result["error"]})
         audit.record(cur, "operator", user.username, "mission.cancel", "mission", str(mission_id), {"reason": reason})
-    if result["to_state"] == "cancel_requested":
+    if result["to_state"] == mission_states.CANCEL_REQUESTED:
         delivered = dispatcher().publish_cancel(mission, reason)
         log_event(log, "mission.cancel_requested", mission=str(mission_id), delivered=delivered)
     return _detail(str(mission_id))

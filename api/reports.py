@@ -5,12 +5,12 @@ from datetime import UTC, datetime
 
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import database
 from api.queries import missions as mission_queries
 from api.queries import reports
 from api.schemas import MissionReportSchema, ReportQuerySchema
+from fleetcore.errors import HttpError
 
 blp = Blueprint("reports", __name__, url_prefix="/api/v1/reports", description="JSON reports for operators.")
 
@@ -55,10 +55,10 @@ def mission_report(args: dict):
         try:
             cursor = mission_queries.decode_cursor(args["cursor"])
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
+            raise HttpError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
+    if args.get("fleet"):
+        visibility.require_fleet(args["fleet"])
     visible = auth.current_user().visible_fleets()
-    if args.get("fleet") and visible is not None and args["fleet"] not in visible:
-        raise ApiError(404, "no such fleet")
     limit = args["limit"]
     with database().transaction() as cur:
         clause, params = reports.filters(visible, args)

@@ -5,14 +5,14 @@ from datetime import datetime, timezone
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
+from api import passwords
+from fleetcore import missions as mission_states
 from fleetcore.topics import VEHICLE_ID_PATTERN
 
 VEHICLE_ID = validate.Regexp(rf"^{VEHICLE_ID_PATTERN}$", error="1–64 letters, digits or '-', not starting with '-'")
 FLEET_ID = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="1–64 lower-case letters, digits or '-'")
 USERNAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", error="1–64 letters, digits or _ . @ -")
 ROLES = ("admin", "operator", "viewer")
-MISSION_STATES = ("queued", "dispatched", "accepted", "in_progress", "cancel_requested", "completed", "failed",
-                  "rejected", "cancelled", "timed_out", "expired")
 
 
 def reject_unstorable(value, path: str = "") -> None:
@@ -56,6 +56,14 @@ class StrictSchema(Schema):
                 except (OverflowError, ValueError):
                     raise ValidationError("out of range", field_name=key) from None
         return data
+
+
+class ErrorSchema(Schema):
+    """The body of every error response (fleetcore/errors.py)."""
+    code = fields.String(required=True, metadata={"description": "machine-readable error code",
+                                                  "example": "validation_error"})
+    message = fields.String(required=True, metadata={"description": "what went wrong, for people"})
+    details = fields.Dict(metadata={"description": "extra information, e.g. errors per field"})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -115,24 +123,21 @@ class UserSchema(Schema):
     updated_at = fields.DateTime()
 
 
-def _bcrypt_limit(password: str) -> None:
-    # bcrypt uses at most 72 bytes of a password (and the library refuses more): say so instead of truncating.
-    if len(password.encode("utf-8", "surrogatepass")) > 72:
-        raise ValidationError("at most 72 bytes (UTF-8)")
-
-
-NEW_PASSWORD = validate.And(validate.Length(min=12, max=72), _bcrypt_limit)
+def new_password(password: str) -> None:
+    problem = passwords.problem(password)
+    if problem:
+        raise ValidationError(problem)
 
 
 class UserCreateSchema(StrictSchema):
     username = fields.String(required=True, validate=USERNAME)
-    password = fields.String(required=True, load_only=True, validate=NEW_PASSWORD)
+    password = fields.String(required=True, load_only=True, validate=new_password)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     fleets = fields.List(fields.String(validate=FLEET_ID), load_default=list)
 
 
 class UserUpdateSchema(StrictSchema):
-    password = fields.String(load_only=True, validate=NEW_PASSWORD)
+    password = fields.String(load_only=True, validate=new_password)
     role = fields.String(validate=validate.OneOf(ROLES))
     active = fields.Boolean()
     fleets = fields.List(fields.String(validate=FLEET_ID))
@@ -432,7 +437,7 @@ class MissionSchema(Schema):
     vehicle_id = fields.String()
     fleet_id = fields.String()
     name = fields.String()
-    state = fields.String()
+    state = fields.String(metadata={"enum": list(mission_states.STATES)})
     priority = fields.Integer()
     waypoints = fields.List(fields.Dict())
     tasks = fields.List(fields.Dict())
@@ -458,7 +463,7 @@ class MissionDetailSchema(MissionSchema):
 class MissionListQuerySchema(PageQuerySchema):
     vehicle = fields.String(validate=VEHICLE_ID)
     fleet = fields.String(validate=FLEET_ID)
-    state = fields.String(validate=validate.OneOf(MISSION_STATES))
+    state = fields.String(validate=validate.OneOf(mission_states.STATES))
     from_ = fields.DateTime(data_key="from")
     to = fields.DateTime()
 
@@ -471,7 +476,7 @@ class ReportQuerySchema(StrictSchema):
     to = fields.DateTime(metadata={"description": "missions created before"})
     vehicle = fields.String(validate=VEHICLE_ID)
     fleet = fields.String(validate=FLEET_ID)
-    state = fields.String(validate=validate.OneOf(MISSION_STATES))
+    state = fields.String(validate=validate.OneOf(mission_states.STATES))
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000),
                            metadata={"description": "missions per page (the summary always covers all)"})
     cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
@@ -495,7 +500,7 @@ class DurationsSchema(Schema):
 class ReportMissionSchema(Schema):
     id = fields.UUID()
     name = fields.String()
-    state = fields.String()
+    state = fields.String(metadata={"enum": list(mission_states.STATES)})
     priority = fields.Integer()
     vehicle = fields.Nested(ReportVehicleSchema)
     created_by = fields.String(allow_none=True)

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 from flask import Response
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import database
 from api.queries import telemetry, vehicles
 from api.schemas import (FleetLatestListSchema, LatestQuerySchema, StatusHistorySchema, TelemetryBucketSchema,
                          TelemetryHistoryQuerySchema, TelemetryHistorySchema, TelemetryPointSchema)
+from fleetcore.errors import HttpError
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/v1", description="Telemetry and health of vehicles.")
 
@@ -23,16 +23,11 @@ def _window(args: dict) -> tuple[datetime, datetime]:
     end = args.get("to") or datetime.now(UTC)
     start = args.get("from_") or end - timedelta(hours=1)
     if start.tzinfo is None or end.tzinfo is None:
-        raise ApiError(422, "give times with a timezone, e.g. 2026-11-24T10:00:00Z",
-                       details={"fields": {"query": {"from": ["timezone required"]}}})
+        raise HttpError(422, "give times with a timezone, e.g. 2026-11-24T10:00:00Z",
+                        details={"fields": {"query": {"from": ["timezone required"]}}})
     if start >= end:
-        raise ApiError(422, "`from` must be before `to`")
+        raise HttpError(422, "`from` must be before `to`")
     return start, end
-
-
-def _visible_vehicle(cur, vehicle_id: str) -> None:
-    if vehicles.visible_vehicle(cur, vehicle_id, auth.current_user().visible_fleets()) is None:
-        raise ApiError(404, f"no such vehicle: {vehicle_id}")
 
 
 def _cursor(args: dict, parts: int) -> list[str] | None:
@@ -41,7 +36,7 @@ def _cursor(args: dict, parts: int) -> list[str] | None:
     try:
         return telemetry.decode_cursor(args["cursor"], parts)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
+        raise HttpError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
 
 
 @blp.route("/telemetry/latest", methods=["GET"])
@@ -70,11 +65,11 @@ def telemetry_history(args: dict, vehicle_id: str):
     start, end = _window(args)
     limit = args["limit"]
     with database().transaction() as cur:
-        _visible_vehicle(cur, vehicle_id)
+        visibility.vehicle(cur, vehicle_id)
         if args.get("interval"):
             interval_s = int(args["interval"][:-1]) * _UNIT_SECONDS[args["interval"][-1]]
             if (end - start).total_seconds() / interval_s > MAX_BUCKETS_SPAN:
-                raise ApiError(422, "this interval makes too many buckets for the time range; choose a coarser one")
+                raise HttpError(422, "this interval makes too many buckets for the time range; choose a coarser one")
             after = _cursor(args, 1)
             rows = telemetry.buckets(cur, vehicle_id, start, end, interval_s, after[0] if after else None, limit)
             items = TelemetryBucketSchema(many=True).dump(rows[:limit])
@@ -95,11 +90,11 @@ def telemetry_history(args: dict, vehicle_id: str):
 def status_history(args: dict, vehicle_id: str):
     """Health/status history of one vehicle (mode, battery, errors, e-stop), oldest first, paginated."""
     if args.get("interval"):
-        raise ApiError(422, "status history has no interval; it is reported on change")
+        raise HttpError(422, "status history has no interval; it is reported on change")
     start, end = _window(args)
     limit = args["limit"]
     with database().transaction() as cur:
-        _visible_vehicle(cur, vehicle_id)
+        visibility.vehicle(cur, vehicle_id)
         rows = telemetry.status_points(cur, vehicle_id, start, end, _cursor(args, 2), limit)
     last = rows[limit - 1] if len(rows) > limit else None
     return {"vehicle_id": vehicle_id, "items": rows[:limit],   # serialised once, by StatusHistorySchema

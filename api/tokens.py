@@ -7,10 +7,10 @@ from flask import request
 from flask_smorest import Blueprint
 
 from api import auth
-from api.errors import ApiError
 from api.extensions import config, database
 from api.queries import audit, sessions
 from api.schemas import LoginSchema, MeSchema, RefreshSchema, TokenSchema
+from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Log in and manage your session.")
@@ -44,8 +44,8 @@ def login(credentials: dict):
             retry_after = max(1, int(cfg.login_failure_window_s - sessions.oldest_failure_age_s(
                 cur, [key], cfg.login_failure_window_s)))
             log_event(log, "auth.login_throttled", logging.WARNING, user=username, addr=auth.client_addr())
-            raise ApiError(429, "too many failed logins; try again later", headers={"Retry-After": str(retry_after)},
-                           details={"retry_after_s": retry_after})
+            raise HttpError(429, "too many failed logins; try again later", headers={"Retry-After": str(retry_after)},
+                            details={"retry_after_s": retry_after})
         user = sessions.find_user_for_login(cur, username)
     ok = auth.check_password_or_dummy(credentials["password"], user["password_hash"] if user else None)
     if not ok or not user["active"]:
@@ -53,7 +53,7 @@ def login(credentials: dict):
             sessions.record_failure(cur, key, cfg.login_failure_window_s)
         log_event(log, "auth.login_failed", logging.WARNING, user=username, addr=auth.client_addr(),
                   reason="bad_password" if user else "unknown_user")
-        raise ApiError(401, "invalid username or password")
+        raise HttpError(401, "invalid username or password")
     with database().transaction() as cur:
         sessions.clear_failures(cur, key)
         session_id = sessions.open_session(cur, user["id"], cfg.refresh_token_ttl_s, auth.client_addr(),
@@ -78,7 +78,7 @@ def refresh(body: dict):
     with database().transaction() as cur:
         row = sessions.lock_refresh_token(cur, token_hash)
         if row is None:
-            raise ApiError(401, "unknown refresh token", code="invalid_token")
+            raise HttpError(401, "unknown refresh token", code="invalid_token")
         if row["used_at"] is not None:
             sessions.revoke_session(cur, row["session_id"], "refresh_token_reuse")
             audit.record(cur, "system", None, "auth.refresh_reuse_detected", "session", row["session_id"],
@@ -87,13 +87,13 @@ def refresh(body: dict):
         else:
             reused = False
             if row["revoked_at"] is not None or row["expired"] or not row["active"]:
-                raise ApiError(401, "this session has ended; log in again", code="session_revoked")
+                raise HttpError(401, "this session has ended; log in again", code="session_revoked")
             sessions.mark_refresh_token_used(cur, token_hash, row["session_id"])
             tokens = _token_response(cur, row["user_id"], row["username"], row["role"], row["session_id"])
     if reused:  # committed above: the revocation must stick even though the request fails
         log_event(log, "auth.refresh_reuse", logging.WARNING, user=row["username"], session=row["session_id"])
-        raise ApiError(401, "this refresh token was already used; the session has been revoked",
-                       code="refresh_token_reused")
+        raise HttpError(401, "this refresh token was already used; the session has been revoked",
+                        code="refresh_token_reused")
     return tokens
 
 

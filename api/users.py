@@ -4,11 +4,11 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from api import auth
-from api.errors import ApiError
 from api.extensions import database
 from api.pagination import page_of, window
 from api.queries import audit, sessions, users
 from api.schemas import PageQuerySchema, UserCreateSchema, UserSchema, UserUpdateSchema, list_of
+from fleetcore.errors import HttpError
 
 blp = Blueprint("users", __name__, url_prefix="/api/v1/users", description="Operator accounts (admins only).")
 
@@ -35,10 +35,10 @@ def create_user(body: dict):
     admin = auth.current_user()
     with database().transaction() as cur:
         if users.username_taken(cur, body["username"]):
-            raise ApiError(409, f"username {body['username']!r} is taken")
+            raise HttpError(409, f"username {body['username']!r} is taken")
         missing = users.missing_fleets(cur, body["fleets"])
         if missing:
-            raise ApiError(422, "unknown fleets", details={"fleets": missing})
+            raise HttpError(422, "unknown fleets", details={"fleets": missing})
         user_id = users.create_user(cur, body["username"], auth.hash_password(body["password"]), body["role"])
         users.set_fleets(cur, user_id, body["fleets"])
         audit.record(cur, "operator", admin.username, "user.create", "user", str(user_id),
@@ -55,7 +55,7 @@ def get_user(user_id: int):
     with database().transaction() as cur:
         user = users.get_user(cur, user_id)
     if user is None:
-        raise ApiError(404, "no such user")
+        raise HttpError(404, "no such user")
     return user
 
 
@@ -70,11 +70,11 @@ def update_user(body: dict, user_id: int):
     with database().transaction() as cur:
         user = users.get_user(cur, user_id)
         if user is None:
-            raise ApiError(404, "no such user")
+            raise HttpError(404, "no such user")
         demoting_last_admin = user["role"] == "admin" and (
             body.get("role", "admin") != "admin" or body.get("active") is False)
         if demoting_last_admin and users.count_admins(cur, excluding=user_id) == 0:
-            raise ApiError(409, "this is the last active admin; create another admin first")
+            raise HttpError(409, "this is the last active admin; create another admin first")
         changes = {k: body[k] for k in ("role", "active") if k in body}
         if "password" in body:
             changes["password_hash"] = auth.hash_password(body["password"])
@@ -82,7 +82,7 @@ def update_user(body: dict, user_id: int):
         if "fleets" in body:
             missing = users.missing_fleets(cur, body["fleets"])
             if missing:
-                raise ApiError(422, "unknown fleets", details={"fleets": missing})
+                raise HttpError(422, "unknown fleets", details={"fleets": missing})
             users.set_fleets(cur, user_id, body["fleets"])
         if "password" in body or body.get("active") is False:
             sessions.revoke_user_sessions(cur, user_id, "account_changed")
@@ -99,13 +99,13 @@ def delete_user(user_id: int):
     """Delete an operator account (its sessions end with it). You cannot delete yourself."""
     admin = auth.current_user()
     if user_id == admin.id:
-        raise ApiError(409, "you cannot delete your own account")
+        raise HttpError(409, "you cannot delete your own account")
     with database().transaction() as cur:
         user = users.get_user(cur, user_id)
         if user is None:
-            raise ApiError(404, "no such user")
+            raise HttpError(404, "no such user")
         if user["role"] == "admin" and users.count_admins(cur, excluding=user_id) == 0:
-            raise ApiError(409, "this is the last active admin")
+            raise HttpError(409, "this is the last active admin")
         users.delete_user(cur, user_id)
         audit.record(cur, "operator", admin.username, "user.delete", "user", str(user_id),
                      {"username": user["username"]})

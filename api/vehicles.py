@@ -7,8 +7,7 @@ import logging
 
 from flask_smorest import Blueprint
 
-from api import auth
-from api.errors import ApiError
+from api import auth, visibility
 from api.extensions import broker, config, database
 from api.pagination import page_of, window
 from api.queries import audit, missions, vehicles
@@ -17,6 +16,7 @@ from api.schemas import (ConfigUpdateResultSchema, DesiredConfigSchema, Enrollme
                          VehicleSessionResultSchema, VehicleUpdateSchema, list_of, parse_lat_lon)
 from fleetcore import envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
+from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 blp = Blueprint("vehicles", __name__, url_prefix="/api/v1/vehicles",
@@ -24,22 +24,14 @@ blp = Blueprint("vehicles", __name__, url_prefix="/api/v1/vehicles",
 log = logging.getLogger("api.vehicles")
 
 
-def _visible(cur, vehicle_id: str) -> dict:
-    """The vehicle row if the caller may see it; 404 otherwise (never confirm that another fleet's exists)."""
-    vehicle = vehicles.visible_vehicle(cur, vehicle_id, auth.current_user().visible_fleets())
-    if vehicle is None:
-        raise ApiError(404, f"no such vehicle: {vehicle_id}")
-    return vehicle
-
-
 def _shaped(vehicle_id: str) -> dict:
     with database().transaction() as cur:
         return vehicles.shape(vehicles.get(cur, vehicle_id))
 
 
-def _conflict(exc: registry.RegistryError) -> ApiError:
+def _conflict(exc: registry.RegistryError) -> HttpError:
     status = {"not_found": 404, "fleet_not_found": 404}.get(exc.code, 409)
-    return ApiError(status, exc.message, code=exc.code if status == 409 else None)
+    return HttpError(status, exc.message, code=exc.code if status == 409 else None)
 
 
 @blp.route("", methods=["GET"])
@@ -73,7 +65,7 @@ def create_vehicle(body: dict):
     request to `fleet/v1/{id}/register/request` and receives its device secret on `…/register/response`.
     """
     user = auth.current_user()
-    auth.require_fleet_access(body["fleet_id"])
+    visibility.require_fleet(body["fleet_id"])
     try:
         with database().transaction() as cur:
             enrollment = registry.create_vehicle(
@@ -95,7 +87,7 @@ def create_vehicle(body: dict):
 def get_vehicle(vehicle_id: str):
     """One vehicle: registration, presence, latest telemetry, health, desired and reported configuration."""
     with database().transaction() as cur:
-        _visible(cur, vehicle_id)
+        visibility.vehicle(cur, vehicle_id)
         return vehicles.shape(vehicles.get(cur, vehicle_id))
 
 
@@ -108,7 +100,7 @@ def update_vehicle(body: dict, vehicle_id: str):
     """Change a vehicle's name, model or metadata (metadata is replaced as a whole)."""
     user = auth.current_user()
     with database().transaction() as cur:
-        _visible(cur, vehicle_id)
+        visibility.vehicle(cur, vehicle_id)
         vehicles.update_details(cur, vehicle_id, body)
         audit.record(cur, "operator", user.username, "vehicle.update", "vehicle", vehicle_id, body)
         return vehicles.shape(vehicles.get(cur, vehicle_id))
@@ -128,7 +120,7 @@ def issue_enrollment(vehicle_id: str):
     user = auth.current_user()
     try:
         with database().transaction() as cur:
-            _visible(cur, vehicle_id)
+            visibility.vehicle(cur, vehicle_id)
             enrollment = registry.issue_enrollment_token(cur, config().device_secret_key, vehicle_id,
                                                          actor_type="operator", actor_id=user.username,
                                                          token_ttl_s=config().enrollment_token_ttl_s)
@@ -154,9 +146,9 @@ def put_config(body: dict, vehicle_id: str):
     """
     user = auth.current_user()
     with database().transaction() as cur:
-        vehicle = _visible(cur, vehicle_id)
+        vehicle = visibility.vehicle(cur, vehicle_id)
         if vehicle["status"] in ("revoked", "decommissioned"):
-            raise ApiError(409, f"vehicle {vehicle_id} is {vehicle['status']}", code="vehicle_state_conflict")
+            raise HttpError(409, f"vehicle {vehicle_id} is {vehicle['status']}", code="vehicle_state_conflict")
         version = vehicles.set_desired_config(cur, vehicle_id, body["config"])
         command = envelope.command("config.update", {"version": version, "config": body["config"]})
         audit.record(cur, "operator", user.username, "vehicle.config_update", "vehicle", vehicle_id,
@@ -165,7 +157,7 @@ def put_config(body: dict, vehicle_id: str):
         delivered = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
     except EmqxApiError as exc:
         log_event(log, "vehicle.config_not_sent", logging.ERROR, vehicle=vehicle_id, version=version, error=str(exc))
-        raise ApiError(503, "the desired configuration is stored, but the broker could not be reached to send it; "
+        raise HttpError(503, "the desired configuration is stored, but the broker could not be reached to send it; "
                             "repeat the request", details={"desired_version": version}) from exc
     log_event(log, "vehicle.config_sent", vehicle=vehicle_id, version=version, delivered=delivered, user=user.username)
     return {"config": _shaped(vehicle_id)["config"],
@@ -175,7 +167,7 @@ def put_config(body: dict, vehicle_id: str):
 def _disconnect(vehicle_id: str, action: str) -> dict:
     session = registry.disconnect(broker(), vehicle_id)
     if session == "broker_unreachable":
-        raise ApiError(503, f"the vehicle is {action} and can no longer connect, but the broker could not be reached "
+        raise HttpError(503, f"the vehicle is {action} and can no longer connect, but the broker could not be reached "
                             "to end its live session; repeat the request", details={"status": action})
     return {"vehicle": _shaped(vehicle_id), "session": session}
 
@@ -194,7 +186,7 @@ def revoke_vehicle(body: dict | None, vehicle_id: str):
     reason = (body or {}).get("reason")
     try:
         with database().transaction() as cur:
-            _visible(cur, vehicle_id)
+            visibility.vehicle(cur, vehicle_id)
             registry.revoke_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
@@ -215,11 +207,11 @@ def decommission_vehicle(body: dict | None, vehicle_id: str):
     user = auth.current_user()
     reason = (body or {}).get("reason")
     with database().transaction() as cur:
-        _visible(cur, vehicle_id)
+        visibility.vehicle(cur, vehicle_id)
         queued, active = vehicles.queued_missions(cur, vehicle_id)
         if active:
-            raise ApiError(409, f"vehicle {vehicle_id} is working on a mission; cancel it first",
-                           code="vehicle_busy")
+            raise HttpError(409, f"vehicle {vehicle_id} is working on a mission; cancel it first",
+                            code="vehicle_busy")
         for mission_id in queued:
             missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
                                  {"reason": "vehicle decommissioned"})

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from authsvc import errors
 from authsvc.broker_request import BrokerCallouts
 from authsvc.config import AuthsvcConfig
-from fleetcore import logs
+from fleetcore import errors, logs
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi
 
@@ -26,7 +25,7 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
                                             application_name="authsvc")
     app.extensions["authsvc.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret,
                                              timeout=cfg.emqx_timeout_s)
-    errors.register(app)
+    errors.register(app, "authsvc")
 
     from authsvc import authn, authz, health, registration
     for module in (health, registration):

@@ -1,4 +1,4 @@
-"""The topic ACL (design.md §3) as a pure function of identity and topic: no database, no state.
+"""The topic ACL of docs/PROTOCOL.md (Topic tree) as a pure function of identity and topic: no database, no state.
 
 A ``vehicle`` may publish its own telemetry, status, mission and connection, and subscribe to its own cmd and
 register/response and to the fleet-wide ``fleet/v1/_fleet/cmd``. An ``enrolling`` client (enrollment token only)

@@ -16,9 +16,9 @@ import psycopg2
 
 from authsvc import acl
 from authsvc.broker_request import DENY_BODY, CalloutUnavailable, MalformedRequest, string_fields_of
-from authsvc.errors import log_unavailable
 from fleetcore import registry
 from fleetcore.db import Database
+from fleetcore.errors import log_unavailable
 from fleetcore.logs import log_event
 
 PATH = "/mqtt/authn"
@@ -44,7 +44,7 @@ class Authenticator:
                 decision = registry.verify_credentials(cur, self.key, body["clientid"], body["username"],
                                                        body["password"])
         except psycopg2.Error as exc:
-            log_unavailable("database", exc, vehicle=clientid)
+            log_unavailable("authsvc", "database", exc, vehicle=clientid)
             raise CalloutUnavailable("the credential store is unavailable") from None
         if not decision.allow:
             log_event(log, "authn.deny", logging.WARNING, vehicle=clientid, username=body["username"][:100],

@@ -15,7 +15,7 @@ import logging
 
 from flask import current_app, request
 
-from authsvc.errors import AuthsvcError
+from fleetcore.errors import HttpError, unexpected, wsgi_response
 from fleetcore.logs import log_event
 
 HEADER = "x-fleet-broker-token"
@@ -89,15 +89,9 @@ class CalloutUnavailable(Exception):
     """A callout cannot decide (database down): answer 503, which EMQX treats as "ignore" → not authorized."""
 
 
-def _respond(start_response, status: str, body: bytes, extra_headers: tuple = ()) -> list[bytes]:
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            *extra_headers])
+def _decision(start_response, body: bytes) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _error(start_response, status: str, code: str, message: str, extra_headers: tuple = ()) -> list[bytes]:
-    body = json.dumps({"code": code, "message": message, "details": {}}).encode()
-    return _respond(start_response, status, body, extra_headers)
 
 
 class BrokerCallouts:
@@ -118,26 +112,24 @@ class BrokerCallouts:
         if decide is None:
             return self.app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            return _error(start_response, "405 METHOD NOT ALLOWED", "method_not_allowed",
-                          "The method is not allowed for the requested URL.", (("Allow", "POST"),))
+            return wsgi_response(start_response, HttpError(405, "The method is not allowed for the requested URL.",
+                                                           headers={"Allow": "POST"}))
         if not token_ok(environ.get("HTTP_X_FLEET_BROKER_TOKEN"), self.broker_token, path,
                         environ.get("REMOTE_ADDR")):
-            return _error(start_response, "401 UNAUTHORIZED", "unauthorized", UNAUTHORIZED_MESSAGE)
+            return wsgi_response(start_response, HttpError(401, UNAUTHORIZED_MESSAGE))
         try:
             length = int(environ["CONTENT_LENGTH"]) if environ.get("CONTENT_LENGTH") else None
             data = read_limited(environ["wsgi.input"], length, self.max_body_bytes)
         except (MalformedRequest, ValueError) as exc:
             log_event(log, "callout.deny", logging.WARNING, path=path,
                       reason=f"malformed:{getattr(exc, 'reason', 'bad_content_length')}")
-            return _respond(start_response, "200 OK", DENY_BODY)
+            return _decision(start_response, DENY_BODY)
         try:
-            return _respond(start_response, "200 OK", decide(data))
+            return _decision(start_response, decide(data))
         except CalloutUnavailable as exc:
-            return _error(start_response, "503 SERVICE UNAVAILABLE", "unavailable", str(exc))
+            return wsgi_response(start_response, HttpError(503, str(exc)))
         except Exception:  # noqa: BLE001 - a bug must still answer JSON (EMQX: "ignore" → not authorized)
-            log.exception("unhandled error", extra={"event": "authsvc.unhandled_error", "path": path})
-            return _error(start_response, "500 INTERNAL SERVER ERROR", "internal_error",
-                          "unexpected server error; it was logged")
+            return wsgi_response(start_response, unexpected("authsvc", path=path))
 
 
 # -- Flask wrappers -------------------------------------------------------------------------------------------
@@ -145,7 +137,7 @@ def require_broker_token() -> None:
     """``before_request`` of every broker-facing blueprint."""
     if not token_ok(request.headers.get(HEADER), current_app.extensions["authsvc.broker_token"], request.path,
                     request.remote_addr):
-        raise AuthsvcError(401, UNAUTHORIZED_MESSAGE, code="unauthorized")
+        raise HttpError(401, UNAUTHORIZED_MESSAGE)
 
 
 def read_body(limit: int) -> bytes:

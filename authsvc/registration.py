@@ -4,8 +4,9 @@ The broker forwards every ``fleet/v1/{vid}/register/request`` as the rule output
 ``{clientid, username, topic, payload_b64, publish_received_at}``. authsvc validates the request, turns the
 enrollment token into a device secret (``fleetcore.registry.register``: atomic, one secret per token) and
 publishes the answer (QoS 1) to ``fleet/v1/{clientid}/register/response`` through the broker's publish API:
-``register.accepted`` with ``username``/``password``, or ``register.rejected`` with a reason (contracts.md).
-The answer always goes to the verified identity (``clientid``), never to anything named in the payload.
+``register.accepted`` with ``username``/``password``, or ``register.rejected`` with a reason (docs/PROTOCOL.md,
+Registration). The answer always goes to the verified identity (``clientid``), never to anything named in the
+payload.
 
 HTTP answer: ``200`` once handled — accepted or rejected, and the answer published (``delivered`` false when the
 vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). ``4xx`` for a
@@ -35,10 +36,10 @@ import psycopg2
 from flask import Blueprint, jsonify
 
 from authsvc.broker_request import MalformedRequest, json_object, read_body, require_broker_token
-from authsvc.errors import AuthsvcError, log_unavailable
 from authsvc.extensions import broker, config, database
 from fleetcore import envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError, EmqxUnavailable
+from fleetcore.errors import HttpError, log_unavailable
 from fleetcore.logs import log_event
 
 blp = Blueprint("registration", __name__)
@@ -139,21 +140,21 @@ def register():
         body = json_object(read_body(MAX_REQUEST_BYTES))
     except MalformedRequest as exc:
         log_event(log, "registration.bad_call", logging.WARNING, reason=exc.reason)
-        raise AuthsvcError(413 if exc.reason == "oversized" else 400,
+        raise HttpError(413 if exc.reason == "oversized" else 400,
                            f"expected the rule output as a JSON object ({exc.reason})") from None
     clientid = body.get("clientid")
     if not isinstance(clientid, str) or not topics.is_vehicle_id(clientid) or not isinstance(body.get("topic"), str) \
             or not isinstance(body.get("payload_b64"), str):
         log_event(log, "registration.bad_call", logging.WARNING, reason="missing_fields")
-        raise AuthsvcError(400, "expected {clientid, username, topic, payload_b64, publish_received_at} with a "
+        raise HttpError(400, "expected {clientid, username, topic, payload_b64, publish_received_at} with a "
                                 "valid vehicle id as clientid")
     try:
         outcome, request_msg_id = _decide(body, clientid)
         if not outcome.accepted:
             _audit_rejection(outcome, request_msg_id)
     except psycopg2.Error as exc:
-        log_unavailable("database", exc, vehicle=clientid)
-        raise AuthsvcError(503, "the registry is unavailable; retry", code="unavailable") from None
+        log_unavailable("authsvc", "database", exc, vehicle=clientid)
+        raise HttpError(503, "the registry is unavailable; retry", code="unavailable") from None
 
     result = "accepted" if outcome.accepted else "rejected"
     summary = {"result": result, "reason": outcome.reason, "vehicle_id": clientid, "request_msg_id": request_msg_id,
@@ -165,7 +166,7 @@ def register():
         status = 503 if isinstance(exc, EmqxUnavailable) else 502
         log_event(log, "registration.answer_failed", logging.ERROR, vehicle=clientid, result=result,
                   reason=outcome.reason, request_msg_id=request_msg_id, error=str(exc)[:200])
-        raise AuthsvcError(status, f"registration {result}, but the answer could not be published; retry the same "
+        raise HttpError(status, f"registration {result}, but the answer could not be published; retry the same "
                                    "request to re-send it", code="answer_not_published", details=summary) from None
     log_event(log, f"registration.{result}", logging.INFO if outcome.accepted else logging.WARNING,
               vehicle=clientid, reason=outcome.reason, request_msg_id=request_msg_id, replayed=outcome.replayed,

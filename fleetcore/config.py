@@ -2,11 +2,25 @@
 
 Every service is configured by environment variables only (twelve-factor); nothing secret has a default.
 A secret may also be given as a file path in ``<NAME>_FILE`` (Docker/Kubernetes secrets).
+
+A service's settings are a frozen dataclass whose fields name their variable once, with their one default::
+
+    @dataclass(frozen=True)
+    class ApiConfig(ServiceConfig):
+        jwt_secret: str = secret("FLEET_JWT_SECRET", min_length=32)
+        db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
+
+``ApiConfig.from_env()`` reads every such field (its type follows the default); tests construct the dataclass
+directly. A field without a variable keeps its plain default.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+_Config = TypeVar("_Config", bound="ServiceConfig")
 
 
 class ConfigError(RuntimeError):
@@ -77,3 +91,42 @@ def env_secret(name: str, env: Mapping[str, str] | None = None, min_length: int 
     if len(value) < min_length:
         raise ConfigError(f"secret {name} is too short (at least {min_length} characters)")
     return value
+
+
+# -- settings as dataclass fields -------------------------------------------------------------------------------
+_READERS: dict[type, Callable[..., Any]] = {str: env_str, int: env_int, float: env_float, bool: env_bool}
+
+
+def setting(name: str, default: str | int | float | bool) -> Any:
+    """A field read from the variable ``name``; ``default`` (its type decides the parsing) when it is unset."""
+    read = _READERS[type(default)]
+    return dataclasses.field(default=default, metadata={"env": name,
+                                                        "read": lambda env: read(name, default, env=env)})
+
+
+def required(name: str) -> Any:
+    """A field that must be set (a URL, a key name): no default."""
+    return dataclasses.field(metadata={"env": name, "read": lambda env: env_str(name, env=env)})
+
+
+def secret(name: str, min_length: int = 16) -> Any:
+    """A secret field (``NAME`` or ``NAME_FILE``), required, at least ``min_length`` characters; left out of the
+    dataclass's repr, so logging a configuration never logs it."""
+    return dataclasses.field(repr=False, metadata={
+        "env": name, "read": lambda env: env_secret(name, env=env, min_length=min_length)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """What every backend process needs: the database and the broker's REST API."""
+    database_url: str = required("DATABASE_URL")
+    emqx_api_url: str = required("FLEET_EMQX_API_URL")
+    emqx_api_key: str = required("FLEET_EMQX_API_KEY")
+    emqx_api_secret: str = secret("FLEET_EMQX_API_SECRET")
+
+    @classmethod
+    def from_env(cls: type[_Config], env: Mapping[str, str] | None = None) -> _Config:
+        """Every field that names a variable, read from ``env`` (default: the process environment)."""
+        values = {field.name: field.metadata["read"](env) for field in dataclasses.fields(cls)
+                  if "read" in field.metadata}
+        return cls(**values)

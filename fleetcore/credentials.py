@@ -2,7 +2,8 @@
 
 Both are high-entropy random strings (256 bits), so a fast keyed hash (HMAC-SHA-256 with a server key) is as
 safe as bcrypt against offline guessing and costs microseconds instead of ~100 ms: a reconnect storm of
-thousands of vehicles stays cheap (design.md §2). Only the hash is stored; comparison is constant-time.
+thousands of vehicles stays cheap (docs/ARCHITECTURE.md, Identity). Only the hash is stored; comparison is
+constant-time.
 Operator passwords are different (low entropy) and use bcrypt, in the api.
 """
 from __future__ import annotations

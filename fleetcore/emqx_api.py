@@ -1,7 +1,7 @@
 """Client for the broker's REST API (EMQX ``/api/v5``; the stand-in serves the same endpoints).
 
 The services use it to publish commands (``POST /api/v5/publish``), kick a client, and clear its authorization
-cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (emqx-facts §6).
+cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (docs/EMQX.md §6).
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-
-from fleetcore.config import env_secret, env_str
 
 
 class EmqxApiError(RuntimeError):
@@ -40,11 +38,6 @@ class EmqxApi:
         self.auth = (key, secret)
         self.timeout = timeout
         self._local = threading.local()
-
-    @classmethod
-    def from_env(cls) -> EmqxApi:
-        return cls(env_str("FLEET_EMQX_API_URL"), env_str("FLEET_EMQX_API_KEY"),
-                   env_secret("FLEET_EMQX_API_SECRET"))
 
     @property
     def _session(self) -> requests.Session:

@@ -1,4 +1,4 @@
-"""The JSON envelope of every MQTT message (design.md §4).
+"""The JSON envelope of every MQTT message — docs/PROTOCOL.md (Envelope).
 
 Vehicle → backend: ``{"v": 1, "msg_id": …, "seq": …, "ts": <epoch ms>, "data": {…}}`` (or a ``batch`` of those).
 Backend → vehicle: ``{"v": 1, "msg_id": …, "ts": …, "type": "mission.dispatch", "data": {…}}``.

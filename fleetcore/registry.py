@@ -79,7 +79,7 @@ class AuthnDecision:
 @dataclass(frozen=True)
 class RegistrationOutcome:
     accepted: bool
-    reason: str | None      # None when accepted; else one of the register.rejected reasons (contracts.md)
+    reason: str | None      # None when accepted; else a register.rejected reason (docs/PROTOCOL.md, Registration)
     message: str
     vehicle_id: str
     fleet_id: str | None = None

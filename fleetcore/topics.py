@@ -1,4 +1,4 @@
-"""The MQTT topic tree (design.md §3). Topic strings are built and parsed here and nowhere else.
+"""The MQTT topic tree — docs/PROTOCOL.md (Topic tree). Topic strings are built and parsed here and nowhere else.
 
     fleet/v1/{vehicle_id}/telemetry | status | mission | connection      vehicle → backend
     fleet/v1/{vehicle_id}/register/request                               vehicle (enrolling) → backend

@@ -1,17 +1,21 @@
-"""Command line: ``fleetctl run`` (the embedded stack), ``fleetctl db …`` (bootstrap, migrate, status, psql) and
+"""Command line: ``fleetctl run`` (the embedded stack), ``fleetctl db …`` (bootstrap, migrate, status, psql),
+``fleetctl create-admin`` (the first operator), ``fleetctl enroll-bulk`` (vehicles with enrollment tokens) and
 ``fleetctl production-env`` (a ``.env`` with fresh secrets for docker-compose.yml)."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fleetcore import db, migrations
 from fleetcore.config import ConfigError, env_secret, env_str
 
-_COLOURS = {"postgres": "34", "authsvc": "35", "broker": "36", "api": "33", "fleetctl": "32"}
+_COLOURS = {"postgres": "34", "authsvc": "35", "broker": "36", "api": "33", "worker": "93", "fleetctl": "32"}
 
 
 def _console_line(component: str, line: str) -> None:
@@ -44,6 +48,8 @@ def _summary(stack) -> str:
                     + (f"   mqtts://{h}:{p.mqtt_tls}" if (stack.tls_dir / "server.pem").exists() else ""))
         rows.append(f"  Broker API     {stack.url('emqx_api')}/api/v5   (basic auth: key '{API_KEY_NAME}', "
                     f"secret FLEET_EMQX_API_SECRET in {secrets_file})")
+    if "worker" in running:
+        rows.append(f"  Worker         mission dispatch and maintenance   (health: {stack.url('worker')}/healthz)")
     if "authsvc" in running:
         rows.append(f"  authsvc        {stack.url('authsvc')}   (/healthz)")
     host, port, database = stack.database_server
@@ -84,6 +90,30 @@ def _embedded_database(*, migrate: bool = True):
     stack = Stack(StackConfig(), out=_say)
     stack._start_database(migrate=migrate)  # noqa: SLF001 - same start-up path as `run`, without the services
     return stack
+
+
+@contextmanager
+def _database_url() -> Iterator[str]:
+    """DATABASE_URL; else the embedded database: the running one, or started just for this command."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from fleetctl.stack import Stack, StackConfig
+    url = Stack(StackConfig(), out=lambda m: None).database_url
+    try:
+        db.connect(url, connect_timeout=2).close()
+        running = True
+    except Exception:  # noqa: BLE001 - not running: start it just for this command
+        running = False
+    if running:
+        yield url
+        return
+    stack = _embedded_database()
+    try:
+        yield url
+    finally:
+        stack.stop()
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -131,21 +161,8 @@ def cmd_db_status(args: argparse.Namespace) -> int:
 
 def cmd_db_psql(args: argparse.Namespace) -> int:
     from fleetctl.postgres import bin_dir
-    stack = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from fleetctl.stack import Stack, StackConfig
-        probe = Stack(StackConfig(), out=lambda m: None)
-        url = probe.database_url
-        try:
-            db.connect(url, connect_timeout=2).close()
-        except Exception:  # noqa: BLE001 - not running: start it just for this session
-            stack = _embedded_database()
-    try:
+    with _database_url() as url:
         return subprocess.call([str(bin_dir() / "psql"), url, *args.psql_args])
-    finally:
-        if stack:
-            stack.stop()
 
 
 def cmd_production_env(args: argparse.Namespace) -> int:
@@ -153,31 +170,44 @@ def cmd_production_env(args: argparse.Namespace) -> int:
     return production.main()
 
 
+def _admin_password() -> str:
+    """FLEET_ADMIN_PASSWORD or FLEET_ADMIN_PASSWORD_FILE; asked for (twice) when neither is set on a terminal."""
+    if os.environ.get("FLEET_ADMIN_PASSWORD") or os.environ.get("FLEET_ADMIN_PASSWORD_FILE") \
+            or not sys.stdin.isatty():
+        return env_secret("FLEET_ADMIN_PASSWORD", min_length=1)  # the length rule is the operators' (api/passwords.py)
+    password = getpass.getpass("Password of the operator 'admin': ")
+    if getpass.getpass("The same again: ") != password:
+        raise ConfigError("the two passwords differ; nothing was created")
+    return password
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    """Create the operator 'admin' unless an admin exists (DATABASE_URL, or the embedded database)."""
+    from api import first_admin
+    password = _admin_password()
+    first_admin.check_password(password)  # before a database is even started
+    with _database_url() as url:
+        created = first_admin.create(url, password)
+    _say("created the operator 'admin'" if created else "an admin exists already; nothing to do")
+    return 0
+
+
 def cmd_enroll_bulk(args: argparse.Namespace) -> int:
     """Create vehicles with enrollment tokens (DATABASE_URL + FLEET_DEVICE_SECRET_KEY, or the embedded stack)."""
     from fleetctl import enroll
-    stack = None
-    url = os.environ.get("DATABASE_URL")
-    if url:
+    if os.environ.get("DATABASE_URL"):
         key = env_secret("FLEET_DEVICE_SECRET_KEY", min_length=32)
     else:
         from fleetctl.stack import Stack, StackConfig
-        probe = Stack(StackConfig(), out=lambda m: None)
-        url, key = probe.database_url, probe.secrets["FLEET_DEVICE_SECRET_KEY"]
-        try:
-            db.connect(url, connect_timeout=2).close()
-        except Exception:  # noqa: BLE001 - not running: start it just for this command
-            stack = _embedded_database()
+        key = Stack(StackConfig(), out=lambda m: None).secrets["FLEET_DEVICE_SECRET_KEY"]
     try:
-        enrollments = enroll.enroll_bulk(url, key, fleet_id=args.fleet, count=args.count, prefix=args.prefix,
-                                         start=args.start, token_ttl_s=args.ttl_hours * 3600,
-                                         create_fleet=args.create_fleet)
+        with _database_url() as url:
+            enrollments = enroll.enroll_bulk(url, key, fleet_id=args.fleet, count=args.count, prefix=args.prefix,
+                                             start=args.start, token_ttl_s=args.ttl_hours * 3600,
+                                             create_fleet=args.create_fleet)
     except Exception as exc:  # noqa: BLE001 - one clear line for the operator (nothing was created)
         _say(f"error: nothing was created: {exc}")
         return 1
-    finally:
-        if stack:
-            stack.stop()
     enroll.write_csv(enrollments, args.out)
     if args.out != "-":
         _say(f"created {len(enrollments)} vehicles in fleet {args.fleet} "
@@ -199,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     psql = dbp.add_parser("psql", help="open psql on the database")
     psql.add_argument("psql_args", nargs=argparse.REMAINDER)
     psql.set_defaults(func=cmd_db_psql)
+    sub.add_parser("create-admin", help="create the operator 'admin' unless an admin exists, with the password "
+                   "from FLEET_ADMIN_PASSWORD or FLEET_ADMIN_PASSWORD_FILE (asked for on a terminal); DATABASE_URL, "
+                   "or the embedded database").set_defaults(func=cmd_create_admin)
     sub.add_parser("production-env", help="print a .env for docker-compose.yml with fresh random secrets "
                    "(fleetctl production-env > .env)").set_defaults(func=cmd_production_env)
     bulk = sub.add_parser("enroll-bulk", help="create vehicles with one-time enrollment tokens, written to a CSV "

@@ -1,9 +1,11 @@
-"""The embedded stack: PostgreSQL, then authsvc, the EMQX-compatible broker and the api, in that order.
+"""The embedded stack: PostgreSQL (migrated, with the first operator 'admin'), then authsvc, the EMQX-compatible
+broker, the api and the api's worker, in that order.
 
 ``make run`` and the test suite both start it through ``Stack``: one way to start, so what the tests exercise
 is what a developer runs. Each component is a separate process that talks to the others only over HTTP,
 MQTT and PostgreSQL; the services receive their whole configuration as environment variables, the broker
-additionally reads ``emqx/emqx.conf`` with ``EMQX_*`` overrides exactly as EMQX does.
+additionally reads ``emqx/emqx.conf`` with ``EMQX_*`` overrides exactly as EMQX does. Every component answers a
+health URL, which the launcher polls until it is up; its output goes to ``<state>/log/<component>.log``.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetcore import db, migrations, paths
+from fleetcore.config import ConfigError
 from fleetctl import dbadmin, localsecrets
 from fleetctl.postgres import EmbeddedPostgres
 from fleetctl.procs import ChildProcess
@@ -37,6 +40,7 @@ class Ports:
     emqx_api: int = 18083
     authsvc: int = 8081
     api: int = 8080
+    worker: int = 8082             # the worker's /healthz
     postgres: int = 15432
 
     @classmethod
@@ -153,7 +157,6 @@ class Stack:
             "FLEET_BROKER_TOKEN": self.secrets["FLEET_BROKER_TOKEN"],
             "FLEET_DEVICE_SECRET_KEY": self.secrets["FLEET_DEVICE_SECRET_KEY"],
             "FLEET_JWT_SECRET": self.secrets["FLEET_JWT_SECRET"],
-            "FLEET_ADMIN_PASSWORD": self.secrets["FLEET_ADMIN_PASSWORD"],
             "FLEET_LOG_FORMAT": os.environ.get("FLEET_LOG_FORMAT", "logfmt"),
             "PYTHONUNBUFFERED": "1",
         })
@@ -202,6 +205,7 @@ class Stack:
         h = self.config.host
         authsvc_env = self.service_env() | {"AUTHSVC_BIND": f"{h}:{ports.authsvc}"}
         api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}"}
+        worker_env = self.service_env() | {"WORKER_BIND": f"{h}:{ports.worker}"}
         return [
             Component("authsvc", "authsvc", [python, "-m", "gunicorn", "-c", "python:authsvc.gunicorn_conf",
                                              "authsvc:create_app()"], authsvc_env, f"{self.url('authsvc')}/healthz"),
@@ -209,6 +213,8 @@ class Stack:
                       self.broker_env(), f"{self.url('emqx_api')}/status"),
             Component("api", "api", [python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
                       api_env, f"{self.url('api')}/healthz"),
+            Component("worker", "api.worker", [python, "-m", "api.worker"], worker_env,
+                      f"{self.url('worker')}/healthz"),
         ]
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -221,13 +227,25 @@ class Stack:
             self._write_api_keys()
             self._ensure_tls_certificates()
             wanted = self.config.components
-            for component in self._components():
-                if not component.available or (wanted is not None and component.name not in wanted):
-                    continue
+            components = [c for c in self._components() if c.available and (wanted is None or c.name in wanted)]
+            if any(c.name == "api" for c in components):
+                self._create_first_admin()
+            for component in components:
                 self._start_component(component, timeout)
         except BaseException:
             self.stop("start-up failed")
             raise
+
+    def _create_first_admin(self) -> None:
+        """The operator 'admin' with FLEET_ADMIN_PASSWORD from the secrets file, as ``fleetctl create-admin`` does
+        in production; a password that breaks the rule stops the start."""
+        from api import first_admin
+        try:
+            created = first_admin.create(self.database_url, self.secrets[first_admin.PASSWORD_VARIABLE])
+        except ConfigError as exc:
+            raise StackError(f"{exc} (set in {self.state_dir / 'secrets.env'})") from None
+        if created:
+            self.out("created the operator 'admin'")
 
     def _ensure_tls_certificates(self) -> None:
         """First run: a local CA and a broker certificate (scripts/make-certs.sh), so the TLS listener is on.

@@ -5,7 +5,6 @@ and environment variable that one file relies on must be what the other provides
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -97,7 +96,7 @@ def test_broker_writes_to_the_database_the_migrations_create(compose, emqx_conf,
     assert host in compose["services"] and host == "postgres" and port == "5432"
     assert connector["database"] == dbadmin.DATABASE
     assert connector["username"] == dbadmin.INGEST_ROLE
-    for service in ("authsvc", "api", "migrate"):
+    for service in ("authsvc", "api", "worker", "migrate"):
         url = urlparse(service_env(compose, service, env_example)["DATABASE_URL"])
         assert (url.hostname, url.port, url.path.lstrip("/"), url.username) == \
             ("postgres", 5432, dbadmin.DATABASE, dbadmin.APP_ROLE), service
@@ -114,7 +113,7 @@ def test_services_reach_the_broker_api_with_the_key_the_broker_loads(compose, em
     assert str(emqx_conf["dashboard"]["listeners"]["http"]["bind"]) == "18083"
     assert "18083:18083" in emqx["ports"]
     emqx_env = service_env(compose, "emqx", env_example)
-    for service in ("authsvc", "api"):
+    for service in ("authsvc", "api", "worker"):
         env = service_env(compose, service, env_example)
         url = urlparse(env["FLEET_EMQX_API_URL"])
         assert (url.hostname, url.port) == ("emqx", 18083)
@@ -181,21 +180,32 @@ def test_tls_listener_uses_the_files_the_cert_script_makes(compose, emqx_conf):
         assert f'$OUT_DIR/{name}' in script
 
 
-def test_the_api_starts_from_the_compose_environment(compose, env_example, monkeypatch):
-    from api.config import ApiConfig
-    env = service_env(compose, "api", env_example)
-    for key in [k for k in os.environ if k.startswith(("FLEET_", "API_", "DATABASE_URL"))]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    config = ApiConfig.from_env()
-    assert config.admin_password and config.emqx_api_url == "http://emqx:18083"
-    bind_port = env["API_BIND"].rsplit(":", 1)[1]
-    assert f"{bind_port}:{bind_port}" in compose["services"]["api"]["ports"]
+def test_the_services_start_from_the_compose_environment(compose, env_example):
+    from api.config import ApiConfig, WorkerConfig
+    from authsvc.config import AuthsvcConfig
+    for service, config_class in (("authsvc", AuthsvcConfig), ("api", ApiConfig), ("worker", WorkerConfig)):
+        config = config_class.from_env(service_env(compose, service, env_example))
+        assert config.emqx_api_url == "http://emqx:18083", service
+    api_port = service_env(compose, "api", env_example)["API_BIND"].rsplit(":", 1)[1]
+    assert f"{api_port}:{api_port}" in compose["services"]["api"]["ports"]
+    worker_bind = service_env(compose, "worker", env_example)["WORKER_BIND"]
+    assert f"http://{worker_bind}/healthz" in " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+
+
+def test_the_migrate_job_creates_the_first_admin_before_any_service_starts(compose, env_example):
+    from api.first_admin import PASSWORD_VARIABLE, check_password
+    migrate = compose["services"]["migrate"]
+    assert migrate["command"][-1].endswith("fleetctl db migrate && fleetctl create-admin")
+    check_password(service_env(compose, "migrate", env_example)[PASSWORD_VARIABLE])
+    for name, service in compose["services"].items():
+        if name not in ("postgres", "migrate"):
+            assert PASSWORD_VARIABLE not in service.get("environment", {}), f"{name} does not need the admin password"
+            assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
 
 
 def test_images_run_the_same_commands_as_the_embedded_stack(compose, tmp_path):
     stack = Stack(StackConfig(state_dir=tmp_path, ports=Ports()), out=lambda m: None)
-    commands = {c.name: c.argv[c.argv.index("gunicorn") + 1:] for c in stack._components() if "gunicorn" in c.argv}
-    for service in ("authsvc", "api"):
-        assert compose["services"][service]["command"][1:] == commands[service], service
+    commands = {c.name: c.argv[1:] for c in stack._components()}  # after the interpreter
+    for service in ("authsvc", "api", "worker"):
+        command = compose["services"][service]["command"]
+        assert (command[1:] if command[0] == "python" else ["-m", *command]) == commands[service], service

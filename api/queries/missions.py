@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 
-ACTIVE_STATES = ("dispatched", "accepted", "in_progress", "cancel_requested")
+from fleetcore import missions as mission_states
+
+# Parameters for the queue queries: state lists as arrays (``= ANY(%(active)s)``), never retyped in SQL.
+_STATES = {"queued": mission_states.QUEUED, "active": list(mission_states.ACTIVE)}
 
 _COLUMNS = """
 m.id, m.vehicle_id, m.fleet_id, m.name, m.state, m.priority, m.waypoints, m.tasks, m.timeout_s, m.ttl_s,
@@ -44,8 +47,8 @@ def create(cur, body: dict, fleet_id: str, created_by: str, idempotency_key: str
          "created_by": created_by, "idempotency_key": idempotency_key, "request_hash": request_hash})
     mission_id = cur.fetchone()["id"]
     cur.execute("INSERT INTO mission_events (mission_id, event, from_state, to_state, actor_type, actor_id, detail) "
-                "VALUES (%s, 'created', NULL, 'queued', 'operator', %s, %s)",
-                (mission_id, created_by, {"priority": body["priority"]}))
+                "VALUES (%s, 'created', NULL, %s, 'operator', %s, %s)",
+                (mission_id, mission_states.QUEUED, created_by, {"priority": body["priority"]}))
     return mission_id
 
 
@@ -97,26 +100,29 @@ def apply_event(cur, mission_id: str, event: str, actor_type: str, actor_id: str
 
 
 # -- dispatcher -----------------------------------------------------------------------------------------------
+# The queue queries take the states as parameters (``_STATES``); the sql/ partial indexes they rely on
+# (missions_vehicle_queue, missions_active_by_vehicle) still match, as psycopg2 sends the values inline.
 def lock_vehicle(cur, vehicle_id: str) -> dict | None:
     """Serialise dispatching per vehicle; returns whether it is online and whether it is busy."""
     cur.execute("""
         SELECT v.id, v.status, COALESCE(s.online, false) AS online,
-               EXISTS (SELECT 1 FROM missions m WHERE m.vehicle_id = v.id AND m.state = ANY(%s)) AS busy
+               EXISTS (SELECT 1 FROM missions m WHERE m.vehicle_id = v.id AND m.state = ANY(%(active)s)) AS busy
           FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle_id = v.id
-         WHERE v.id = %s
-           FOR UPDATE OF v""", (list(ACTIVE_STATES), vehicle_id))
+         WHERE v.id = %(vehicle_id)s
+           FOR UPDATE OF v""", {**_STATES, "vehicle_id": vehicle_id})
     return cur.fetchone()
 
 
 def next_queued(cur, vehicle_id: str) -> dict | None:
+    """The vehicle's next mission by priority, then age, and whether it is still ``backing_off`` after a dispatch
+    that found no subscriber. Back-off holds the whole queue: the missions behind it never overtake it."""
     cur.execute(f"""
-        SELECT {_COLUMNS} FROM missions m
-         WHERE m.vehicle_id = %s AND m.state = 'queued'
+        SELECT {_COLUMNS}, COALESCE(m.next_attempt_at > now(), false) AS backing_off FROM missions m
+         WHERE m.vehicle_id = %(vehicle_id)s AND m.state = %(queued)s
            AND (m.expires_at IS NULL OR m.expires_at > now())
-           AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
          ORDER BY m.priority DESC, m.created_at, m.id
          LIMIT 1
-           FOR UPDATE SKIP LOCKED""", (vehicle_id,))  # noqa: S608 - fixed column list
+           FOR UPDATE SKIP LOCKED""", {**_STATES, "vehicle_id": vehicle_id})  # noqa: S608 - fixed column list
     return cur.fetchone()
 
 
@@ -131,29 +137,33 @@ def back_off(cur, mission_id: str) -> None:
 
 
 def vehicles_waiting_for_dispatch(cur, limit: int = 500) -> list[str]:
-    """Online, idle vehicles with a queued mission that may be tried now."""
+    """Online, idle vehicles whose next queued mission (as ``next_queued`` picks it) may be tried now."""
     cur.execute("""
-        SELECT DISTINCT m.vehicle_id
-          FROM missions m JOIN vehicle_state s ON s.vehicle_id = m.vehicle_id AND s.online
-         WHERE m.state = 'queued'
-           AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-           AND (m.expires_at IS NULL OR m.expires_at > now())
-           AND NOT EXISTS (SELECT 1 FROM missions a WHERE a.vehicle_id = m.vehicle_id AND a.state = ANY(%s))
-         LIMIT %s""", (list(ACTIVE_STATES), limit))
+        SELECT head.vehicle_id FROM (
+            SELECT DISTINCT ON (m.vehicle_id) m.vehicle_id, m.next_attempt_at
+              FROM missions m JOIN vehicle_state s ON s.vehicle_id = m.vehicle_id AND s.online
+             WHERE m.state = %(queued)s
+               AND (m.expires_at IS NULL OR m.expires_at > now())
+               AND NOT EXISTS (SELECT 1 FROM missions a
+                                WHERE a.vehicle_id = m.vehicle_id AND a.state = ANY(%(active)s))
+             ORDER BY m.vehicle_id, m.priority DESC, m.created_at, m.id) head
+         WHERE head.next_attempt_at IS NULL OR head.next_attempt_at <= now()
+         LIMIT %(limit)s""", {**_STATES, "limit": limit})
     return [row["vehicle_id"] for row in cur.fetchall()]
 
 
 def expired_queued(cur, limit: int = 500) -> list[str]:
-    cur.execute("SELECT id::text FROM missions WHERE state = 'queued' AND expires_at <= now() LIMIT %s", (limit,))
+    cur.execute("SELECT id::text FROM missions WHERE state = %(queued)s AND expires_at <= now() LIMIT %(limit)s",
+                {**_STATES, "limit": limit})
     return [row["id"] for row in cur.fetchall()]
 
 
 def timed_out(cur, limit: int = 500) -> list[str]:
     cur.execute("""
         SELECT id::text FROM missions
-         WHERE state = ANY(%s) AND timeout_s IS NOT NULL
+         WHERE state = ANY(%(active)s) AND timeout_s IS NOT NULL
            AND COALESCE(last_event_at, dispatched_at, created_at) + make_interval(secs => timeout_s) <= now()
-         LIMIT %s""", (list(ACTIVE_STATES), limit))
+         LIMIT %(limit)s""", {**_STATES, "limit": limit})
     return [row["id"] for row in cur.fetchall()]
 
 

@@ -31,11 +31,16 @@ def create_user(cur, username: str, password_hash: str, role: str) -> int:
     return cur.fetchone()["id"]
 
 
-def ensure_admin(cur, password_hash: str) -> bool:
-    """Create the operator 'admin' unless an admin already exists; True if it was created."""
-    cur.execute("SELECT pg_advisory_xact_lock(hashtext('fleet.ensure_admin'))")
+def admin_exists(cur) -> bool:
     cur.execute("SELECT 1 FROM users WHERE role = 'admin' LIMIT 1")
-    if cur.fetchone():
+    return cur.fetchone() is not None
+
+
+def create_first_admin(cur, password_hash: str) -> bool:
+    """Create the operator 'admin' unless an admin already exists; True if it was created. Concurrent callers
+    are serialised, so exactly one creates it."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('fleet.create_first_admin'))")
+    if admin_exists(cur):
         return False
     cur.execute("INSERT INTO users (username, password_hash, role) VALUES ('admin', %s, 'admin') "
                 "ON CONFLICT (username) DO NOTHING RETURNING id", (password_hash,))

@@ -1,6 +1,8 @@
 """SQL for reading vehicles with their latest state (position, health, presence)."""
 from __future__ import annotations
 
+from fleetcore import missions as mission_states
+
 _SELECT = """
 SELECT v.id, v.fleet_id, v.name, v.model, v.status, v.metadata, v.created_at, v.registered_at, v.revoked_at,
        v.decommissioned_at, v.desired_config, v.desired_config_version, v.reported_config,
@@ -82,12 +84,10 @@ def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float,
     return cur.fetchall(), total
 
 
-def visible_vehicle(cur, vehicle_id: str, visible: list[str] | None) -> dict | None:
+def get_brief(cur, vehicle_id: str) -> dict | None:
+    """id, fleet_id and status only."""
     cur.execute("SELECT id, fleet_id, status FROM vehicles WHERE id = %s", (vehicle_id,))
-    row = cur.fetchone()
-    if row is None or (visible is not None and row["fleet_id"] not in visible):
-        return None
-    return row
+    return cur.fetchone()
 
 
 def fleet_latest_json(cur, visible: list[str] | None, fleet: str | None) -> str:
@@ -135,9 +135,8 @@ def set_desired_config(cur, vehicle_id: str, config: dict) -> int:
 
 def queued_missions(cur, vehicle_id: str) -> tuple[list[str], int]:
     """(ids of queued missions, number of missions the vehicle is working on)."""
-    cur.execute("""
-        SELECT id::text, state FROM missions
-         WHERE vehicle_id = %s AND state IN ('queued', 'dispatched', 'accepted', 'in_progress', 'cancel_requested')
-         FOR UPDATE""", (vehicle_id,))
+    cur.execute("SELECT id::text, state FROM missions WHERE vehicle_id = %s AND state = ANY(%s) FOR UPDATE",
+                (vehicle_id, list(mission_states.OPEN)))
     rows = cur.fetchall()
-    return [r["id"] for r in rows if r["state"] == "queued"], sum(1 for r in rows if r["state"] != "queued")
+    queued = [r["id"] for r in rows if r["state"] == mission_states.QUEUED]
+    return queued, len(rows) - len(queued)

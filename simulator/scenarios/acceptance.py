@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleetcore import missions as mission_states
 from fleetcore.topics import Kind
 from simulator.api_client import ApiError, OperatorApi
 from simulator.credentials_store import CredentialsStore
@@ -31,6 +32,10 @@ from simulator.scenarios.probe import ProbeClient, ProbeError, register
 from simulator.vehicle import BrokerAddress
 
 T = TypeVar("T")
+# The states of a mission that goes well, in order; the timeline and the report must show each.
+_PATH_TO_COMPLETION = (mission_states.QUEUED, mission_states.DISPATCHED, mission_states.ACCEPTED,
+                       mission_states.IN_PROGRESS, mission_states.COMPLETED)
+_ACCEPTED_OR_LATER = _PATH_TO_COMPLETION[2:]
 
 
 class StepFailed(Exception):
@@ -181,8 +186,7 @@ class Acceptance:
                                 headers={"Idempotency-Key": str(uuid.uuid4())})
         self.mission = created
         # The vehicle may already have answered by the time the api responds.
-        check(created["state"] in ("queued", "dispatched", "accepted", "in_progress", "completed"),
-              f"unexpected state after create: {created['state']}")
+        check(created["state"] in _PATH_TO_COMPLETION, f"unexpected state after create: {created['state']}")
         self.out(f"      mission {created['id']} created: {created['state']}")
 
     def _mission(self) -> dict[str, Any]:
@@ -191,13 +195,13 @@ class Acceptance:
 
     def step_mission_completed(self) -> None:
         assert self.mission is not None and self.probe is not None
-        wait_for("mission accepted or running", lambda: self._mission()["state"] in (
-            "accepted", "in_progress", "completed"), self.timeout)
+        wait_for("mission accepted or running", lambda: self._mission()["state"] in _ACCEPTED_OR_LATER, self.timeout)
         # Another (registered, authenticated) vehicle claims the mission is done: must change nothing.
         self.probe.publish_message(Kind.MISSION, {"mission_id": self.mission["id"], "event": "completed"})
-        final = wait_for("mission completed", lambda: (m := self._mission())["state"] in (
-            "completed", "failed", "rejected", "cancelled", "timed_out", "expired") and m, self.timeout)
-        check(final["state"] == "completed", f"mission ended {final['state']}: {final.get('failure_reason')}")
+        final = wait_for("mission completed", lambda: (m := self._mission())["state"] in mission_states.TERMINAL and m,
+                         self.timeout)
+        check(final["state"] == mission_states.COMPLETED,
+              f"mission ended {final['state']}: {final.get('failure_reason')}")
         forged = [e for e in final["timeline"] if e.get("actor_id") == self.probe_id]
         check(not forged, f"an event from another vehicle was applied: {forged}")
         self.mission = final
@@ -205,7 +209,7 @@ class Acceptance:
     def step_timeline(self) -> None:
         mission = self._mission()
         states = [e["to_state"] for e in mission["timeline"]]
-        for state in ("queued", "dispatched", "accepted", "in_progress", "completed"):
+        for state in _PATH_TO_COMPLETION:
             check(state in states, f"timeline lacks {state}: {states}")
         vehicle_events = [e for e in mission["timeline"] if e["actor_type"] == "vehicle"]
         check(vehicle_events and all(e["server_time"] and e["device_time"] for e in vehicle_events),
@@ -223,10 +227,11 @@ class Acceptance:
         row = rows[0]
         check(row["vehicle"]["id"] == self.vehicle_ids[0] and row["vehicle"]["fleet_id"] == self.fleet_id,
               f"wrong vehicle in the report: {row['vehicle']}")
-        check(row["state"] == "completed", f"report says {row['state']}")
-        for state in ("queued", "dispatched", "accepted", "in_progress", "completed"):
+        check(row["state"] == mission_states.COMPLETED, f"report says {row['state']}")
+        for state in _PATH_TO_COMPLETION:
             check(state in row["state_timestamps"], f"report lacks the {state} timestamp")
-        check(report["summary"]["by_state"].get("completed", 0) >= 1, "summary does not count the completion")
+        check(report["summary"]["by_state"].get(mission_states.COMPLETED, 0) >= 1,
+              "summary does not count the completion")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -74,6 +74,20 @@ def test_offline_vehicle_gets_its_missions_by_priority_when_it_connects(operator
     assert second["data"]["mission_id"] == low["id"]
 
 
+def test_a_mission_waiting_after_no_subscriber_is_not_overtaken_by_a_lower_priority_one(operator, enroll):
+    vehicle = enroll(connect=False)
+    vehicle.connect(vehicle.secret)  # online, but not yet subscribed to its commands
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["presence"]["online"])
+    high = create_mission(operator, vehicle.vehicle_id, name="high", priority=9)
+    assert high["state"] == "queued" and high["dispatch_attempts"] == 1, "no subscriber: back to the queue"
+    vehicle.subscribe_commands()
+    low = create_mission(operator, vehicle.vehicle_id, name="low", priority=1)
+    assert low["state"] == "queued", "the queue waits for its head"
+    first = vehicle.wait_for_command("mission.dispatch", timeout=15)
+    assert first["data"]["mission_id"] == high["id"]
+    assert mission_state(operator, low["id"]) == "queued"
+
+
 def test_cancel_a_queued_mission_is_immediate(operator, enroll):
     vehicle = enroll(connect=False)
     mission = create_mission(operator, vehicle.vehicle_id)

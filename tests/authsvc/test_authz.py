@@ -1,4 +1,5 @@
-"""POST /mqtt/authz — the ACL of design.md §3 over HTTP: every topic kind, both roles, and every way to stray."""
+"""POST /mqtt/authz — the ACL of docs/PROTOCOL.md (Topic tree) over HTTP: every topic kind, both roles, and every
+way to stray."""
 from __future__ import annotations
 
 import pytest

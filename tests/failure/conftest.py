@@ -19,7 +19,7 @@ def own_stack(tmp_path_factory):
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
     stack = Stack(config, out=messages.append)
     stack.start()
-    missing = {"authsvc", "broker", "api"} - {c.name for c in stack.started}
+    missing = {"authsvc", "broker", "api", "worker"} - {c.name for c in stack.started}
     if missing:
         stack.stop("components missing")
         pytest.skip(f"outage tests need the whole stack; not running: {', '.join(sorted(missing))}")

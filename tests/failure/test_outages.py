@@ -2,12 +2,17 @@
 and runs on loopback against the module's own stack."""
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
-from fleetcore import topics
+from fleetcore import paths, topics
+from fleetctl.ports import free_port
+from fleetctl.procs import ChildProcess
 from tests.support.database import rows
 from tests.support.reliability import record
 from tests.support.vehicle import ConnectRefused, MqttVehicle
@@ -34,6 +39,18 @@ class Publisher(threading.Thread):
 
     def all_acked(self) -> bool:
         return all(info.is_published() for _, info in self.sent)
+
+
+def _create_mission(admin, vehicle: MqttVehicle, name: str) -> dict:
+    return admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": name,
+                                                "waypoints": WAYPOINTS}).json()
+
+
+def _reconnect_and_receive_a_mission(vehicle: MqttVehicle) -> str:
+    """Connect an offline vehicle again; the id of the first mission it is sent."""
+    vehicle.connect(vehicle.secret)
+    vehicle.subscribe_commands()
+    return vehicle.wait_for_command("mission.dispatch", timeout=20)["data"]["mission_id"]
 
 
 def _stored(stack, vehicle_ids: list[str]) -> dict[str, int]:
@@ -93,23 +110,84 @@ def test_authsvc_down_fails_closed_for_new_connections_but_connected_vehicles_ke
            after_restart="connections accepted")
 
 
-def test_api_restart_mid_mission_loses_no_vehicle_event(own_stack, own_admin, connected_vehicles):
+def test_api_restart_mid_mission_loses_no_vehicle_event_and_the_worker_keeps_dispatching(own_stack, own_admin,
+                                                                                         connected_vehicles):
     [vehicle] = connected_vehicles(1)
-    mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "survive",
-                                                        "waypoints": WAYPOINTS}).json()
-    vehicle.wait_for_command("mission.dispatch")
-    vehicle.mission_event(mission["id"], "accepted")
+    first, second = (_create_mission(own_admin, vehicle, name) for name in ("survive", "next in line"))
+    assert vehicle.wait_for_command("mission.dispatch")["data"]["mission_id"] == first["id"]
+    assert second["state"] == "queued"
+    vehicle.mission_event(first["id"], "accepted")
     own_stack.stop_component("api")
     try:
-        vehicle.mission_event(mission["id"], "progress", progress={"percent": 40, "step": "leg 1", "eta_s": 60})
-        vehicle.mission_event(mission["id"], "completed")
+        vehicle.mission_event(first["id"], "progress", progress={"percent": 40, "step": "leg 1", "eta_s": 60})
+        vehicle.mission_event(first["id"], "completed")
+        # The worker is its own process: the vehicle is free again, so it gets the next mission without the api.
+        command = vehicle.wait_for_command("mission.dispatch", timeout=20)
+        assert command["data"]["mission_id"] == second["id"]
     finally:
         own_stack.start_component("api")
     own_admin.login("admin", own_stack.secrets["FLEET_ADMIN_PASSWORD"])
-    wait_until(lambda: own_admin.get(f"/api/v1/missions/{mission['id']}").json()["state"] == "completed")
-    events = [e["event"] for e in own_admin.get(f"/api/v1/missions/{mission['id']}").json()["timeline"]]
+    wait_until(lambda: own_admin.get(f"/api/v1/missions/{first['id']}").json()["state"] == "completed")
+    events = [e["event"] for e in own_admin.get(f"/api/v1/missions/{first['id']}").json()["timeline"]]
     assert events == ["created", "dispatch", "accepted", "progress", "completed"]
-    record("fault", "api stopped mid-mission", vehicle_events_sent_while_down=2, vehicle_events_lost=0)
+    assert own_admin.get(f"/api/v1/missions/{second['id']}").json()["state"] == "dispatched"
+    record("fault", "api stopped mid-mission", vehicle_events_sent_while_down=2, vehicle_events_lost=0,
+           next_mission="dispatched by the worker while the api was down")
+
+
+def test_worker_down_new_missions_still_go_out_at_once_and_queued_ones_wait_for_it(own_stack, own_admin,
+                                                                                 connected_vehicles):
+    online, offline = connected_vehicles(2)
+    offline.close()
+    own_stack.stop_component("worker")
+    try:
+        # Dispatching a new mission to an online, idle vehicle is request work: the api does it itself.
+        mission = _create_mission(own_admin, online, "no worker")
+        assert mission["state"] == "dispatched"
+        assert online.wait_for_command("mission.dispatch")["data"]["mission_id"] == mission["id"]
+        waiting = _create_mission(own_admin, offline, "queued")
+        assert waiting["state"] == "queued"
+    finally:
+        own_stack.start_component("worker")
+    # Reacting to a vehicle that comes online is the worker's.
+    assert _reconnect_and_receive_a_mission(offline) == waiting["id"]
+    record("fault", "worker stopped", new_missions="dispatched at once by the api",
+           queued_missions="dispatched once the worker was back")
+
+
+def test_a_standby_worker_takes_over_when_the_leader_stops(own_stack, own_admin, connected_vehicles):
+    standby_url = f"http://127.0.0.1:{free_port()}"
+    standby = ChildProcess("worker-2", [sys.executable, "-m", "api.worker"], cwd=paths.PROJECT_ROOT,
+                           env=own_stack.service_env() | {"WORKER_BIND": standby_url.removeprefix("http://")},
+                           log_path=own_stack.log_dir / "worker-2.log")
+    standby.start()
+    try:
+        wait_until(lambda: _worker_role(standby_url) == "standby", timeout=30,
+                   message=lambda: f"the second worker did not stand by:\n{standby.last_lines()}")
+        assert _worker_role(own_stack.url("worker")) == "leader"
+        [vehicle] = connected_vehicles(1)
+        vehicle.close()
+        own_stack.stop_component("worker")
+        try:
+            wait_until(lambda: _worker_role(standby_url) == "leader", timeout=30,
+                       message="the standby did not take over")
+            mission = _create_mission(own_admin, vehicle, "after take-over")
+            assert _reconnect_and_receive_a_mission(vehicle) == mission["id"]
+        finally:
+            own_stack.start_component("worker")
+        assert _worker_role(own_stack.url("worker")) == "standby", "two leaders"
+    finally:
+        standby.stop()
+    record("fault", "leading worker stopped with a second one running", take_over="the standby became leader",
+           queued_missions="dispatched by the new leader")
+
+
+def _worker_role(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310 - loopback
+            return json.load(response)["role"]
+    except OSError:
+        return None
 
 
 def test_broker_restart_vehicles_reconnect_and_queued_missions_are_dispatched(own_stack, own_admin,
@@ -118,13 +196,9 @@ def test_broker_restart_vehicles_reconnect_and_queued_missions_are_dispatched(ow
     vehicle.close()
     own_stack.stop_component("broker")
     try:
-        mission = own_admin.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "after restart",
-                                                            "waypoints": WAYPOINTS}).json()
+        mission = _create_mission(own_admin, vehicle, "after restart")
         assert mission["state"] == "queued"
     finally:
         own_stack.start_component("broker")
-    vehicle.connect(vehicle.secret)
-    vehicle.subscribe_commands()
-    command = vehicle.wait_for_command("mission.dispatch", timeout=20)
-    assert command["data"]["mission_id"] == mission["id"]
+    assert _reconnect_and_receive_a_mission(vehicle) == mission["id"]
     record("fault", "broker restarted", queued_mission="dispatched after the vehicle reconnected")

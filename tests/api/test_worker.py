@@ -1,0 +1,71 @@
+"""The api's worker (``python -m api.worker``) is its own process: it leads through the advisory lock and says so
+on its health endpoint, which fails once its loop is stuck. (What it does — dispatching queued missions, expiry,
+time-outs — is in test_missions.py; leader take-over and outages in tests/failure.)"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from api.config import WorkerConfig
+from api.worker import Worker, serve_health
+from fleetctl.ports import free_port
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_the_stacks_worker_leads_and_is_healthy(stack):
+    if "worker" not in {c.name for c in stack.started}:
+        pytest.skip("the worker is not running")
+    status, body = get(f"{stack.url('worker')}/healthz")
+    assert status == 200 and body["status"] == "ok" and body["role"] == "leader", body
+
+
+@pytest.fixture
+def idle_worker():
+    """A standby worker whose loop is not running, with its health endpoint on a free port."""
+    config = WorkerConfig(database_url="postgresql://unused", emqx_api_url="http://unused", emqx_api_key="k",
+                          emqx_api_secret="s" * 16, bind=f"127.0.0.1:{free_port()}", stall_after_s=30.0)
+    worker = Worker(config, dispatcher=None)
+    worker.role = "standby"
+    server = serve_health(worker, config.bind)
+    yield worker, f"http://{config.bind}"
+    server.shutdown()
+
+
+def test_health_fails_once_the_loop_stops_turning(idle_worker):
+    worker, url = idle_worker
+    status, body = get(f"{url}/healthz")
+    assert (status, body["status"], body["role"]) == (200, "ok", "standby") and body["last_turn_s_ago"] < 30
+    worker.last_turn -= 31.0
+    status, body = get(f"{url}/healthz")
+    assert status == 503 and body["status"] == "stalled" and body["last_turn_s_ago"] >= 31.0
+
+
+@pytest.mark.parametrize("role", ["starting", "waiting_for_database", "restarting"])
+def test_health_fails_while_the_worker_does_not_work(idle_worker, role):
+    worker, url = idle_worker
+    worker.role = role
+    status, body = get(f"{url}/healthz")
+    assert (status, body["status"], body["role"]) == (503, "not_working", role)
+
+
+def test_other_requests_get_json_errors(idle_worker):
+    _, url = idle_worker
+    status, body = get(f"{url}/metrics")
+    assert status == 404 and set(body) == {"code", "message", "details"} and body["code"] == "not_found"
+    request = urllib.request.Request(f"{url}/healthz", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=5)  # noqa: S310 - loopback
+    except urllib.error.HTTPError as error:
+        assert error.code == 405 and json.load(error)["code"] == "method_not_allowed"
+    else:
+        pytest.fail("POST /healthz was accepted")
