@@ -11,9 +11,7 @@ failed (or a scenario step failed), 2 bad arguments or setup error.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
-import os
 import signal
 import sys
 import threading
@@ -23,7 +21,8 @@ from pathlib import Path
 from fleetcore import logs, topics
 from fleetcore.logs import log_event
 from simulator import display
-from simulator.api_client import ApiError, OperatorApi
+from simulator.api_client import ApiError
+from simulator.arguments import UsageError, add_backend_args, operator_api
 from simulator.credentials_store import CredentialsStore
 from simulator.enrollment import ApiEnroller, load_csv_tokens, read_enrollment_csv
 from simulator.faults import FaultConfig
@@ -31,15 +30,6 @@ from simulator.fleet import DEFAULT_HOME, Fleet, FleetOptions
 from simulator.vehicle import BrokerAddress, State
 
 log = logging.getLogger("simulator")
-
-DEFAULT_API = "http://127.0.0.1:8080"        # fleetctl.stack.Ports.api
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"     # fleetctl.stack.Ports.mqtt
-DEFAULT_STATE_DIR = Path("var") / "simulator"
-PASSWORD_ENV = "FLEET_SIM_PASSWORD"
-
-
-class UsageError(Exception):
-    """Bad arguments or an impossible setup; the message is shown to the user."""
 
 
 def _probability(text: str) -> float:
@@ -64,21 +54,6 @@ def _lat_lon(text: str) -> tuple[float, float]:
     return lat, lon
 
 
-def _connection_args(parser: argparse.ArgumentParser, fleet_default: str | None = "sim") -> None:
-    group = parser.add_argument_group("backend")
-    group.add_argument("--api", default=DEFAULT_API, help=f"operator api base URL (default {DEFAULT_API})")
-    group.add_argument("--user", help="operator/admin user for the api (creates vehicles, gets tokens)")
-    group.add_argument("--password", help=f"password of --user (or set {PASSWORD_ENV}; prompted on a terminal)")
-    group.add_argument("--broker", default=DEFAULT_BROKER,
-                       help=f"mqtt://host:port or mqtts://host:port for TLS (default {DEFAULT_BROKER})")
-    group.add_argument("--ca", help="CA certificate (PEM) to verify the broker with mqtts://")
-    group.add_argument("--fleet", default=fleet_default,
-                       help="fleet id the vehicles belong to; created if missing (default: "
-                            + (fleet_default or "a new acceptance-<random> fleet") + ")")
-    group.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                       help=f"where each vehicle keeps its device secret (default {DEFAULT_STATE_DIR})")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet-sim", description="Simulated vehicles for the fleet backend.")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: INFO with --plain, "
@@ -86,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run N vehicles until Ctrl-C or --duration")
-    _connection_args(run)
+    add_backend_args(run)
     run.add_argument("--vehicles", "-n", type=int, default=None,
                      help="how many vehicles (default 10; with --enrollment-csv: every row)")
     run.add_argument("--enrollment-csv", type=Path, help="tokens from `fleetctl enroll-bulk --out FILE`")
@@ -127,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scenario = sub.add_parser("scenario", help="scripted end-to-end scenarios against a running stack")
     scenario.add_argument("name", choices=("acceptance",), help="acceptance: the assignment's test procedure")
-    _connection_args(scenario, fleet_default=None)
+    add_backend_args(scenario, fleet_default=None)
     scenario.add_argument("--vehicles", "-n", type=int, default=3, help="vehicles to register (3)")
     scenario.add_argument("--time-scale", type=_positive, default=20.0,
                           help="mission speed-up so the scenario takes seconds (20)")
@@ -140,30 +115,6 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
                        clock_skew_s=args.fault_clock_skew, spoof_rate=args.fault_spoof,
                        duplicate_rate=args.fault_duplicate, out_of_order_rate=args.fault_out_of_order,
                        reject_missions=args.fault_reject_missions, fail_missions_at=args.fault_fail_missions)
-
-
-def password_from(args: argparse.Namespace) -> str | None:
-    if args.password:
-        return args.password
-    if os.environ.get(PASSWORD_ENV):
-        return os.environ[PASSWORD_ENV]
-    if args.user and sys.stdin.isatty():
-        return getpass.getpass(f"password for {args.user}: ")
-    return None
-
-
-def operator_api(args: argparse.Namespace) -> OperatorApi | None:
-    if not args.user:
-        return None
-    password = password_from(args)
-    if not password:
-        raise UsageError(f"--user {args.user} needs a password (--password or {PASSWORD_ENV})")
-    try:
-        return OperatorApi(args.api, args.user, password).login()
-    except ApiError as exc:
-        raise UsageError(f"cannot log in to the api at {args.api} as {args.user}: {exc}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot reach the api at {args.api}: {exc}") from None
 
 
 def vehicle_ids(args: argparse.Namespace, store: CredentialsStore) -> list[str]:

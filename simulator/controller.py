@@ -394,7 +394,7 @@ def _task_duration(task: dict[str, Any]) -> float:
 
 
 def parse_command(payload: bytes) -> dict[str, Any] | None:
-    """The command envelope (design.md §4) if ``payload`` is a well-formed command, else None."""
+    """The command envelope (docs/PROTOCOL.md, Envelope and Commands) if ``payload`` is a well-formed command, else None."""
     try:
         command = json.loads(payload.decode("utf-8"))
     except ValueError:  # includes UnicodeDecodeError

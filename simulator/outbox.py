@@ -1,5 +1,5 @@
 """The offline telemetry buffer: telemetry made while disconnected is kept (bounded) and uploaded on reconnect
-as ``{"v":1,"batch":[envelope, …]}`` messages of bounded size (design.md §4)."""
+as ``{"v":1,"batch":[envelope, …]}`` messages of bounded size (docs/PROTOCOL.md, Telemetry)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""One simulated vehicle's MQTT protocol (design.md §2–4, contracts.md) — the reference client for vehicle makers.
+"""One simulated vehicle's MQTT protocol (docs/PROTOCOL.md) — the reference client for vehicle makers.
 
 Life of a vehicle:
 

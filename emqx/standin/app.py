@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fleetcore.logs import log_event
 
@@ -17,8 +17,12 @@ from .authn import Authenticator
 from .authz import Authorizer
 from .broker import Broker
 from .clientinfo import ClientInfo
+from .config import BrokerConfig
 from .listeners import Listeners
 from .rest_api import RestApi, load_api_keys
+
+if TYPE_CHECKING:
+    from .rules import RuleEngine
 
 log = logging.getLogger("emqx.standin")
 
@@ -29,11 +33,11 @@ NOT_IMPLEMENTED = ("mqtt5", "shared_subscriptions($share)", "wss", "clustering",
 
 
 class StandinApp:
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.authn: Authenticator | None = None
         self.authz: Authorizer | None = None
-        self.rules: Any | None = None
+        self.rules: RuleEngine | None = None
         self.broker: Broker | None = None
         self.listeners: Listeners | None = None
         self.rest: RestApi | None = None
@@ -101,12 +105,10 @@ async def _drain_connections(broker: Broker, timeout: float) -> None:
     """Stop reading from every client and wait (bounded) until messages already read are committed and acked."""
     conns = [s.conn for s in broker.sessions.values() if s.conn is not None and s.conn.open]
     for conn in conns:
-        if conn.transport is not None and not conn._paused:  # noqa: SLF001 - shutdown owns the connections
-            conn._paused = True                              # noqa: SLF001
-            conn.transport.pause_reading()
+        conn.pause_reading()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(not c.open or (not c._inbound and not c._acks) for c in conns):  # noqa: SLF001
+        if all(not c.open or not c.busy for c in conns):
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0)          # let the last acks be written

@@ -1,4 +1,4 @@
-"""HTTP authentication exactly as EMQX's password_based:http authenticator (emqx-facts §3).
+"""HTTP authentication exactly as EMQX's password_based:http authenticator (docs/EMQX.md §3).
 
 Chain semantics (emqx_authn_chains.erl): authenticators are tried in order; ``ignore`` moves to the next;
 when every one ignored, the client is refused with ``not_authorized``; an empty chain allows everyone.
@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from fleetcore.logs import log_event
 
 from .auth_http import HttpCallout
-from .clientinfo import ClientInfo
+from .clientinfo import AuthnResult, ClientInfo
 from .config import AuthnConfig
 
 log = logging.getLogger("emqx.standin.authn")
-
-
-@dataclass
-class AuthnResult:
-    allow: bool
-    reason: str                      # "success" | "not_authorized" | "bad_username_or_password"
-    client_attrs: dict[str, str] = field(default_factory=dict)
-    is_superuser: bool = False
-    expire_at: int | None = None     # seconds since epoch, when the answer set one
-    acl: list[dict] = field(default_factory=list)   # authorization rules attached to the session (5.8+)
 
 
 def client_variables(client: ClientInfo) -> dict[str, Any]:

@@ -43,3 +43,15 @@ class Message:
     publish_received_at: int  # ms since epoch
     peerhost: str
     client_attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AuthnResult:
+    """The answer of the authentication chain (authn.Authenticator) for one CONNECT."""
+
+    allow: bool
+    reason: str                      # "success" | "not_authorized" | "bad_username_or_password"
+    client_attrs: dict[str, str] = field(default_factory=dict)
+    is_superuser: bool = False
+    expire_at: int | None = None     # seconds since epoch, when the answer set one
+    acl: list[dict] = field(default_factory=list)   # authorization rules attached to the session (5.8+)

@@ -1,6 +1,6 @@
 """Load ``emqx.conf`` the way EMQX does: HOCON file, then ``EMQX_*`` environment overrides, then a strict check.
 
-Environment overrides follow hocon_tconf.erl (emqx-facts §2): ``EMQX_`` prefix, path separator ``__``, names
+Environment overrides follow hocon_tconf.erl (docs/EMQX.md §2): ``EMQX_`` prefix, path separator ``__``, names
 lower-cased, applied in alphabetical order; the value is parsed as a HOCON document, else as the value of a
 ``fake_key=`` line, else kept as a raw string; array elements are addressed with 1-based indexes (at most
 length + 1, which appends); the value replaces what was at that path. Variables under roots EMQX does not know

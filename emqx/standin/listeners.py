@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
 from fleetcore.logs import log_event
 
-from .broker import Broker, Connection
+from .broker import Broker
+from .config import ListenerConfig
+from .connection import Connection
 
 log = logging.getLogger("emqx.standin.listeners")
 
@@ -57,15 +59,16 @@ class MqttProtocol(asyncio.Protocol):
         self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        real_transport = cast(asyncio.Transport, transport)      # a stream server's transport
         if not self.broker.accepting or not self.limit.acquire():
             log_event(log, "listener.connection_refused", logging.WARNING, listener=self.listener_id,
                       reason="max_connections" if self.broker.accepting else "shutting_down")
-            transport.abort()
+            real_transport.abort()
             return
         self._counted = True
-        peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
-        self.conn = Connection(self.broker, transport, self.listener_id, peer, sock, self.closed_reason)
+        peer = real_transport.get_extra_info("peername") or ("", 0)
+        sock = real_transport.get_extra_info("sockname") or ("", 0)
+        self.conn = Connection(self.broker, real_transport, self.listener_id, peer, sock, self.closed_reason)
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -118,14 +121,21 @@ def ssl_context(options: dict[str, Any], where: str) -> ssl.SSLContext:
 
 
 class _WsTransport:
-    """What a Connection needs from a transport, over an aiohttp WebSocket."""
+    """What a Connection needs from a transport (connection.Transport), over an aiohttp WebSocket.
+
+    Its tasks are kept: ``_sending`` writes what is pending, ``_closing`` closes the WebSocket once that is sent
+    (or cancels the send after ``CLOSE_WAIT_S``); the WebSocket handler awaits ``wait_closed()`` before it returns.
+    """
+
+    CLOSE_WAIT_S = 5.0
 
     def __init__(self, ws: web.WebSocketResponse, loop: asyncio.AbstractEventLoop) -> None:
         self.ws = ws
         self.loop = loop
         self.readable = asyncio.Event()
         self.readable.set()
-        self._sending: asyncio.Task | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -154,12 +164,23 @@ class _WsTransport:
         self.readable.set()
 
     def close(self) -> None:
-        self.loop.create_task(self._close())
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._close())
 
     async def _close(self) -> None:
-        if self._sending is not None:
-            await asyncio.wait([self._sending], timeout=5)
-        await self.ws.close()
+        sending = self._sending
+        if sending is not None:
+            await asyncio.wait([sending], timeout=self.CLOSE_WAIT_S)
+            if not sending.done():
+                sending.cancel()
+        try:
+            await self.ws.close()
+        except (ConnectionError, RuntimeError, asyncio.TimeoutError):
+            pass                                      # the peer is gone: closed is closed
+
+    async def wait_closed(self) -> None:
+        if self._closing is not None:
+            await self._closing
 
     def abort(self) -> None:
         self.close()
@@ -168,7 +189,7 @@ class _WsTransport:
 class Listeners:
     """Start and stop every enabled MQTT listener of the configuration."""
 
-    def __init__(self, broker: Broker, listener_configs: list[Any]) -> None:
+    def __init__(self, broker: Broker, listener_configs: list[ListenerConfig]) -> None:
         self.broker = broker
         self.configs = listener_configs
         self.servers: list[asyncio.AbstractServer] = []
@@ -187,7 +208,7 @@ class Listeners:
                 raise ListenerError(f"listeners.{cfg.type}.{cfg.name}: listener type {cfg.type!r} is not "
                                     "supported by the stand-in (tcp, ssl, ws)")
 
-    async def _start_stream(self, cfg: Any) -> None:
+    async def _start_stream(self, cfg: ListenerConfig) -> None:
         limit = _Limit(cfg.max_connections)
         context = ssl_context(cfg.ssl_options, f"listeners.ssl.{cfg.name}") if cfg.type == "ssl" else None
         closed_reason = "ssl_closed" if cfg.type == "ssl" else "tcp_closed"
@@ -198,7 +219,7 @@ class Listeners:
         self.servers.append(server)
         self.bound[cfg.id] = server.sockets[0].getsockname()[:2]
 
-    async def _start_ws(self, cfg: Any) -> None:
+    async def _start_ws(self, cfg: ListenerConfig) -> None:
         limit = _Limit(cfg.max_connections)
         broker = self.broker
         listener_id = cfg.id
@@ -210,6 +231,7 @@ class Listeners:
                 return web.Response(status=400, text="expected a WebSocket upgrade with subprotocol mqtt")
             if not broker.accepting or not limit.acquire():
                 return web.Response(status=503, text="max_connections")
+            transport: _WsTransport | None = None
             try:
                 await ws.prepare(request)
                 loop = asyncio.get_running_loop()
@@ -233,6 +255,8 @@ class Listeners:
                 return ws
             finally:
                 limit.release()
+                if transport is not None:
+                    await transport.wait_closed()
 
         app = web.Application()
         app.router.add_get(cfg.mqtt_path, handler)
@@ -241,8 +265,8 @@ class Listeners:
         site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
         await site.start()
         self.runners.append(runner)
-        server = site._server  # noqa: SLF001 - the only way to learn the bound port of port 0
-        self.bound[cfg.id] = server.sockets[0].getsockname()[:2] if server and server.sockets else (cfg.host, cfg.port)
+        addresses = runner.addresses                 # the bound port when configured with port 0
+        self.bound[cfg.id] = addresses[0][:2] if addresses else (cfg.host, cfg.port)
 
     async def stop_accepting(self) -> None:
         for server in self.servers:

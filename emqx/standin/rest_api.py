@@ -1,4 +1,4 @@
-"""EMQX's REST API subset on the dashboard listener (emqx-facts §6): status, publish, clients, authz cache, stats.
+"""EMQX's REST API subset on the dashboard listener (docs/EMQX.md §6): status, publish, clients, authz cache, stats.
 
 ``GET /status`` (no auth) answers like EMQX. Everything under ``/api/v5`` needs HTTP Basic auth with an API key
 from ``api_key.bootstrap_file`` (``key:secret[:role]`` lines); a bad key gets 401 ``BAD_API_KEY_OR_SECRET``,
@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from fleetcore.logs import log_event
 
 from .broker import Broker
+from .config import BrokerConfig
+from .hooks import AuthzHooks, RuleHooks
+from .session import Session
 from .topics import valid_topic_name
 
 log = logging.getLogger("emqx.standin.rest_api")
@@ -59,7 +63,7 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class RestApi:
-    def __init__(self, broker: Broker, authz: Any, rules: Any | None, config: Any,
+    def __init__(self, broker: Broker, authz: AuthzHooks, rules: RuleHooks | None, config: BrokerConfig,
                  api_keys: dict[str, tuple[str, str]]) -> None:
         self.broker = broker
         self.authz = authz
@@ -97,8 +101,8 @@ class RestApi:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - bound port when configured with port 0
-        self.bound = server.sockets[0].getsockname()[:2] if server and server.sockets else (host, port)
+        addresses = self.runner.addresses            # the bound port when configured with port 0
+        self.bound = addresses[0][:2] if addresses else (host, port)
         self.running = True
 
     async def stop(self) -> None:
@@ -108,7 +112,7 @@ class RestApi:
             self.runner = None
 
     @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if not path.startswith("/api/v5/") or path == "/api/v5/status":
             return await handler(request)
@@ -210,7 +214,7 @@ class RestApi:
         return web.json_response({"data": data, "meta": {"page": page, "limit": limit, "count": len(items),
                                                          "hasnext": start + limit < len(items)}})
 
-    def _session(self, request: web.Request) -> Any:
+    def _session(self, request: web.Request) -> Session | None:
         return self.broker.sessions.get(request.match_info["clientid"])
 
     async def get_client(self, request: web.Request) -> web.Response:
@@ -254,7 +258,7 @@ class RestApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         data = {"node": self.config.node_name, **dict(sorted(self.broker.metrics.items()))}
-        for name, value in getattr(self.authz, "metrics", {}).items():
+        for name, value in self.authz.metrics.items():
             data[f"authorization.{name}"] = value
         if request.query.get("aggregate") == "true":
             return web.json_response({k: v for k, v in data.items() if k != "node"})

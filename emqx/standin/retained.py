@@ -1,7 +1,8 @@
 """Retained messages: the last retained PUBLISH per topic, delivered to a new matching subscription.
 
-Only the filter that was just subscribed (and authorized) is looked up — never other clients' filters (the
-amqtt 0.12.1 leak, embedded-notes §1.3 item 1). An empty retained payload deletes the topic's message.
+Only the filter that was just subscribed (and authorized) is looked up — never other clients' filters: amqtt
+0.12.1 sent every new client the retained messages matching anyone's subscription, past the ACL. An empty
+retained payload deletes the topic's message.
 """
 from __future__ import annotations
 

@@ -7,17 +7,19 @@ resent with DUP set (MQTT-4.4.0-1).
 
 Outbound flow control is ``mqtt.max_inflight`` unacknowledged QoS 1/2 messages per session; the rest wait in the
 queue. Unacknowledged messages are resent after ``mqtt.retry_interval`` (see ``Broker._retry_loop``).
+
+A session writes to its client through ``ClientConnection`` — what sessions and the broker need of a network
+connection (``connection.Connection`` is the one implementation), so neither imports the connection module.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .clientinfo import ClientInfo
 from .mqtt import codec
-
-if TYPE_CHECKING:
-    from .broker import Connection
 
 # A connected subscriber whose socket has this many unsent bytes gets no more QoS 0 messages until it catches
 # up (QoS 1/2 are bounded by max_inflight and the queue instead): a slow reader cannot exhaust memory.
@@ -29,6 +31,57 @@ AWAIT_PUBREC = 1        # QoS 2 sent, waiting for PUBREC
 AWAIT_PUBCOMP = 2       # QoS 2 PUBREL sent, waiting for PUBCOMP
 
 
+class ClientConnection(Protocol):
+    """A client's network connection as its session and the broker see it."""
+
+    @property
+    def open(self) -> bool:
+        """CONNACK sent and not closed: deliveries may be written."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool:
+        """Messages were read that are not yet committed and acknowledged."""
+        ...
+
+    @property
+    def peerhost(self) -> str: ...
+
+    @property
+    def peerport(self) -> int: ...
+
+    @property
+    def recv_msg(self) -> int: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def write_backlog(self) -> int:
+        """Bytes written but not yet sent to the peer."""
+        ...
+
+    def pause_reading(self) -> None: ...
+
+    def close(self, reason: str) -> asyncio.Task[None] | None:
+        """Close (idempotent); returns the task publishing the Last Will, if any."""
+        ...
+
+
+class InflightMessage:
+    """An outbound QoS 1/2 message waiting for its acknowledgement."""
+
+    __slots__ = ("state", "topic", "payload", "qos", "sent_at")
+
+    def __init__(self, state: int, topic: bytes, payload: bytes, qos: int, sent_at: float) -> None:
+        self.state = state              # AWAIT_PUBACK | AWAIT_PUBREC | AWAIT_PUBCOMP
+        self.topic = topic              # encoded, as it goes on the wire
+        self.payload = payload
+        self.qos = qos
+        self.sent_at = sent_at          # time.monotonic() of the last (re)send
+
+
 class Session:
     __slots__ = ("clientid", "clean", "subscriptions", "conn", "inflight", "mqueue", "max_inflight",
                  "max_mqueue_len", "next_pid", "expiry_handle", "created_at", "disconnected_at",
@@ -38,22 +91,21 @@ class Session:
         self.clientid = clientid
         self.clean = clean
         self.subscriptions: dict[str, int] = {}
-        self.conn: Connection | None = None
-        # packet id → [state, topic_bytes, payload, qos, sent_at (monotonic)]
-        self.inflight: dict[int, list] = {}
+        self.conn: ClientConnection | None = None
+        self.inflight: dict[int, InflightMessage] = {}          # by packet id
         # waiting messages: (topic_bytes, payload, qos, retain)
         self.mqueue: deque[tuple[bytes, bytes, int, bool]] = deque()
         self.max_inflight = max_inflight
         self.max_mqueue_len = max_mqueue_len
         self.next_pid = 1
-        self.expiry_handle = None
+        self.expiry_handle: asyncio.TimerHandle | None = None
         self.created_at = int(time.time() * 1000)
         self.disconnected_at: int | None = None
         self.connected_at = 0
         self.awaiting_rel: set[int] = set()     # inbound QoS 2 packet ids between PUBREC and PUBREL
         self.dropped = 0
         self.delivered = 0
-        self.client = None                       # the ClientInfo of the last connection
+        self.client: ClientInfo | None = None    # of the last connection
 
     # -- outbound ---------------------------------------------------------------------------------------------
     def _alloc_pid(self) -> int:
@@ -80,9 +132,11 @@ class Session:
                 return
         self._enqueue(topic_b, payload, qos, retain)
 
-    def _send_inflight(self, conn: Connection, topic_b: bytes, payload: bytes, qos: int, retain: bool) -> None:
+    def _send_inflight(self, conn: ClientConnection, topic_b: bytes, payload: bytes, qos: int,
+                       retain: bool) -> None:
         pid = self._alloc_pid()
-        self.inflight[pid] = [AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC, topic_b, payload, qos, time.monotonic()]
+        self.inflight[pid] = InflightMessage(AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC, topic_b, payload, qos,
+                                             time.monotonic())
         self.delivered += 1
         conn.send(codec.encode_publish(topic_b, payload, qos, retain, pid))
 
@@ -117,36 +171,35 @@ class Session:
         count = 0
         now = time.monotonic()
         for pid, entry in self.inflight.items():
-            if older_than is not None and entry[4] > older_than:
+            if older_than is not None and entry.sent_at > older_than:
                 continue
-            state = entry[0]
-            if state == AWAIT_PUBCOMP:
+            if entry.state == AWAIT_PUBCOMP:
                 conn.send(codec.encode_ack(codec.PUBREL, pid))
             else:
-                conn.send(codec.encode_publish(entry[1], entry[2], entry[3], False, pid, dup=True))
-            entry[4] = now
+                conn.send(codec.encode_publish(entry.topic, entry.payload, entry.qos, False, pid, dup=True))
+            entry.sent_at = now
             count += 1
         return count
 
     def on_puback(self, pid: int) -> None:
         entry = self.inflight.get(pid)
-        if entry is not None and entry[0] == AWAIT_PUBACK:
+        if entry is not None and entry.state == AWAIT_PUBACK:
             del self.inflight[pid]
             if self.mqueue:
                 self.drain()
 
     def on_pubrec(self, pid: int) -> None:
         entry = self.inflight.get(pid)
-        if entry is not None and entry[0] in (AWAIT_PUBREC, AWAIT_PUBCOMP):
-            entry[0] = AWAIT_PUBCOMP
-            entry[4] = time.monotonic()
+        if entry is not None and entry.state in (AWAIT_PUBREC, AWAIT_PUBCOMP):
+            entry.state = AWAIT_PUBCOMP
+            entry.sent_at = time.monotonic()
         if self.conn is not None:
             # answer even an unknown id (MQTT-4.3.3: PUBREL must follow PUBREC)
             self.conn.send(codec.encode_ack(codec.PUBREL, pid))
 
     def on_pubcomp(self, pid: int) -> None:
         entry = self.inflight.get(pid)
-        if entry is not None and entry[0] == AWAIT_PUBCOMP:
+        if entry is not None and entry.state == AWAIT_PUBCOMP:
             del self.inflight[pid]
             if self.mqueue:
                 self.drain()

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from fleetcore import missions as mission_states
 from fleetcore.topics import Kind
 from simulator.api_client import ApiError, OperatorApi
+from simulator.arguments import UsageError, operator_api
 from simulator.credentials_store import CredentialsStore
 from simulator.enrollment import ApiEnroller
 from simulator.fleet import Fleet, FleetOptions
@@ -235,7 +236,6 @@ class Acceptance:
 
 
 def main(args: argparse.Namespace) -> int:
-    from simulator.cli import UsageError, operator_api
     if not args.user:
         raise UsageError("the acceptance scenario needs an operator: --user and --password")
     api = operator_api(args)

@@ -107,7 +107,7 @@ class ProbeClient:
 
 
 def register(broker: BrokerAddress, vehicle_id: str, token: str, timeout: float = 15.0) -> str:
-    """The registration flow of contracts.md, step by step; returns the device secret."""
+    """The registration flow of docs/PROTOCOL.md (Registration), step by step; returns the device secret."""
     probe = ProbeClient(broker, vehicle_id)
     answer = probe.connect(vehicle_id, token)
     if answer != "Success":

@@ -1,4 +1,4 @@
-"""HTTP authn/authz callouts: the exact requests EMQX would send, and how EMQX reads the answers (emqx-facts §3–4).
+"""HTTP authn/authz callouts: the exact requests EMQX would send, and how EMQX reads the answers (docs/EMQX.md §3–4).
 
 The HTTP server is an aiohttp app inside the test that records each request and answers what the test scripted,
 so these tests pin the broker side of the contract independently of authsvc.

@@ -112,7 +112,7 @@ def test_env_whole_array_replaces_the_file_value(tmp_path):
     env = {"EMQX_AUTHORIZATION__SOURCES": '[{type = http, method = post, url = "http://127.0.0.1:9/acl"}]'}
     cfg = conf_from(tmp_path, "", env)
     assert [s.http.url for s in cfg.authorization.sources] == ["http://127.0.0.1:9/acl"]
-    assert cfg.authorization.sources[0].http.request_timeout_s == 30.0    # authz default is 30 s (§4.2)
+    assert cfg.authorization.sources[0].http.request_timeout_s == 30.0    # authz default is 30 s (docs/EMQX.md §4.2)
 
 
 def test_env_vars_apply_in_alphabetical_order(tmp_path):

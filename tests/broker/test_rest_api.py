@@ -1,4 +1,4 @@
-"""The EMQX REST API subset of the stand-in: the answers the api and authsvc rely on (emqx-facts §6)."""
+"""The EMQX REST API subset of the stand-in: the answers the api and authsvc rely on (docs/EMQX.md §6)."""
 from __future__ import annotations
 
 import base64

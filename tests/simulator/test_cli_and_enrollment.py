@@ -6,6 +6,7 @@ import json
 import pytest
 
 from simulator import cli
+from simulator.arguments import UsageError
 from simulator.credentials_store import CredentialsStore
 from simulator.enrollment import load_csv_tokens, read_enrollment_csv
 from simulator.faults import EXPECTED_REASON, MALFORMED_KINDS, FaultConfig, malformed_payload
@@ -55,7 +56,7 @@ def test_vehicle_ids_from_prefix_and_count(tmp_path):
     args = parse("run", "--vehicles", "3", "--fleet", "depot-7")
     assert cli.vehicle_ids(args, store) == ["depot-7-0001", "depot-7-0002", "depot-7-0003"]
     args = parse("run", "--vehicles", "2", "--prefix", "bad/")
-    with pytest.raises(cli.UsageError):
+    with pytest.raises(UsageError):
         cli.vehicle_ids(args, store)
 
 

@@ -99,10 +99,10 @@ class RuleEngine:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Open connectors (a database that is down is not an error: requests are buffered) and workers."""
-        for connector in self.http_connectors.values():
-            await connector.start()
-        for connector in self.pg_connectors.values():
-            await connector.start()
+        for http_connector in self.http_connectors.values():
+            await http_connector.start()
+        for pg_connector in self.pg_connectors.values():
+            await pg_connector.start()
         for action in self.actions.values():
             await action.start()
         self.started = True
@@ -112,10 +112,10 @@ class RuleEngine:
     async def stop(self, timeout: float = 10.0) -> None:
         """Flush buffered requests (up to ``timeout`` s), then close connectors."""
         await asyncio.gather(*(a.stop(timeout) for a in self.actions.values()))
-        for connector in self.pg_connectors.values():
-            await connector.stop()
-        for connector in self.http_connectors.values():
-            await connector.stop()
+        for pg_connector in self.pg_connectors.values():
+            await pg_connector.stop()
+        for http_connector in self.http_connectors.values():
+            await http_connector.stop()
         self.started = False
 
     # -- messages ----------------------------------------------------------------------------------------
@@ -203,11 +203,14 @@ class RuleEngine:
         if not future.cancelled() and future.exception() is not None:
             self.event_counters["failed"] += 1
 
-    def client_connected(self, client: ClientInfo, **extra: Any) -> None:
-        self.fire_event(events.CONNECTED, events.connected_fields(client, **extra))
+    def client_connected(self, client: ClientInfo, *, sockname: str = "", expiry_interval: int = 0) -> None:
+        self.fire_event(events.CONNECTED, events.connected_fields(client, sockname=sockname,
+                                                                  expiry_interval=expiry_interval))
 
-    def client_disconnected(self, client: ClientInfo, reason: str, **extra: Any) -> None:
-        self.fire_event(events.DISCONNECTED, events.disconnected_fields(client, reason, **extra))
+    def client_disconnected(self, client: ClientInfo, reason: str, *, disconnected_at: int | None = None,
+                            sockname: str = "") -> None:
+        fields = events.disconnected_fields(client, reason, disconnected_at=disconnected_at, sockname=sockname)
+        self.fire_event(events.DISCONNECTED, fields)
 
     def authz_complete(self, client: ClientInfo, action: str, topic: str, result: str, source: str) -> None:
         """Signature of Authorizer's on_authz_complete callback: pass ``engine.authz_complete`` directly."""

@@ -1,4 +1,4 @@
-"""Rule-engine columns of the client events, with EMQX's field names (emqx_rule_events.erl, emqx-facts §5.5).
+"""Rule-engine columns of the client events, with EMQX's field names (emqx_rule_events.erl, docs/EMQX.md §5.5).
 
 The broker calls ``RuleEngine.client_connected/client_disconnected/authz_complete`` (engine.py), which use these.
 """

@@ -12,6 +12,10 @@ pick key. Otherwise one lane runs up to ``min(inflight_window, pool size)`` batc
 ``batch_size`` queued requests, waiting at most ``batch_time`` for it to fill. A batch that fails for a
 recoverable reason (connection lost, server down…) is retried with backoff, keeping its place, until its
 requests expire.
+
+Every task is kept: a lane's worker task, and the task of each batch it runs (``_Lane.batches``). ``stop()``
+waits for them (bounded), then cancels the batches still running and fails their requests as EMQX does when a
+resource stops (dropped.resource_stopped).
 """
 from __future__ import annotations
 
@@ -57,11 +61,15 @@ class _Lane:
         self.max_inflight = max_inflight
         self.queue: deque[Item] = deque()
         self.bytes = 0
-        self.inflight = 0
+        self.batches: set[asyncio.Task[None]] = set()      # delivering now
         self.wakeup = asyncio.Event()
         self.filled = asyncio.Event()
         self.slot_free = asyncio.Event()
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def inflight(self) -> int:
+        return len(self.batches)
 
     def put(self, item: Item) -> None:
         action = self.action
@@ -102,12 +110,12 @@ class _Lane:
             batch = [self.queue.popleft() for _ in range(count)]
             for item in batch:
                 self.bytes -= item.size
-            self.inflight += 1
             task = loop.create_task(action.deliver(batch))
+            self.batches.add(task)
             task.add_done_callback(self._batch_done)
 
-    def _batch_done(self, task: asyncio.Task) -> None:
-        self.inflight -= 1
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self.batches.discard(task)
         self.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("action.batch_crashed", exc_info=task.exception())
@@ -130,7 +138,6 @@ class BufferedAction:
         self._stopping = False
         self.flushing = False           # stop() in progress: send partial batches at once
         self._retrying = 0
-        self._pending: set[asyncio.Task] = set()
 
     # -- to implement ------------------------------------------------------------------------------------
     def render(self, output: dict[str, Any]) -> tuple[Any, int]:
@@ -183,6 +190,11 @@ class BufferedAction:
                 self.drop(lane.queue.popleft(), "resource_stopped")
         while self.inflight() and time.monotonic() < deadline + 1.0:
             await asyncio.sleep(0.02)
+        late = [task for lane in self.lanes for task in lane.batches]
+        for task in late:
+            task.cancel()                   # deliver() fails its requests
+        if late:
+            await asyncio.wait(late)
         for lane in self.lanes:
             if lane.task:
                 try:
@@ -223,6 +235,15 @@ class BufferedAction:
 
     # -- delivery with retry -----------------------------------------------------------------------------
     async def deliver(self, batch: list[Item]) -> None:
+        try:
+            await self._deliver(batch)
+        except asyncio.CancelledError:
+            for item in batch:
+                if not item.future.done():
+                    self.drop(item, "resource_stopped")
+            raise
+
+    async def _deliver(self, batch: list[Item]) -> None:
         loop = asyncio.get_running_loop()
         backoff = BACKOFF_INITIAL_S
         attempt = 0

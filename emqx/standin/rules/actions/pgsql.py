@@ -1,7 +1,7 @@
 """``pgsql`` connector and action: the action's SQL as one prepared statement, batched with executemany.
 
 The ``${var}`` placeholders become ``$1…$n`` (templates.SqlTemplate). Values are sent typed as EMQX's epgsql
-driver would accept them for the parameter types PostgreSQL inferred (emqx-facts §5.2): text takes strings and
+driver would accept them for the parameter types PostgreSQL inferred (docs/EMQX.md §5.2): text takes strings and
 numbers (converted), integer parameters need integers, float parameters numbers, json/jsonb strings, undefined
 → NULL; a value of the wrong type fails that message (EMQX ``bad_param``, not retried). A batch runs in one
 transaction; the futures resolve after COMMIT. Connection-level failures are retried (base.py); the pool
