@@ -1,4 +1,4 @@
-"""HTTP authorization exactly as EMQX's authorization with HTTP sources (emqx-facts §4).
+"""Authorization exactly as EMQX's, with HTTP and file sources (emqx-facts §4).
 
 Order (emqx_access_control.erl / emqx_authz.erl): per-client cache → superuser → the ACL rules the authn answer
 attached to the client (the ``client_info`` source, EMQX 5.8+) → sources in order → no_match.

@@ -96,6 +96,12 @@ def test_emqx_conf_with_the_embedded_overrides_follows_the_published_schema(tmp_
         assert check(conf).problems == []
 
 
+def test_the_interop_broker_configuration_is_one_emqx_would_accept():
+    text = (ROOT / "tests" / "interop" / "emqx-interop.conf").read_text(encoding="utf-8")
+    checker = check(parsed(text), allowed_deprecated=frozenset())
+    assert checker.problems == [] and checker.deprecated_seen == []
+
+
 def test_a_deprecated_key_fails_unless_allowed():
     checker = check(parsed(CONF_TEXT), allowed_deprecated=frozenset())
     assert checker.problems == ["actions.http.registration.parameters.request_timeout: deprecated in EMQX 5.10"]
