@@ -1,7 +1,8 @@
-"""HTTP authorization exactly as EMQX's authorization with HTTP sources (docs/EMQX.md §4).
+"""Authorization exactly as EMQX's, with HTTP and file sources (docs/EMQX.md §4).
 
 Order (emqx_access_control.erl / emqx_authz.erl): per-client cache → superuser → the ACL rules the authn answer
 attached to the client (the ``client_info`` source, EMQX 5.8+) → sources in order → no_match.
+File source (authz_file.py): the first acl.conf rule that matches decides, none → next source.
 HTTP source: 204 → allow; 200 + JSON/form ``result`` allow/deny (``ignore``, missing or unknown → next source);
 other statuses and failed/timed-out requests → next source. Cache entries are keyed by (action, topic, qos,
 retain), live ``ttl``, at most ``max_size`` per client (oldest evicted), never for topics matching ``excludes``.
@@ -20,6 +21,7 @@ from fleetcore.logs import log_event
 
 from .auth_http import HttpCallout
 from .authn import client_variables
+from .authz_file import FileRule, who_matches
 from .clientinfo import ClientInfo
 from .config import AuthzConfig
 from .topics import filter_matches
@@ -33,21 +35,30 @@ class Authorizer:
     def __init__(self, config: AuthzConfig, on_authz_complete: AuthzCallback | None = None) -> None:
         self.config = config
         self.on_authz_complete = on_authz_complete
-        self.sources = [HttpCallout(s.http, f"authorization.sources.{i}")
-                        for i, s in enumerate(config.sources, start=1) if s.enable]
-        for source in self.sources:
-            source.default_content_type = "application/json"
+        # an HttpCallout per http source, the compiled rules (a list) per file source
+        self.sources: list[HttpCallout | list[FileRule]] = []
+        for i, s in enumerate(config.sources, start=1):
+            if not s.enable:
+                continue
+            if s.type == "file":
+                self.sources.append(s.file_rules)
+                continue
+            callout = HttpCallout(s.http, f"authorization.sources.{i}")
+            callout.default_content_type = "application/json"
+            self.sources.append(callout)
         self._cache: dict[str, OrderedDict[tuple, tuple[bool, float]]] = {}
         self.metrics = {"total": 0, "allow": 0, "deny": 0, "cache_hit": 0, "cache_miss": 0, "nomatch": 0,
                         "superuser": 0}
 
     async def start(self) -> None:
         for source in self.sources:
-            await source.start()
+            if isinstance(source, HttpCallout):
+                await source.start()
 
     async def stop(self) -> None:
         for source in self.sources:
-            await source.stop()
+            if isinstance(source, HttpCallout):
+                await source.stop()
 
     # -- cache -------------------------------------------------------------------------------------------
     def clear_cache(self, clientid: str | None = None) -> None:
@@ -121,6 +132,12 @@ class Authorizer:
         variables.update({"topic": topic, "action": action, "qos": qos, "retain": retain,
                           "access": "1" if action == "subscribe" else "2"})
         for source in self.sources:
+            if not isinstance(source, HttpCallout):
+                for file_rule in source:
+                    if who_matches(file_rule.who, client.username, client.clientid, client.peerhost) and \
+                            _rule_matches(file_rule.rule, client, action, topic, qos, retain):
+                        return file_rule.permission == "allow", "file"
+                continue
             status, body = await source.call(variables)
             if status == 204:
                 return True, "http"

@@ -275,7 +275,7 @@ class Broker:
             session.deliver(codec.encode_topic(topic), payload, msg_qos if msg_qos < qos else qos, True)
 
     def dispatch(self, msg: Message) -> int:
-        """Store if retained, deliver to every matching session; returns how many sessions got it."""
+        """Store if retained, deliver once per matching subscription; returns how many copies were sent."""
         topic = msg.topic
         if msg.retain:
             self.retained.store(topic, msg.payload, msg.qos)
@@ -286,7 +286,7 @@ class Broker:
         topic_b = codec.encode_topic(topic)
         qos = msg.qos
         payload = msg.payload
-        for session, sub_qos in subscribers.items():
+        for session, sub_qos in subscribers:
             session.deliver(topic_b, payload, qos if qos < sub_qos else sub_qos)
         self.metrics["messages.sent"] += len(subscribers)
         return len(subscribers)

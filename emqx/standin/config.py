@@ -27,6 +27,7 @@ from pyhocon.exceptions import ConfigException
 from fleetcore.logs import log_event
 
 from . import templates
+from .authz_file import AclFileError, FileRule, load_acl_file
 
 log = logging.getLogger("emqx.standin.config")
 
@@ -305,9 +306,10 @@ class AuthnConfig:
 
 @dataclass
 class AuthzSourceConfig:
-    type: str
+    type: str                                  # http | file
     enable: bool
-    http: HttpRequestConfig
+    http: HttpRequestConfig | None = None
+    file_rules: list[FileRule] = field(default_factory=list)    # type = file: the compiled acl.conf
 
 
 @dataclass
@@ -625,15 +627,35 @@ def _authorization(root: _Section, cfg: BrokerConfig) -> None:
         ssec = _Section(body, f"authorization.sources.{index}", cfg, known=_HTTP_KNOWN)
         stype = _str(ssec.get("type"), ssec.key("type")) if ssec.has("type") else ""
         enable = _bool(ssec.get("enable", True), ssec.key("enable"))
+        if stype == "file":
+            _file_source(_Section(body, ssec.path, cfg), enable, cfg)
+            continue
         if stype != "http":
             if not enable:
                 continue
             raise ConfigError(f"authorization.sources.{index}: source type {stype or '?'!r} is not supported by the "
-                              "stand-in (only http; replace the default file source as emqx.conf should)")
+                              "stand-in (only http and file)")
         http = _http_request(ssec, 30.0, AUTHZ_VARS, "an HTTP authorization source")
         ssec.done()
         az.sources.append(AuthzSourceConfig(stype, enable, http))
     sec.done()
+
+
+def _file_source(sec: _Section, enable: bool, cfg: BrokerConfig) -> None:
+    """``type = file``: the rules of ``path`` (an acl.conf), read at start as EMQX reads them (authz_file.py).
+    ``${EMQX_ETC_DIR}`` is the directory of the configuration file, where EMQX keeps both files."""
+    sec.get("type"), sec.get("enable")
+    path = _str(sec.get("path", "${EMQX_ETC_DIR}/acl.conf"), sec.key("path"))
+    etc_dir = os.environ.get("EMQX_ETC_DIR") or (str(Path(cfg.source_path).parent) if cfg.source_path else ".")
+    path = path.replace("${EMQX_ETC_DIR}", etc_dir)
+    sec.done()
+    if not enable:
+        return
+    try:
+        rules = load_acl_file(path)
+    except AclFileError as exc:
+        raise ConfigError(f"{sec.key('path')}: {exc}") from None
+    cfg.authorization.sources.append(AuthzSourceConfig("file", enable, file_rules=rules))
 
 
 def _resource_opts(raw: Any, path: str, cfg: BrokerConfig) -> ResourceOpts:

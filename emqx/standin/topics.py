@@ -61,7 +61,9 @@ class _Node(Generic[S]):
 
 
 class SubscriptionTrie(Generic[S]):
-    """Topic filter → {subscriber: qos}, with ``match(topic)`` → {subscriber: max granted qos}.
+    """Topic filter → {subscriber: qos}, with ``match(topic)`` → [(subscriber, granted qos)], one entry per
+    matching subscription: a client whose filters overlap gets one copy per filter, each at that filter's QoS, as
+    from EMQX (emqx_broker dispatches per matched filter; MQTT-3.3.5-1 allows both this and a single copy).
 
     Lookups are cached per topic name; any subscription change clears the cache (subscriptions change rarely
     compared to publishes, and most published topics — telemetry — have no subscriber at all).
@@ -71,7 +73,7 @@ class SubscriptionTrie(Generic[S]):
 
     def __init__(self) -> None:
         self._root: _Node[S] = _Node()
-        self._cache: dict[str, dict[S, int]] = {}
+        self._cache: dict[str, list[tuple[S, int]]] = {}
         self.count = 0
 
     def add(self, topic_filter: str, subscriber: S, qos: int) -> bool:
@@ -110,15 +112,15 @@ class SubscriptionTrie(Generic[S]):
         self._cache.clear()
         return True
 
-    def match(self, topic: str) -> dict[S, int]:
-        """Subscribers whose filters match ``topic``, each with the highest QoS among its matching filters.
+    def match(self, topic: str) -> list[tuple[S, int]]:
+        """(subscriber, granted QoS) of every subscription whose filter matches ``topic``.
 
-        The returned dict is shared with the cache: callers must not modify it.
+        The returned list is shared with the cache: callers must not modify it.
         """
         cached = self._cache.get(topic)
         if cached is not None:
             return cached
-        result: dict[S, int] = {}
+        result: list[tuple[S, int]] = []
         levels = topic.split("/")
         dollar = topic.startswith("$")
         self._walk(self._root, levels, 0, result, dollar)
@@ -127,7 +129,8 @@ class SubscriptionTrie(Generic[S]):
         self._cache[topic] = result
         return result
 
-    def _walk(self, node: _Node[S], levels: list[str], index: int, result: dict[S, int], dollar: bool) -> None:
+    def _walk(self, node: _Node[S], levels: list[str], index: int, result: list[tuple[S, int]],
+              dollar: bool) -> None:
         children = node.children
         skip_wildcards = dollar and index == 0
         if not skip_wildcards:
@@ -169,10 +172,8 @@ class SubscriptionTrie(Generic[S]):
                 stack.append((child, prefix + [level]))
 
 
-def _merge(result: dict, subscribers: dict) -> None:
-    for subscriber, qos in subscribers.items():
-        if result.get(subscriber, -1) < qos:
-            result[subscriber] = qos
+def _merge(result: list, subscribers: dict) -> None:
+    result.extend(subscribers.items())
 
 
 def matching(topic_filter: str, topics: Iterable[str]) -> Iterator[str]:

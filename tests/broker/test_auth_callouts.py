@@ -14,7 +14,7 @@ from aiohttp import web
 from emqx.standin.authn import Authenticator
 from emqx.standin.authz import Authorizer
 from emqx.standin.clientinfo import ClientInfo
-from emqx.standin.config import load_config
+from emqx.standin.config import ConfigError, load_config
 from fleetcore import paths
 from tests.broker.compat_support import FakeAuthService, conf_from
 from tests.conftest import free_port
@@ -339,3 +339,60 @@ def test_a_malformed_authn_acl_fails_the_login(acl):
 
     result = run(scenario())
     assert not result.allow and result.reason == "bad_username_or_password"
+
+
+# -- the `file` source (acl.conf) -----------------------------------------------------------------------------
+
+ACL_CONF = """
+%% EMQX's own default rules, then ours
+{allow, {username, {re, "^dashboard$"}}, subscribe, ["$SYS/#"]}.
+{allow, {ipaddr, "127.0.0.1"}, all, ["$SYS/#", "#"]}.
+{deny, all, subscribe, ["$SYS/#", {eq, "#"}]}.
+{deny, {'and', [{clientid, "veh-7"}, {user, "veh-7"}]}, {publish, [{retain, true}]}, ["fleet/v1/${clientid}/#"]}.
+{allow, {clientid, {re, "^veh-"}}, publish, ["fleet/v1/${clientid}/telemetry"]}.
+{allow, {'or', [{username, "ops"}, {ipaddrs, ["10.0.0.0/8"]}]}, {subscribe, [{qos, [0, 1]}]}, ["eq fleet/v1/#"]}.
+{deny, all}.
+"""
+
+
+def test_file_source_rules_match_in_order_as_emqx_compiles_them(tmp_path):
+    (tmp_path / "acl.conf").write_text(ACL_CONF)
+    config = conf_from(tmp_path, 'authorization.sources = [{type = file, path = "${EMQX_ETC_DIR}/acl.conf"}]')
+
+    async def decide(client, action, topic, qos=0, retain=False):
+        authz = Authorizer(config.authorization)
+        return await authz.authorize(client, action, topic, qos, retain)
+
+    def ask(*args, **client):
+        return run(decide(vehicle(**client), *args))
+
+    local, remote = {"peerhost": "127.0.0.1"}, {"peerhost": "192.0.2.1"}
+    assert ask("subscribe", "$SYS/brokers", username="dashboard", **remote) is True
+    assert ask("subscribe", "#", **local) is True                       # the ipaddr rule comes first
+    assert ask("subscribe", "#", **remote) is False                     # {eq, "#"}
+    assert ask("subscribe", "fleet/#", **remote) is False               # {deny, all} at the end
+    assert ask("publish", "fleet/v1/veh-7/telemetry", 1, **remote) is True
+    assert ask("publish", "fleet/v1/veh-7/telemetry", 1, True, **remote) is False    # retain: the 'and' rule
+    assert ask("publish", "fleet/v1/veh-8/telemetry", 1, clientid="veh-7", **remote) is False
+    assert ask("subscribe", "fleet/v1/#", 1, username="ops", **remote) is True
+    assert ask("subscribe", "fleet/v1/#", 2, username="ops", **remote) is False      # qos not in [0, 1]
+    assert ask("subscribe", "fleet/v1/x", 1, username="ops", **remote) is False      # eq: the filter itself
+    assert ask("subscribe", "fleet/v1/#", 0, username="x", peerhost="10.1.2.3") is True
+
+
+@pytest.mark.parametrize("rule, message", [
+    ('{allow, all, all, ["#"]}', "a term must end with '.'"),
+    ('{maybe, all}.', "invalid_authorization_rule"),
+    ('{maybe, all, all, ["#"]}.', "invalid_authorization_permission"),
+    ('{allow, {group, "x"}, all, ["#"]}.', "invalid_client_match_condition"),
+    ('{allow, {ipaddr, "300.1.1.1"}, all, ["#"]}.', "invalid_client_match_condition"),
+    ('{allow, all, read, ["#"]}.', "invalid_authorization_action"),
+    ('{allow, all, {publish, [{qos, 3}]}, ["#"]}.', "invalid_authorization_qos"),
+    ('{allow, all, {publish, [{retain, yes}]}, ["#"]}.', "invalid_authorization_retain"),
+    ('{allow, all, all, "#"}.', "invalid_authorization_rule"),
+    ('{allow, all, all, [#]}.', "cannot read"),
+])
+def test_an_acl_conf_emqx_would_refuse_stops_the_start(tmp_path, rule, message):
+    (tmp_path / "acl.conf").write_text(rule + "\n")
+    with pytest.raises(ConfigError, match=message):
+        conf_from(tmp_path, 'authorization.sources = [{type = file, path = "${EMQX_ETC_DIR}/acl.conf"}]')

@@ -175,7 +175,9 @@ actions.pgsql.sink { connector = db, parameters.sql = "INSERT INTO t (a) VALUES 
      "connector pgsql:nope does not exist"),
     (ACTION + 'actions.pgsql.sink2 { connector = db, parameters.sql = "x", resource_opts.batch_sise = 2 }',
      "batch_sise: unknown field"),
-    ('authorization.sources = [{type = file, path = "acl.conf"}]', "source type 'file' is not supported"),
+    ('authorization.sources = [{type = file, path = "no-such-acl.conf"}]', "no-such-acl.conf: No such file"),
+    ('authorization.sources = [{type = file, path = "acl.conf", rules = "x"}]', "rules: unknown field"),
+    ('authorization.sources = [{type = mysql}]', "source type 'mysql' is not supported"),
     ('authorization.no_match = maybe', "no_match"),
     ('authentication = [{mechanism = password_based, backend = built_in_database}]',
      "password_based:built_in_database is not supported"),
@@ -189,12 +191,15 @@ def test_config_emqx_would_refuse_fails_at_start(tmp_path, body, message):
         conf_from(tmp_path, body)
 
 
-def test_default_authorization_file_source_is_refused(tmp_path):
-    """Without authorization.sources EMQX uses acl.conf (allow-all at the end): the stand-in will not pretend."""
+def test_default_authorization_source_is_the_acl_conf_beside_the_config(tmp_path):
+    """Without authorization.sources EMQX reads ${EMQX_ETC_DIR}/acl.conf, the directory of emqx.conf."""
     path = write_conf(tmp_path, "")
     path.write_text(path.read_text().replace("authorization { no_match = deny, sources = [] }", ""))
-    with pytest.raises(ConfigError, match="source type 'file'"):
+    with pytest.raises(ConfigError, match=r"authorization.sources.1.path: .*acl.conf: No such file"):
         load_config(path, {})
+    (tmp_path / "acl.conf").write_text('{deny, all, subscribe, ["$SYS/#", {eq, "#"}]}.\n{allow, all}.\n')
+    [source] = load_config(path, {}).authorization.sources
+    assert (source.type, [r.permission for r in source.file_rules]) == ("file", ["deny", "allow"])
 
 
 def test_hocon_syntax_error_names_the_file(tmp_path):

@@ -119,6 +119,20 @@ def test_delivery_qos_is_the_minimum_of_publish_and_subscription_and_retain_is_c
     assert sub.received("route/b/y") == []
 
 
+def test_overlapping_subscriptions_get_one_copy_each_at_their_own_qos(broker, clients):
+    """As from EMQX (it dispatches per matched filter): not one copy at the highest QoS."""
+    sub = connect(broker, clients, "overlap-sub")
+    assert sub.subscribe("overlap/#", 2) == [2]
+    assert sub.subscribe("overlap/+", 1) == [1]
+    pub = connect(broker, clients, "overlap-pub")
+    pub.publish("overlap/a", b"twice", qos=2)
+    pub.publish("overlap/a/b", b"once", qos=2)
+    copies = sub.wait_for("overlap/a", 2)
+    assert sorted((m.payload, m.qos) for m in copies) == [(b"twice", 1), (b"twice", 2)]
+    assert [(m.payload, m.qos) for m in sub.wait_for("overlap/a/b")] == [(b"once", 2)]
+    assert len(sub.received("overlap/a")) == 2      # "overlap/a/b" came after both copies (one publisher, in order)
+
+
 def test_qos2_end_to_end(broker, clients):
     sub = connect(broker, clients, "q2-sub")
     assert sub.subscribe("q2/t", 2) == [2]

@@ -52,7 +52,10 @@ def make_certs(directory: Path) -> Path:
 
 class StandinBroker:
     def __init__(self, workdir: Path, *, extra_conf: str = "", auth_conf: str = ALLOW_ALL,
-                 env: dict[str, str] | None = None, certs: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, certs: Path | None = None, conf_file: Path | None = None,
+                 ) -> None:
+        """``conf_file``: run that configuration as it is, with only the addresses, the data directory and the
+        API key file overridden by EMQX_* variables (instead of writing one from ``auth_conf``/``extra_conf``)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.mqtt_port, self.ws_port, self.api_port = free_port(), free_port(), free_port()
@@ -95,6 +98,14 @@ mqtt {{
 """)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("EMQX_")}
         self.env.update({"PYTHONUNBUFFERED": "1", "FLEET_LOG_LEVEL": "INFO"})
+        if conf_file is not None:
+            self.conf_path = conf_file
+            self.env.update({
+                "EMQX_LISTENERS__TCP__DEFAULT__BIND": f'"127.0.0.1:{self.mqtt_port}"',       # quoted: HOCON
+                "EMQX_DASHBOARD__LISTENERS__HTTP__BIND": f'"127.0.0.1:{self.api_port}"',
+                "EMQX_NODE__DATA_DIR": str(workdir),
+                "EMQX_API_KEY__BOOTSTRAP_FILE": str(keys),
+            })
         self.env.update(env or {})
         self.process: ChildProcess | None = None
         self.lines: list[str] = []
