@@ -18,6 +18,7 @@ from flask_smorest import Api
 from api import metrics
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
+from api.emergency_commands import EmergencyCommands
 from api.schemas import ErrorSchema
 from fleetcore import errors, logs
 from fleetcore.db import Database
@@ -72,6 +73,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
     # worker process (api/worker.py).
     app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
+    app.extensions["fleet.emergency_commands"] = EmergencyCommands(app.extensions["fleet.db"],
+                                                                   app.extensions["fleet.emqx"])
 
     smorest = FleetApi(app)
     errors.register(app, "api")  # after flask-smorest, so our handlers win

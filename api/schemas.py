@@ -286,8 +286,54 @@ class ReasonSchema(StrictSchema):
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
 
-class EmergencyStopSchema(StrictSchema):
+class EmergencyStopRequestSchema(StrictSchema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+class EmergencyStopSchema(Schema):
+    id = fields.Integer()
+    scope = fields.String(metadata={"enum": ["vehicle", "fleet", "all"]})
+    vehicle_id = fields.String(allow_none=True)
+    fleet_id = fields.String(allow_none=True)
+    reason = fields.String()
+    set_by = fields.String(metadata={"description": "who set it"})
+    set_at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True, metadata={"description": "null while the stop applies"})
+    release_reason = fields.String(allow_none=True)
+    vehicles = fields.Integer(metadata={"description": "vehicles whose command comes from this stop"})
+    acknowledged = fields.Integer(metadata={"description": "… of which confirmed it with a status report"})
+
+
+class EmergencyCommandStateSchema(Schema):
+    vehicle_id = fields.String()
+    command = fields.String(metadata={"enum": ["stop", "release"]})
+    since = fields.DateTime(metadata={"description": "when this command became the one the vehicle should have"})
+    sends = fields.Integer()
+    last_sent_at = fields.DateTime(allow_none=True)
+    last_delivered = fields.Boolean(allow_none=True, metadata={"description": "false: no session was subscribed"})
+    acknowledged_at = fields.DateTime(allow_none=True, metadata={
+        "description": "when a status report confirmed it (estop true for a stop, false for a release)"})
+    online = fields.Boolean()
+
+
+class EmergencyStopDetailSchema(EmergencyStopSchema):
+    commands = fields.List(fields.Nested(EmergencyCommandStateSchema))
+
+
+class EmergencyActionSchema(Schema):
+    stop = fields.Nested(EmergencyStopSchema)
+    changed = fields.Boolean(metadata={"description": "false: this target was already stopped"})
+    command = fields.String(metadata={"enum": ["emergency.stop", "emergency.release"]})
+    vehicles = fields.Integer(metadata={"description": "vehicles that carry this command now"})
+    delivered = fields.Boolean(metadata={"description": "at least one vehicle received it now"})
+    delivered_to = fields.List(fields.String(), metadata={"description": "vehicles that received it now"})
+    still_stopped_by = fields.List(fields.Nested(EmergencyStopSchema), metadata={
+        "description": "release of one vehicle: the fleet or all-fleets stops that still hold it"})
+
+
+class EmergencyStopListQuerySchema(PageQuerySchema):
+    active = fields.Boolean(load_default=True, metadata={"description": "false: released stops too"})
 
 
 class CommandResultSchema(Schema):
@@ -407,11 +453,23 @@ class MissionCreateSchema(StrictSchema):
                                metadata={"description": "timed_out when no event arrives for this long"})
     ttl_s = fields.Integer(validate=validate.Range(min=1, max=30 * 86400),
                            metadata={"description": "expired when not dispatched within this time"})
+    payload_kg = fields.Float(validate=validate.Range(min=0, max=100_000), metadata={
+        "description": "what the vehicle will carry; refused (422) above its capability sheet's max_payload_kg"})
+    max_attempts = fields.Integer(load_default=1, validate=validate.Range(min=1, max=20), metadata={
+        "description": "attempts in all: an outcome listed in `retry_on` re-queues the mission until this many"})
+    retry_on = fields.List(fields.String(validate=validate.OneOf(mission_states.RETRYABLE)),
+                           load_default=lambda: list(mission_states.RETRYABLE), metadata={
+                               "description": "outcomes that are retried (a cancel never is)"})
 
     @validates_schema
     def _something_to_do(self, data: dict, **_kwargs) -> None:
         if not data.get("waypoints") and not data.get("tasks"):
             raise ValidationError("give at least one waypoint or task", "waypoints")
+
+
+class MissionUpdateSchema(StrictSchema):
+    priority = fields.Integer(required=True, validate=validate.Range(min=-100, max=100),
+                              metadata={"description": "higher first; only while queued"})
 
 
 class ProgressSchema(Schema):
@@ -430,6 +488,7 @@ class MissionEventSchema(Schema):
     server_time = fields.DateTime()
     device_time = fields.DateTime(allow_none=True)
     detail = fields.Dict()
+    attempt = fields.Integer(metadata={"description": "the attempt this event belongs to"})
 
 
 class MissionSchema(Schema):
@@ -453,7 +512,18 @@ class MissionSchema(Schema):
     accepted_at = fields.DateTime(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    dispatch_attempts = fields.Integer()
+    dispatch_attempts = fields.Integer(metadata={"description": "times the dispatch command was published"})
+    attempt = fields.Integer(metadata={"description": "the current attempt (retry policy)"})
+    max_attempts = fields.Integer()
+    retry_on = fields.List(fields.String())
+    payload_kg = fields.Float(allow_none=True)
+    blocked_reason = fields.String(allow_none=True, metadata={
+        "description": "queued and held back: emergency_stop, vehicle_estop, mode_manual, mode_service, "
+                       "health_fatal, battery_low, vehicle_pending, vehicle_revoked, vehicle_decommissioned"})
+    pending_command = fields.String(allow_none=True, metadata={
+        "description": "cancel, pause or resume sent to the vehicle and not confirmed yet (re-sent until it is)"})
+    pending_command_since = fields.DateTime(allow_none=True)
+    command_sends = fields.Integer()
 
 
 class MissionDetailSchema(MissionSchema):

@@ -181,17 +181,27 @@ def _disconnect(vehicle_id: str, action: str) -> dict:
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def revoke_vehicle(body: dict | None, vehicle_id: str):
     """Revoke the vehicle's credentials: its device secret and unused tokens stop working, its live MQTT session
-    is kicked and its authorization cache cleared. Idempotent. A new enrollment token re-admits it later."""
+    is kicked and its authorization cache cleared; the missions it was working on fail (reason `vehicle_revoked`),
+    queued ones wait (blocked: `vehicle_revoked`). Idempotent. A new enrollment token re-admits it later."""
     user = auth.current_user()
     reason = (body or {}).get("reason")
     try:
         with database().transaction() as cur:
             visibility.vehicle(cur, vehicle_id)
             registry.revoke_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+            _, active = vehicles.open_missions(cur, vehicle_id)
+            _abort(cur, active, user.username, "vehicle_revoked")
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
-    log_event(log, "vehicle.revoked", logging.WARNING, vehicle=vehicle_id, user=user.username, reason=reason)
+    log_event(log, "vehicle.revoked", logging.WARNING, vehicle=vehicle_id, user=user.username, reason=reason,
+              missions_failed=len(active))
     return _disconnect(vehicle_id, "revoked")
+
+
+def _abort(cur, mission_ids: list[str], username: str, reason: str) -> None:
+    """The vehicle can no longer connect as itself: the missions it had fail, with that reason."""
+    for mission_id in mission_ids:
+        missions.apply_event(cur, mission_id, "abort", "operator", username, {"reason": reason})
 
 
 @blp.route("/<vehicle_id>/decommission", methods=["POST"])
@@ -202,20 +212,22 @@ def revoke_vehicle(body: dict | None, vehicle_id: str):
 @blp.alt_response(409, response="CONFLICT")
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def decommission_vehicle(body: dict | None, vehicle_id: str):
-    """Retire the vehicle for good: credentials withdrawn, session kicked, queued missions cancelled; it can
-    never be enrolled again. Refused (409) while it is working on a mission: cancel that first."""
+    """Retire the vehicle for good: credentials withdrawn, session kicked, queued missions cancelled and the one it
+    was working on failed (reason `vehicle_decommissioned`); it can never be enrolled again."""
     user = auth.current_user()
     reason = (body or {}).get("reason")
-    with database().transaction() as cur:
-        visibility.vehicle(cur, vehicle_id)
-        queued, active = vehicles.queued_missions(cur, vehicle_id)
-        if active:
-            raise HttpError(409, f"vehicle {vehicle_id} is working on a mission; cancel it first",
-                            code="vehicle_busy")
-        for mission_id in queued:
-            missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
-                                 {"reason": "vehicle decommissioned"})
-        registry.decommission_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+    try:
+        with database().transaction() as cur:
+            visibility.vehicle(cur, vehicle_id)
+            queued, active = vehicles.open_missions(cur, vehicle_id)
+            for mission_id in queued:
+                missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
+                                     {"reason": "vehicle_decommissioned"})
+            _abort(cur, active, user.username, "vehicle_decommissioned")
+            registry.decommission_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username,
+                                          reason=reason)
+    except registry.RegistryError as exc:
+        raise _conflict(exc) from None
     log_event(log, "vehicle.decommissioned", logging.WARNING, vehicle=vehicle_id, user=user.username,
-              missions_cancelled=len(queued))
+              missions_cancelled=len(queued), missions_failed=len(active))
     return _disconnect(vehicle_id, "decommissioned")
