@@ -90,8 +90,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import emergency, fleets, health, missions, reports, telemetry, tokens, users, vehicles
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency):
+    from api import audit, emergency, fleets, health, missions, reports, telemetry, tokens, users, vehicles
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, audit):
         smorest.register_blueprint(module.blp)
     return app
 

@@ -16,6 +16,7 @@ from api.pagination import page_of, window
 from api.queries import audit, missions
 from api.schemas import (MissionCreateSchema, MissionDetailSchema, MissionListQuerySchema, MissionSchema,
                          MissionUpdateSchema, ReasonSchema, list_of)
+from fleetcore import capabilities
 from fleetcore import missions as mission_states
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -28,10 +29,20 @@ IDEMPOTENCY_HEADER = {"Idempotency-Key": {"description": "retrying with the same
                                           "schema": {"type": "string", "maxLength": 200}}}
 
 
-def _vehicle_for_mission(cur, vehicle_id: str) -> dict:
+def _vehicle_for_mission(cur, body: dict) -> dict:
+    """The vehicle the mission is for, if it can take it: not revoked or decommissioned (409), and able to do it
+    by its capability sheet (422 naming the capability)."""
+    vehicle_id = body["vehicle_id"]
     vehicle = visibility.vehicle(cur, vehicle_id)
     if vehicle["status"] in ("revoked", "decommissioned"):
         raise HttpError(409, f"vehicle {vehicle_id} is {vehicle['status']}; it cannot take missions")
+    sheet = capabilities.current(cur, vehicle_id)
+    problem = capabilities.mission_problem(sheet, body)
+    if problem is not None:
+        capability, explanation = problem
+        raise HttpError(422, f"vehicle {vehicle_id} cannot do this mission: {explanation}", code="beyond_capability",
+                        details={"capability": capability, "vehicle_id": vehicle_id,
+                                 "capabilities_version": sheet["version"]})
     return vehicle
 
 
@@ -54,6 +65,9 @@ def _detail(mission_id: str) -> dict:
 @blp.alt_response(200, schema=MissionDetailSchema, description="an earlier request with this Idempotency-Key")
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY", description="invalid, or beyond the vehicle's capability "
+                                                                  "sheet (`code` beyond_capability, "
+                                                                  "`details.capability` names it)")
 def create_mission(body: dict):
     """Create a mission for a vehicle.
 
@@ -70,7 +84,7 @@ def create_mission(body: dict):
     timeout_s = body.get("timeout_s") or config().mission_default_timeout_s
     try:
         with database().transaction() as cur:
-            vehicle = _vehicle_for_mission(cur, body["vehicle_id"])
+            vehicle = _vehicle_for_mission(cur, body)
             if key:
                 existing = missions.find_by_idempotency_key(cur, user.username, key)
                 if existing is not None:

@@ -148,6 +148,8 @@ class FleetSchema(Schema):
     name = fields.String()
     created_at = fields.DateTime()
     vehicle_count = fields.Integer()
+    dispatch_min_battery_pct = fields.Float(metadata={
+        "description": "no mission is dispatched to a vehicle of this fleet whose battery is below this"})
 
 
 class FleetCreateSchema(StrictSchema):
@@ -156,7 +158,14 @@ class FleetCreateSchema(StrictSchema):
 
 
 class FleetUpdateSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    dispatch_min_battery_pct = fields.Float(validate=validate.Range(min=0, max=100), metadata={
+        "description": "dispatch gating: the least battery a vehicle needs to be sent a mission"})
+
+    @validates_schema
+    def _something(self, data: dict, **_kwargs) -> None:
+        if not data:
+            raise ValidationError("give name and/or dispatch_min_battery_pct", "name")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -229,6 +238,28 @@ class VehicleSchema(Schema):
     health = fields.Nested(HealthSchema)
     config = fields.Nested(VehicleConfigSchema)
     distance_m = fields.Float(metadata={"description": "only with near=lat,lon"})
+
+
+class CapabilitySheetSchema(Schema):
+    version = fields.Integer()
+    document = fields.Dict(metadata={"description": "the sheet as the vehicle sent it"})
+    task_types = fields.List(fields.String(), allow_none=True, metadata={"description": "null: not stated"})
+    max_payload_kg = fields.Float(allow_none=True)
+    max_speed_mps = fields.Float(allow_none=True)
+    battery_capacity_wh = fields.Float(allow_none=True)
+    source = fields.String(metadata={"description": "how it was reported, e.g. registration"})
+    reported_at = fields.DateTime()
+
+
+class VehicleCapabilitiesSchema(Schema):
+    vehicle_id = fields.String()
+    current = fields.Nested(CapabilitySheetSchema, allow_none=True)
+    history = fields.List(fields.Nested(CapabilitySheetSchema), metadata={"description": "newest first"})
+
+
+class EnrollmentRequestSchema(StrictSchema):
+    readmit = fields.Boolean(load_default=False, metadata={
+        "description": "true to re-admit a revoked vehicle (without it, a revoked vehicle gets 409 vehicle_revoked)"})
 
 
 class EnrollmentSchema(Schema):
@@ -575,10 +606,29 @@ class ReportMissionSchema(Schema):
     vehicle = fields.Nested(ReportVehicleSchema)
     created_by = fields.String(allow_none=True)
     state_timestamps = fields.Dict(keys=fields.String(), values=fields.String(),
-                                   metadata={"description": "first time (ISO 8601) the mission entered each state"})
+                                   metadata={"description": "first time (ISO 8601, server clock) the mission entered "
+                                                            "each state"})
+    device_timestamps = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "the same by the vehicle's clock (`ts`), for the states a vehicle event reached"})
+    attempt = fields.Integer()
+    max_attempts = fields.Integer()
+    attempts = fields.List(fields.Nested(lambda: ReportAttemptSchema()), metadata={
+        "description": "every attempt: dispatched, accepted (server and device time), outcome and its reason"})
     durations = fields.Nested(DurationsSchema)
     failure_reason = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema)
+
+
+class ReportAttemptSchema(Schema):
+    attempt = fields.Integer()
+    dispatched_at = fields.String(allow_none=True)
+    accepted_at = fields.String(allow_none=True)
+    accepted_device_time = fields.String(allow_none=True)
+    outcome = fields.String(allow_none=True, metadata={"description": "the terminal state this attempt reached; "
+                                                                      "null while it runs"})
+    finished_at = fields.String(allow_none=True)
+    finished_device_time = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
 
 
 class ReportSummarySchema(Schema):
@@ -593,4 +643,34 @@ class MissionReportSchema(Schema):
     filters = fields.Dict()
     summary = fields.Nested(ReportSummarySchema)
     missions = fields.List(fields.Nested(ReportMissionSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Audit log
+# --------------------------------------------------------------------------------------------------------------
+class AuditQuerySchema(StrictSchema):
+    actor = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "who (actor_id)"})
+    action = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "emergency.stop"})
+    target_type = fields.String(validate=validate.Length(min=1, max=50), metadata={"example": "vehicle"})
+    target_id = fields.String(validate=validate.Length(min=1, max=200))
+    from_ = fields.DateTime(data_key="from", metadata={"description": "at or after"})
+    to = fields.DateTime(metadata={"description": "before"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    actor_type = fields.String(metadata={"enum": ["operator", "vehicle", "system"]})
+    actor_id = fields.String(allow_none=True)
+    action = fields.String()
+    target_type = fields.String(allow_none=True)
+    target_id = fields.String(allow_none=True)
+    detail = fields.Dict()
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
     next_cursor = fields.String(allow_none=True)

@@ -11,10 +11,10 @@ from api import auth, visibility
 from api.extensions import broker, config, database
 from api.pagination import page_of, window
 from api.queries import audit, missions, vehicles
-from api.schemas import (ConfigUpdateResultSchema, DesiredConfigSchema, EnrollmentSchema, ReasonSchema,
-                         VehicleCreatedSchema, VehicleCreateSchema, VehicleListQuerySchema, VehicleSchema,
+from api.schemas import (ConfigUpdateResultSchema, DesiredConfigSchema, EnrollmentRequestSchema, EnrollmentSchema,
+                         ReasonSchema, VehicleCapabilitiesSchema, VehicleCreatedSchema, VehicleCreateSchema, VehicleListQuerySchema, VehicleSchema,
                          VehicleSessionResultSchema, VehicleUpdateSchema, list_of, parse_lat_lon)
-from fleetcore import envelope, registry, topics
+from fleetcore import capabilities, envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -91,6 +91,20 @@ def get_vehicle(vehicle_id: str):
         return vehicles.shape(vehicles.get(cur, vehicle_id))
 
 
+@blp.route("/<vehicle_id>/capabilities", methods=["GET"])
+@auth.requires("viewer")
+@blp.response(200, VehicleCapabilitiesSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_capabilities(vehicle_id: str):
+    """What the vehicle says it can do: its current capability sheet (task types, max payload, max speed, battery
+    capacity, and the whole document it sent) and every earlier version. `current` is null until it reports one;
+    missions it cannot do are refused at creation (422 `beyond_capability`)."""
+    with database().transaction() as cur:
+        visibility.vehicle(cur, vehicle_id)
+        return {"vehicle_id": vehicle_id, "current": capabilities.current(cur, vehicle_id),
+                "history": capabilities.history(cur, vehicle_id)}
+
+
 @blp.route("/<vehicle_id>", methods=["PATCH"])
 @auth.requires("operator")
 @blp.arguments(VehicleUpdateSchema)
@@ -108,14 +122,18 @@ def update_vehicle(body: dict, vehicle_id: str):
 
 @blp.route("/<vehicle_id>/enrollment", methods=["POST"])
 @auth.requires("operator")
+@blp.arguments(EnrollmentRequestSchema, required=False)
 @blp.response(201, EnrollmentSchema, description="a fresh one-time token, shown only here")
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
-def issue_enrollment(vehicle_id: str):
+def issue_enrollment(body: dict | None, vehicle_id: str):
     """Issue a fresh enrollment token: the vehicle registers again and gets a new device secret (rotation).
 
     The old secret keeps working until that registration, then stops at once. Earlier unused tokens stop
-    working now. For a revoked vehicle this is how it is re-admitted. Decommissioned vehicles get none (409).
+    working now. A revoked vehicle gets one only with `{"readmit": true}` — that is how it is re-admitted; without
+    it the answer is 409 `vehicle_revoked` (naming who revoked it), so a client whose connections are refused can
+    tell "revoked" from "refused" and never undoes a revocation by enrolling again. Decommissioned vehicles get
+    none (409).
     """
     user = auth.current_user()
     try:
@@ -123,7 +141,8 @@ def issue_enrollment(vehicle_id: str):
             visibility.vehicle(cur, vehicle_id)
             enrollment = registry.issue_enrollment_token(cur, config().device_secret_key, vehicle_id,
                                                          actor_type="operator", actor_id=user.username,
-                                                         token_ttl_s=config().enrollment_token_ttl_s)
+                                                         token_ttl_s=config().enrollment_token_ttl_s,
+                                                         readmit=bool((body or {}).get("readmit")))
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
     log_event(log, "vehicle.enrollment_issued", vehicle=vehicle_id, user=user.username)

@@ -6,6 +6,9 @@ connections open (keep-alive, no pipelining): the keep-alive timeout is longer t
 pooled connection is never closed under it.
 """
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 bind = os.environ.get("AUTHSVC_BIND", "0.0.0.0:8081")
 workers = int(os.environ.get("AUTHSVC_WORKERS", str(os.cpu_count() or 2)))
@@ -25,3 +28,21 @@ logconfig_dict = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
     "loggers": {"gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False}},
 }
+
+
+# Metrics of all worker processes (authsvc/metrics.py): each writes its own files here, /metrics adds them up. A
+# fresh directory per start (a stale file would add a dead process's figures to the new ones).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
+
+
+def on_starting(server) -> None:
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server, worker) -> None:
+    # imported here: prometheus_client picks its value store when first imported, after the variable above is set
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)

@@ -9,9 +9,12 @@ protocol logic pure makes every rule testable on its own:
   ``invalid_mission`` (or ``fault_injected``);
 * an accepted mission drives its waypoints, then runs its tasks, sending ``progress`` {percent, step, eta_s},
   then ``completed`` (or ``failed`` when the fail fault triggers);
-* ``mission.cancel`` stops the mission and confirms with ``cancelled``; ``emergency.stop`` halts the vehicle
-  (the mission is paused, not lost) until ``emergency.release``; ``config.update`` applies a newer config and
-  reports its version in status.
+* ``mission.cancel`` stops the mission and confirms with ``cancelled`` (a repeated cancel of a mission that already
+  ended here is confirmed again, so a lost confirmation is never final); ``mission.pause`` holds the vehicle where it
+  is and confirms with ``paused``, ``mission.resume`` drives on and confirms with ``resumed``;
+* ``emergency.stop`` halts the vehicle (the mission is held, not lost) until ``emergency.release``, and reports
+  status ``estop: true`` at once — every time it is sent, as the backend re-sends it until it sees that status;
+* ``config.update`` applies a newer config and reports its version in status.
 """
 from __future__ import annotations
 
@@ -38,6 +41,13 @@ CHARGE_BELOW_PCT = 20.0      # an idle vehicle below this parks and charges...
 CHARGE_UNTIL_PCT = 90.0      # ...until this
 RESERVE_PCT = 10.0           # battery that must be left after a mission for it to be accepted
 
+# What a simulated vehicle says it can do (docs/PROTOCOL.md, Capability sheet), sent with its registration. Its
+# tasks just take their `duration_s`, so it names the usual warehouse ones.
+TASK_TYPES = ("pick", "drop", "load", "unload", "scan", "inspect", "charge", "wait")
+MAX_PAYLOAD_KG = 500.0
+MAX_SPEED_MPS = 20.0
+BATTERY_CAPACITY_WH = 2400.0
+
 # Keys of config.update the simulator acts on; any other key is kept and reported back unchanged.
 CONFIG_KEYS = {"telemetry_interval_s": (0.1, 3600.0), "status_interval_s": (1.0, 86400.0),
                "cruise_speed_mps": (0.1, 60.0)}
@@ -63,6 +73,7 @@ class ActiveMission:
     last_progress_at: float = float("-inf")
     last_leg: int = -1
     cancelled: bool = False
+    paused: bool = False
 
 
 @dataclass
@@ -102,6 +113,11 @@ class Controller:
         self._last_status: tuple | None = None
 
     # -- status -------------------------------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        """The capability sheet reported with registration."""
+        return {"task_types": list(TASK_TYPES), "max_payload_kg": MAX_PAYLOAD_KG, "max_speed_mps": MAX_SPEED_MPS,
+                "battery_capacity_wh": BATTERY_CAPACITY_WH, "model": "fleet-sim"}
+
     @property
     def mode(self) -> str:
         return "ESTOP" if self.estop else "AUTO"
@@ -160,6 +176,7 @@ class Controller:
                   type=command["type"])
         handler = {
             "mission.dispatch": self._dispatch, "mission.cancel": self._cancel,
+            "mission.pause": self._pause, "mission.resume": self._resume,
             "emergency.stop": self._emergency_stop, "emergency.release": self._emergency_release,
             "config.update": self._config_update,
         }[command["type"]]
@@ -231,7 +248,28 @@ class Controller:
             # Never started here (e.g. the dispatch was lost): confirm so the backend can close it.
             self._finish(mission_id, "cancelled")
             return [self._mission_event(mission_id, "cancelled", reason=reason)]
+        if self._finished.get(mission_id) == "cancelled":
+            # The backend asks again: our confirmation was lost. Confirm again (stored once if it was not).
+            return [self._mission_event(mission_id, "cancelled", reason=reason)]
         return []
+
+    def _pause(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        mission = self.mission
+        if mission is None or mission.mission_id != data.get("mission_id"):
+            return []
+        mission.paused = True
+        self.motion.halted = True
+        log_event(log, "mission.paused", vehicle=self.vehicle_id, mission=mission.mission_id)
+        return [self._mission_event(mission.mission_id, "paused")]
+
+    def _resume(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        mission = self.mission
+        if mission is None or mission.mission_id != data.get("mission_id"):
+            return []
+        mission.paused = False
+        self.motion.halted = self.estop
+        log_event(log, "mission.resumed", vehicle=self.vehicle_id, mission=mission.mission_id)
+        return [self._mission_event(mission.mission_id, "resumed")]
 
     def _emergency_stop(self, data: dict[str, Any], now: float) -> list[Outgoing]:
         self.estop = True
@@ -245,7 +283,7 @@ class Controller:
             return [self.status_now(now)]
         self.estop = False
         self.estop_reason = None
-        self.motion.halted = False
+        self.motion.halted = self.mission is not None and self.mission.paused
         log_event(log, "estop.released", vehicle=self.vehicle_id)
         return [self.status_now(now)]
 
@@ -314,6 +352,8 @@ class Controller:
         if self.estop:
             if now - mission.last_progress_at >= self.progress_every_s:
                 return [self._progress(now, step="halted: emergency stop")]
+            return []
+        if mission.paused:
             return []
         if self.motion.arrived and mission.task_index < len(mission.tasks):
             mission.task_elapsed_s += sim_dt

@@ -3,6 +3,7 @@ function in sql/ (``mission_apply_event``), and the dispatcher's queue queries."
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import datetime
 
 from fleetcore import missions as mission_states
@@ -214,7 +215,11 @@ def encode_cursor(created_at: datetime, mission_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
+    """(created_at, mission id) of a report cursor, both checked (ValueError otherwise)."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     created_at, mission_id = raw.split("|", 1)
-    datetime.fromisoformat(created_at)
+    moment = datetime.fromisoformat(created_at)
+    if moment.tzinfo is None:
+        raise ValueError("cursor time without a zone")
+    uuid.UUID(mission_id)
     return created_at, mission_id

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import datetime
 
 RAW_LIMIT_EXTRA = 1  # fetch one more than asked to know whether there is a next page
@@ -12,12 +13,30 @@ def encode_cursor(*parts: object) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, n: int) -> list[str]:
+def decode_cursor(cursor: str, kinds: tuple[str, ...]) -> list[str]:
+    """The parts of a cursor made by ``encode_cursor``, each checked to be of its kind (``time``: an ISO 8601 time
+    with a zone; ``int``; ``text``) so that nothing crafted reaches the query. Raises ValueError."""
     text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    parts = text.split("|", n - 1)
-    if len(parts) != n:
+    parts = text.split("|", len(kinds) - 1)
+    if len(parts) != len(kinds):
         raise ValueError("bad cursor")
+    for part, kind in zip(parts, kinds, strict=True):
+        check_cursor_part(part, kind)
     return parts
+
+
+def check_cursor_part(part: str, kind: str) -> None:
+    if kind == "time":
+        moment = datetime.fromisoformat(part)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+    elif kind == "int":
+        if not part.isascii() or not part.isdigit() or len(part) > 19:
+            raise ValueError("cursor id is not a number")
+    elif kind == "uuid":
+        uuid.UUID(part)
+    elif "\x00" in part or len(part) > 200:
+        raise ValueError("cursor text")
 
 
 def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tuple[str, str] | None,
