@@ -101,6 +101,7 @@ class Controller:
         self.status_every_s = status_every_s
         self.estop = False
         self.estop_reason: str | None = None
+        self.estop_at: float | None = None   # monotonic time the current stop was engaged
         self.mission: ActiveMission | None = None
         self.config_version = 0
         self.config: dict[str, Any] = {}
@@ -272,6 +273,8 @@ class Controller:
         return [self._mission_event(mission.mission_id, "resumed")]
 
     def _emergency_stop(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        if not self.estop:
+            self.estop_at = now
         self.estop = True
         self.estop_reason = data.get("reason")
         self.motion.halted = True

@@ -171,6 +171,11 @@ class SimVehicle:
         self.worker.call_soon_threadsafe(self._shutdown)
 
     @property
+    def online_since(self) -> float | None:
+        """Monotonic time of the current connection's CONNACK, None while not connected."""
+        return self._online_since
+
+    @property
     def done(self) -> bool:
         return self.state in (State.STOPPED, State.FAILED)
 
