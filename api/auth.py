@@ -21,7 +21,7 @@ from api.errors import ApiError, log_denied
 from api.extensions import config, database
 
 ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ class DispatcherThread(threading.Thread):
                 log_event(log, "dispatcher.db_error", logging.WARNING, error=str(exc).strip()[:200])
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-            except Exception:  # noqa: BLE001 - the loop must survive anything and say so
+            except Exception:  # the loop must survive anything and say so
                 log.exception("dispatcher loop failed", extra={"event": "dispatcher.crash"})
                 self.stopping.wait(backoff)
 

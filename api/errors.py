@@ -80,8 +80,8 @@ def _handle_unexpected(error: Exception):
     if isinstance(error, HTTPException):
         return _handle_http_exception(error)
     request_id = getattr(g, "request_id", None) or uuid.uuid4().hex[:12]
-    log.exception("unhandled error", extra={"event": "api.unhandled_error", "request_id": request_id,
-                                            "path": request.path, "method": request.method})
+    log.error("unhandled error", exc_info=error, extra={"event": "api.unhandled_error", "request_id": request_id,
+                                                         "path": request.path, "method": request.method})
     return error_response(500, f"unexpected server error (request id {request_id}); it was logged",
                           details={"request_id": request_id})
 

@@ -10,8 +10,15 @@ from api import auth
 from api.errors import ApiError
 from api.extensions import database
 from api.queries import telemetry, vehicles
-from api.schemas import (FleetLatestListSchema, LatestQuerySchema, StatusHistorySchema, TelemetryBucketSchema,
-                         TelemetryHistoryQuerySchema, TelemetryHistorySchema, TelemetryPointSchema)
+from api.schemas import (
+    FleetLatestListSchema,
+    LatestQuerySchema,
+    StatusHistorySchema,
+    TelemetryBucketSchema,
+    TelemetryHistoryQuerySchema,
+    TelemetryHistorySchema,
+    TelemetryPointSchema,
+)
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/v1", description="Telemetry and health of vehicles.")
 

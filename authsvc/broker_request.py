@@ -134,7 +134,7 @@ class BrokerCallouts:
             return _respond(start_response, "200 OK", decide(data))
         except CalloutUnavailable as exc:
             return _error(start_response, "503 SERVICE UNAVAILABLE", "unavailable", str(exc))
-        except Exception:  # noqa: BLE001 - a bug must still answer JSON (EMQX: "ignore" → not authorized)
+        except Exception:  # a bug must still answer JSON (EMQX: "ignore" → not authorized)
             log.exception("unhandled error", extra={"event": "authsvc.unhandled_error", "path": path})
             return _error(start_response, "500 INTERNAL SERVER ERROR", "internal_error",
                           "unexpected server error; it was logged")

@@ -50,8 +50,8 @@ def _handle_unexpected(error: Exception):
     if isinstance(error, HTTPException):
         return _handle_http_exception(error)
     request_id = uuid.uuid4().hex[:12]
-    log.exception("unhandled error", extra={"event": "authsvc.unhandled_error", "request_id": request_id,
-                                            "path": request.path})
+    log.error("unhandled error", exc_info=error, extra={"event": "authsvc.unhandled_error",
+                                                         "request_id": request_id, "path": request.path})
     return error_response(500, f"unexpected server error (request id {request_id}); it was logged",
                           details={"request_id": request_id})
 

@@ -20,7 +20,7 @@ from fleetcore import paths
 
 FILE_PATTERN = re.compile(r"^(?P<version>\d{3,})_(?P<name>[a-z0-9_]+)\.sql$")
 # Arbitrary constant: "fleet migrations" as an advisory-lock key.
-ADVISORY_LOCK_KEY = 0x666C656574  # noqa: PLR2004
+ADVISORY_LOCK_KEY = 0x666C656574
 
 
 class MigrationError(RuntimeError):

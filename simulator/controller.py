@@ -360,7 +360,7 @@ class Controller:
         remaining_tasks = sum(_task_duration(t) for t in mission.tasks[mission.task_index:]) - mission.task_elapsed_s
         eta = (self.motion.eta_s() + max(remaining_tasks, 0.0)) / self.time_scale
         progress = {"percent": round(self._percent(), 1), "step": step or self._step_name(),
-                    "eta_s": int(round(eta))}
+                    "eta_s": round(eta)}
         return self._mission_event(mission.mission_id, "progress", progress=progress)
 
     def _step_name(self) -> str:

@@ -256,7 +256,7 @@ class Listeners:
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.servers.clear()
         self.runners.clear()
