@@ -59,7 +59,7 @@ def test_a_failing_migration_is_rolled_back_and_later_ones_wait(empty_db_url, sq
         "CREATE TABLE should_not_exist (id int);\nSELECT 1/0;\n")
     (sql_dir_copy / "901_after.sql").write_text("CREATE TABLE after_the_failure (id int);\n")
     conn = db.connect(empty_db_url)
-    with pytest.raises(migrations.MigrationError, match="900_creates_then_fails.sql failed and was rolled back"):
+    with pytest.raises(migrations.MigrationError, match=r"900_creates_then_fails\.sql failed and was rolled back"):
         migrations.migrate(conn, sql_dir_copy)
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('should_not_exist'), to_regclass('after_the_failure')")
@@ -82,7 +82,7 @@ def test_new_migrations_are_applied_after_the_existing_ones(empty_db_url, sql_di
 
 def test_badly_named_and_duplicate_files_are_reported(tmp_path):
     (tmp_path / "1_x.sql").write_text("SELECT 1;")
-    with pytest.raises(migrations.MigrationError, match="NNN_lowercase_name.sql"):
+    with pytest.raises(migrations.MigrationError, match=r"NNN_lowercase_name\.sql"):
         migrations.discover(tmp_path)
     (tmp_path / "1_x.sql").unlink()
     (tmp_path / "001_a.sql").write_text("SELECT 1;")
