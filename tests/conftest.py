@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,9 +54,21 @@ def free_ports() -> Ports:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def state_dirs(request) -> Iterator[Callable[[str], Path]]:
+    """``state_dirs(name)``: a new directory for an embedded stack, outside pytest's temporary root. Every pytest
+    run that starts on the machine resets that root to mode 0700, which would lock the embedded PostgreSQL (another
+    user when the tests run as root) out of the data directory of a session still running. Removed after a
+    session without failures; kept (with the stacks' logs) otherwise."""
+    root = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    if request.session.testsfailed == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(state_dirs):
     messages: list[str] = []
-    state_dir = tmp_path_factory.mktemp("stack")
+    state_dir = state_dirs("stack")
     config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=False,
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
     the_stack = Stack(config, out=messages.append)

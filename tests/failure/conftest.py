@@ -14,9 +14,9 @@ from tests.support.vehicle import MqttVehicle
 
 
 @pytest.fixture(scope="module")
-def own_stack(tmp_path_factory):
+def own_stack(state_dirs):
     messages: list[str] = []
-    config = StackConfig(state_dir=tmp_path_factory.mktemp("outage-stack"), ports=free_ports(), durable=False,
+    config = StackConfig(state_dir=state_dirs("outage-stack"), ports=free_ports(), durable=False,
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
     stack = Stack(config, out=messages.append)
     stack.start()
