@@ -48,7 +48,7 @@ class Authenticator:
             log_unavailable("authsvc", "database", exc, vehicle=clientid)
             raise CalloutUnavailable("the credential store is unavailable") from None
         metrics.decided("authn", decision.allow, decision.reason)
-        if not decision.allow:
+        if not decision.allow or decision.role is None:
             log_event(log, "authn.deny", logging.WARNING, vehicle=clientid, username=body["username"][:100],
                       reason=decision.reason, peer=peer)
             return DENY_BODY

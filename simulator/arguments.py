@@ -15,7 +15,7 @@ from simulator.api_client import ApiError, OperatorApi
 DEFAULT_API = "http://127.0.0.1:8080"        # fleetctl.stack.Ports.api
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"     # fleetctl.stack.Ports.mqtt
 DEFAULT_STATE_DIR = Path("var") / "simulator"
-PASSWORD_ENV = "FLEET_SIM_PASSWORD"
+PASSWORD_ENV = "FLEET_SIM_PASSWORD"  # noqa: S105 - the variable's name, not a password
 
 
 class UsageError(Exception):

@@ -25,8 +25,9 @@ def test_each_running_service_reports_healthy(stack):
             assert response.status == 200, component.name
 
 
-def test_data_survives_a_restart(tmp_path):
-    config = StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True)
+def test_data_survives_a_restart(state_dirs):
+    state_dir = state_dirs("restart")
+    config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=True)
     first = Stack(config, out=lambda m: None)
     first._start_database()
     conn = db.connect(first.database_url)
@@ -37,7 +38,7 @@ def test_data_survives_a_restart(tmp_path):
     first.stop()
     assert not first.postgres
 
-    second = Stack(StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True), out=lambda m: None)
+    second = Stack(StackConfig(state_dir=state_dir, ports=free_ports(), durable=True), out=lambda m: None)
     second._start_database()
     try:
         conn = db.connect(second.database_url)
@@ -49,9 +50,9 @@ def test_data_survives_a_restart(tmp_path):
         second.stop()
 
 
-def _launch(tmp_path):
+def _launch(state_dir):
     ports = free_ports()
-    env = dict(os.environ, FLEET_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1",
+    env = dict(os.environ, FLEET_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1",
                **{f"FLEET_PORT_{name.upper()}": str(getattr(ports, name)) for name in ports.__dataclass_fields__})
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "fleetctl", "run"], env=env, stdout=subprocess.PIPE,
@@ -69,8 +70,8 @@ def _launch(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
-    proc, _ = _launch(tmp_path)
+def test_sigkill_of_the_launcher_leaves_no_process_behind(state_dirs):
+    proc, _ = _launch(state_dirs("sigkill"))
     children = psutil.Process(proc.pid).children(recursive=True)
     assert any("postgres" in " ".join(c.cmdline()) for c in children)
     os.kill(proc.pid, signal.SIGKILL)
@@ -83,8 +84,8 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_everything_cleanly_and_says_so(tmp_path):
-    proc, lines = _launch(tmp_path)
+def test_ctrl_c_stops_everything_cleanly_and_says_so(state_dirs):
+    proc, lines = _launch(state_dirs("ctrl-c"))
     summary = "".join(lines)
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGINT)

@@ -1,18 +1,18 @@
 """The Postman collection (postman/) passes against a freshly started embedded stack, run by newman.
 
 newman is installed on first use into var/node (git-ignored) with npm, at the pinned version below; the test is
-skipped only when npm itself is missing. Every request of the collection must run and every assertion pass.
+skipped only when Node.js or npm itself is missing (and fails then under CI=true). Every request of the collection
+must run and every assertion pass.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 
 import pytest
 
 from fleetcore import paths
+from tests.support.required import require_components, require_tool
 
 NEWMAN_VERSION = "6.2.2"
 COLLECTION = paths.PROJECT_ROOT / "postman" / "fleet-backend.postman_collection.json"
@@ -25,9 +25,8 @@ def newman_binary() -> str:
     version_file = NODE_DIR / "node_modules" / "newman" / "package.json"
     if binary.exists() and json.loads(version_file.read_text())["version"] == NEWMAN_VERSION:
         return str(binary)
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip("Node.js/npm is not installed: install it to run the Postman collection with newman")
+    require_tool("node", "newman runs on Node.js")
+    npm = require_tool("npm", "newman is installed with npm")
     NODE_DIR.mkdir(parents=True, exist_ok=True)
     result = subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
                              "--loglevel=error", f"newman@{NEWMAN_VERSION}"],
@@ -60,9 +59,8 @@ def test_every_request_has_tests():
 @pytest.fixture
 def postman_environment(stack, tmp_path):
     """The embedded environment with this stack's URL and admin password (written to a private temp file)."""
+    require_components(stack, "api")
     running = {component.name for component in stack.started}
-    if "api" not in running:
-        pytest.skip(f"the api is not running (FLEET_STACK_COMPONENTS={os.environ.get('FLEET_STACK_COMPONENTS')})")
     env = json.loads(ENVIRONMENT.read_text(encoding="utf-8"))
     values = {"baseUrl": stack.url("api"), "username": "admin", "password": stack.secrets["FLEET_ADMIN_PASSWORD"],
               "brokerAvailable": "true" if "broker" in running else "false"}

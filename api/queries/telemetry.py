@@ -39,7 +39,7 @@ def check_cursor_part(part: str, kind: str) -> None:
         raise ValueError("cursor text")
 
 
-def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tuple[str, str] | None,
+def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
                limit: int) -> list[dict]:
     cur.execute("""
         SELECT ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps, battery_pct, odometer_m, extra,
@@ -78,7 +78,7 @@ def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: in
     return cur.fetchall()
 
 
-def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tuple[str, str] | None,
+def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
                   limit: int) -> list[dict]:
     cur.execute("""
         SELECT id, ts, received_at, seq, mode, health, battery_pct, charging, estop, errors, sw_version, clock_skewed
