@@ -19,8 +19,15 @@ from api import auth, visibility
 from api.extensions import database, emergency_commands
 from api.pagination import page_of, window
 from api.queries import audit, emergency
-from api.schemas import (EmergencyActionSchema, EmergencyStopDetailSchema, EmergencyStopListQuerySchema,
-                         EmergencyStopRequestSchema, EmergencyStopSchema, ReasonSchema, list_of)
+from api.schemas import (
+    EmergencyActionSchema,
+    EmergencyStopDetailSchema,
+    EmergencyStopListQuerySchema,
+    EmergencyStopRequestSchema,
+    EmergencyStopSchema,
+    ReasonSchema,
+    list_of,
+)
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event

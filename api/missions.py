@@ -45,7 +45,7 @@ def _vehicle_for_mission(cur, body: dict) -> dict:
         raise HttpError(409, f"vehicle {vehicle_id} is {vehicle['status']}; it cannot take missions")
     sheet = capabilities.current(cur, vehicle_id)
     problem = capabilities.mission_problem(sheet, body)
-    if problem is not None:
+    if problem is not None and sheet is not None:
         capability, explanation = problem
         raise HttpError(422, f"vehicle {vehicle_id} cannot do this mission: {explanation}", code="beyond_capability",
                         details={"capability": capability, "vehicle_id": vehicle_id,

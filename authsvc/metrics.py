@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 # A CONNECT is one short query (~1 ms); an authz decision is pure CPU (~0.2 ms). The tail is what matters: EMQX
 # gives up on a callout after 5 s.

@@ -81,7 +81,8 @@ def mission_problem(sheet: dict | None, mission: dict) -> tuple[str, str] | None
             return "task_types", f"the vehicle does not perform task type(s) {', '.join(unknown)}"
     payload = mission.get("payload_kg")
     if sheet["max_payload_kg"] is not None and payload is not None and payload > sheet["max_payload_kg"]:
-        return "max_payload_kg", f"payload {payload:g} kg exceeds the vehicle's max_payload_kg {sheet['max_payload_kg']:g}"
+        return "max_payload_kg", (f"payload {payload:g} kg exceeds the vehicle's max_payload_kg "
+                                  f"{sheet['max_payload_kg']:g}")
     if sheet["max_speed_mps"] is not None:
         fastest = max((w["speed_mps"] for w in mission.get("waypoints") or [] if w.get("speed_mps") is not None),
                       default=None)

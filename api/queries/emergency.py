@@ -23,15 +23,18 @@ def target(scope: str, vehicle_id: str | None = None, fleet_id: str | None = Non
 
 def set_stop(cur, where: dict, reason: str, set_by: str) -> tuple[dict, bool]:
     """The active stop of this target: a new one, or (second element False) the one already set."""
-    cur.execute(f"""
-        INSERT INTO emergency_stops AS s (scope, vehicle_id, fleet_id, reason, set_by)
-        VALUES (%(scope)s, %(vehicle_id)s, %(fleet_id)s, %(reason)s, %(set_by)s)
-        ON CONFLICT (scope, COALESCE(vehicle_id, fleet_id, '*')) WHERE released_at IS NULL DO NOTHING
-        RETURNING {_STOP_COLUMNS}""", {**where, "reason": reason, "set_by": set_by})  # noqa: S608 - fixed columns
-    row = cur.fetchone()
-    if row is not None:
-        return row, True
-    return active_stop(cur, where), False
+    while True:
+        cur.execute(f"""
+            INSERT INTO emergency_stops AS s (scope, vehicle_id, fleet_id, reason, set_by)
+            VALUES (%(scope)s, %(vehicle_id)s, %(fleet_id)s, %(reason)s, %(set_by)s)
+            ON CONFLICT (scope, COALESCE(vehicle_id, fleet_id, '*')) WHERE released_at IS NULL DO NOTHING
+            RETURNING {_STOP_COLUMNS}""", {**where, "reason": reason, "set_by": set_by})  # noqa: S608 - fixed
+        row = cur.fetchone()
+        if row is not None:
+            return row, True
+        existing = active_stop(cur, where)
+        if existing is not None:   # else it was released in between: set a new one
+            return existing, False
 
 
 def active_stop(cur, where: dict) -> dict | None:
@@ -154,8 +157,8 @@ def list_stops(cur, visible: list[str] | None, active_only: bool, limit: int, of
         where.append("s.released_at IS NULL")
     clause = " AND ".join(where)
     params = {"visible": visible, "limit": limit, "offset": offset}
-    cur.execute(f"SELECT count(*) AS n FROM emergency_stops s LEFT JOIN vehicles v ON v.id = s.vehicle_id "
-                f"WHERE {clause}", params)  # noqa: S608 - fixed fragments
+    cur.execute("SELECT count(*) AS n FROM emergency_stops s LEFT JOIN vehicles v ON v.id = s.vehicle_id "  # noqa: S608
+                f"WHERE {clause}", params)  # fixed fragments
     total = cur.fetchone()["n"]
     cur.execute(f"""
         SELECT {_STOP_COLUMNS}, counts.vehicles, counts.acknowledged

@@ -53,7 +53,7 @@ def test_the_sheet_comes_with_registration_and_missions_beyond_it_are_refused(op
         assert refused.status_code == 422, refused.text
         body = refused.json()
         assert body["code"] == "beyond_capability" and body["details"]["capability"] == capability
-        assert capability in body["message"] or capability == "task_types" and "weld" in body["message"]
+        assert capability in body["message"] or (capability == "task_types" and "weld" in body["message"])
     fits = mission(operator, vehicle_id, tasks=[{"type": "pick"}], payload_kg=50,
                    waypoints=[{"lat": 48.1, "lon": 11.5, "speed_mps": 2.0}])
     assert fits.status_code == 201, fits.text

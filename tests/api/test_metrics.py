@@ -14,14 +14,10 @@ from tests.support.waiting import wait_until
 
 def sample(text: str, name: str, **labels) -> float:
     """The value of one series in a Prometheus text exposition (0 if absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
-        if line.startswith(name + ("{" if labels else " ")):
-            series, value = line.rsplit(" ", 1)
-            found = dict(re.findall(r'(\w+)="([^"]*)"', series))
-            if series.split("{")[0] == name and found == labels or not labels and series == name:
-                return float(value)
-    del wanted
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and dict(re.findall(r'(\w+)="([^"]*)"', series)) == labels:
+            return float(value)
     return 0.0
 
 
