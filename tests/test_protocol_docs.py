@@ -277,7 +277,8 @@ INBOX = {"telemetry": "telemetry_inbox", "telemetry-batch": "telemetry_inbox", "
 TOPIC_KIND = {"telemetry": "telemetry", "telemetry-batch": "telemetry", "status": "status",
               "mission-event": "mission", "connection": "connection"}
 # mission state each mission-event example starts from
-MISSION_FROM = {"accepted": "dispatched", "progress": "accepted", "completed": "in_progress", "rejected": "dispatched"}
+MISSION_FROM = {"accepted": "dispatched", "progress": "accepted", "completed": "in_progress", "rejected": "dispatched",
+                "paused": "in_progress"}
 VEHICLE = "amr-0042"
 
 
@@ -320,3 +321,21 @@ def test_authsvc_registration_answers_validate():
     assert errors("register-accepted", registration._answer(accepted, "a5b6c7d8")) == []
     for reason in registry._REASON_TEXT:
         assert errors("register-rejected", registration._answer(registry.rejected(VEHICLE, reason), None)) == []
+
+
+def test_the_emergency_commands_the_backend_sends_validate():
+    from api.emergency_commands import command_message
+    row = {"vehicle_id": VEHICLE, "stop_id": 17, "scope": "fleet", "reason": "person in the aisle", "set_by": "alice",
+           "release_reason": None, "released_by": "bob"}
+    assert errors("command-emergency-stop", command_message({**row, "command": "stop"})) == []
+    assert errors("command-emergency-release", command_message({**row, "command": "release"})) == []
+
+
+def test_the_simulators_capability_sheet_validates():
+    import random
+
+    from simulator.controller import Controller
+    from simulator.motion import Motion
+    sheet = Controller(VEHICLE, Motion(48.1, 11.5), rng=random.Random(1)).capabilities()
+    request = envelope.message({"enrollment_token": "enr_x", "capabilities": sheet}, seq=0)
+    assert errors("register-request", request) == []
