@@ -18,7 +18,7 @@ from flask_smorest import Blueprint
 from api import auth, visibility
 from api.extensions import database, emergency_commands
 from api.pagination import page_of, window
-from api.queries import audit, emergency
+from api.queries import audit, emergency, fleets
 from api.schemas import (
     EmergencyActionSchema,
     EmergencyStopDetailSchema,
@@ -104,6 +104,9 @@ def _vehicle_scope(vehicle_id: str) -> dict:
 
 def _fleet_scope(fleet_id: str) -> dict:
     visibility.require_fleet(fleet_id)
+    with database().transaction() as cur:
+        if fleets.get_fleet(cur, fleet_id) is None:
+            raise HttpError(404, "no such fleet")
     return emergency.target("fleet", fleet_id=fleet_id)
 
 

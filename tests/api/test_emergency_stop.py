@@ -177,3 +177,8 @@ def test_stops_are_listed_only_to_those_who_see_their_fleet(operator, make_user,
     history = operator.get("/api/v1/emergency-stops", params={"active": "false"}).json()["items"]
     [released] = [s for s in history if s["id"] == stop["id"]]
     assert released["released_by"] == operator.username
+
+
+def test_a_stop_of_an_unknown_fleet_is_a_404_even_for_an_admin(admin):
+    response = admin.post("/api/v1/fleets/no-such-fleet-here/emergency-stop", json={"reason": "x"})
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
