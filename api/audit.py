@@ -2,7 +2,7 @@
 
 Every operator action that changes something, every registration, revocation and emergency stop writes a row
 (api/queries/audit.py, fleetcore/registry.py); the table is append-only for the application role
-(sql/033_append_only_history.sql, sql/code/35_append_only.sql).
+(sql/043_append_only_history.sql, sql/code/35_append_only.sql).
 """
 from __future__ import annotations
 

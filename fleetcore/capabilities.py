@@ -1,7 +1,7 @@
 """The capability sheet: what a vehicle says it can do (docs/PROTOCOL.md, Capability sheet), and the one rule
 that refuses a mission it cannot do.
 
-A sheet is a JSON object. Four keys are understood and typed (sql/032_vehicle_capabilities.sql); any other key is
+A sheet is a JSON object. Four keys are understood and typed (sql/042_vehicle_capabilities.sql); any other key is
 kept in the stored document untouched, so a richer sheet (a VDA 5050 factsheet mapped onto this one, say) loses
 nothing:
 

@@ -1,4 +1,4 @@
-"""SQL for emergency stops (sql/030_emergency_stops.sql): the stops operators set and release, and per vehicle the
+"""SQL for emergency stops (sql/040_emergency_stops.sql): the stops operators set and release, and per vehicle the
 command it should have been told (``stop`` / ``release``), its sends and its acknowledgement."""
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 -- Shared by the api (dispatch, requeue, cancel, pause, resume, reprioritize, abort, expire, timeout; actor
 -- system/operator) and the vehicle ingest path (accepted, rejected, progress, paused, resumed, completed, failed,
 -- cancelled; actor vehicle; 22_mission.sql). Allowed moves are the rows of mission_transitions (sql/001_core.sql,
--- sql/031_mission_control.sql) and nothing else. Errors (applied = false):
+-- sql/041_mission_control.sql) and nothing else. Errors (applied = false):
 --   not_found           no such mission
 --   not_assigned        a vehicle event for a mission assigned to another vehicle
 --   duplicate           (mission, msg_id) was already applied: a redelivery, a no-op

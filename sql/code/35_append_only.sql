@@ -1,6 +1,6 @@
 -- 35_append_only.sql — mission_events and audit_log refuse UPDATE, DELETE and TRUNCATE, whoever asks.
 --
--- The grants are already gone (sql/033_append_only_history.sql); these triggers hold even if one came back.
+-- The grants are already gone (sql/043_append_only_history.sql); these triggers hold even if one came back.
 -- A code file (fleetcore/migrations.py): applied after the migrations and again whenever a code file changes,
 -- so every statement here can run any number of times. After the inbox files: it locks mission_events
 -- (docs in 60_vehicle_state.sql).

@@ -1,4 +1,4 @@
--- 45_ingest_totals.sql — keeps ingest_rejected_totals (sql/034_ingest_rejected_totals.sql) counting every dead
+-- 45_ingest_totals.sql — keeps ingest_rejected_totals (sql/044_ingest_rejected_totals.sql) counting every dead
 -- letter as it is written: one upsert per reason per INSERT statement, so a set of rejects costs one row update
 -- each, not one per message. Pruning rejected_messages never lowers them.
 --

@@ -1,4 +1,4 @@
--- 031_mission_control.sql — pause and resume, operator aborts, retries, priority changes, commands re-sent until
+-- 041_mission_control.sql — pause and resume, operator aborts, retries, priority changes, commands re-sent until
 -- the vehicle confirms them, and the per-fleet battery threshold of dispatch gating (docs/PROTOCOL.md, Missions).
 
 INSERT INTO mission_states (state, terminal, description) VALUES

@@ -1,4 +1,4 @@
--- 032_vehicle_capabilities.sql — what a vehicle says it can do (docs/PROTOCOL.md, Capability sheet).
+-- 042_vehicle_capabilities.sql — what a vehicle says it can do (docs/PROTOCOL.md, Capability sheet).
 --
 -- One row per version of a vehicle's sheet: the document as the vehicle sent it (kept whole, so a richer sheet —
 -- a VDA 5050 factsheet, say — loses nothing) and the key fields the backend checks missions against, typed.

@@ -1,4 +1,4 @@
--- 033_append_only_history.sql — the mission timeline and the audit log are append-only for the application role.
+-- 043_append_only_history.sql — the mission timeline and the audit log are append-only for the application role.
 --
 -- The application role owns every table (the migrations run as it), and an owner's privileges are ordinary
 -- grants it holds: revoking UPDATE, DELETE and TRUNCATE takes them from the api, authsvc, the worker and every

@@ -1,4 +1,4 @@
--- 034_ingest_rejected_totals.sql — dead letters counted as they happen, by reason.
+-- 044_ingest_rejected_totals.sql — dead letters counted as they happen, by reason.
 --
 -- The metric fleet_ingest_rejected_total is a counter: it must never go down. Counting the rows of
 -- rejected_messages does when retention prunes them (and scans the whole table at every scrape). These totals only

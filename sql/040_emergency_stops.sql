@@ -1,4 +1,4 @@
--- 030_emergency_stops.sql — an emergency stop is a state, not a message (docs/PROTOCOL.md, Emergency stop).
+-- 040_emergency_stops.sql — an emergency stop is a state, not a message (docs/PROTOCOL.md, Emergency stop).
 --
 -- emergency_stops: every stop an operator set, per vehicle, per fleet or for all fleets, with who set it and why,
 -- and who released it. A stop applies while it is not released; at most one active stop per target, so a second
