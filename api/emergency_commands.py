@@ -59,10 +59,15 @@ class EmergencyCommands:
         self.emqx = emqx
 
     def send_to(self, vehicle_ids: list[str]) -> dict[str, bool]:
-        """Send each of these vehicles its unacknowledged command now if it is online; {vehicle: delivered}."""
+        """Send each of these vehicles (that just connected) its unacknowledged command now; {vehicle: delivered}.
+
+        Its command is brought up to date first: a vehicle created after a fleet or all-fleets stop was set has
+        none yet, and must be stopped all the same."""
         if not vehicle_ids:
             return {}
         with self.db.transaction() as cur:
+            for vehicle_id in vehicle_ids:
+                emergency.sync_commands(cur, emergency.target("vehicle", vehicle_id=vehicle_id))
             rows = emergency.open_commands(cur, vehicle_ids=vehicle_ids)
         return self._send(rows)
 

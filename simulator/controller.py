@@ -9,9 +9,10 @@ protocol logic pure makes every rule testable on its own:
   ``invalid_mission`` (or ``fault_injected``);
 * an accepted mission drives its waypoints, then runs its tasks, sending ``progress`` {percent, step, eta_s},
   then ``completed`` (or ``failed`` when the fail fault triggers);
-* ``mission.cancel`` stops the mission and confirms with ``cancelled`` (a repeated cancel of a mission that already
-  ended here is confirmed again, so a lost confirmation is never final); ``mission.pause`` holds the vehicle where it
-  is and confirms with ``paused``, ``mission.resume`` drives on and confirms with ``resumed``;
+* ``mission.cancel`` stops the mission and confirms with ``cancelled`` (the backend repeats the command until that
+  confirmation arrives; a repeat for a mission that already ended here needs nothing: the QoS 1 confirmation is on
+  its way); ``mission.pause`` holds the vehicle where it is and confirms with ``paused``, ``mission.resume`` drives
+  on and confirms with ``resumed``;
 * ``emergency.stop`` halts the vehicle (the mission is held, not lost) until ``emergency.release``, and reports
   status ``estop: true`` at once — every time it is sent, as the backend re-sends it until it sees that status;
 * ``config.update`` applies a newer config and reports its version in status.
@@ -248,9 +249,6 @@ class Controller:
         if isinstance(mission_id, str) and mission_id and mission_id not in self._finished:
             # Never started here (e.g. the dispatch was lost): confirm so the backend can close it.
             self._finish(mission_id, "cancelled")
-            return [self._mission_event(mission_id, "cancelled", reason=reason)]
-        if self._finished.get(mission_id) == "cancelled":
-            # The backend asks again: our confirmation was lost. Confirm again (stored once if it was not).
             return [self._mission_event(mission_id, "cancelled", reason=reason)]
         return []
 
