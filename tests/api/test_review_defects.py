@@ -2,11 +2,16 @@
 
 * a crafted pagination cursor (base64 of ``x|y``) answered 500 on telemetry history and reports → 400;
 * ``fleet_ingest_rejected_total`` went down when retention pruned dead letters → it only grows;
-* the mission report carried server times only → it carries the device times the timeline has.
+* the mission report carried server times only → it carries the device times the timeline has;
+* the latest state trusted a device time up to a day in the future: one such message froze a vehicle's position
+  and health → a skewed time is not used for ordering;
+* every item of an offline ``batch`` was flagged ``clock_skewed`` (old compared with the receive time) → a buffered
+  item is skewed only when it claims to be from the future.
 """
 from __future__ import annotations
 
 import base64
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -85,3 +90,44 @@ def test_the_mission_report_carries_the_vehicles_device_times(operator, enroll):
     assert set(row["state_timestamps"]) == {"queued", "dispatched", "accepted", "completed"}, "server times stay"
     [attempt] = row["attempts"]
     assert datetime.fromisoformat(attempt["finished_device_time"]) == device["completed"]
+
+
+def _now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def test_a_future_dated_message_does_not_freeze_the_latest_state(operator, enroll):
+    vehicle = enroll()
+    later = _now_ms() + 23 * 3600 * 1000          # a bad clock, within the day the ingest still accepts
+    vehicle.publish(topics.Kind.TELEMETRY, {"lat": 10.0, "lon": 10.0}, ts=later)
+    vehicle.publish(topics.Kind.STATUS, {"mode": "MANUAL", "estop": False, "errors": []}, ts=later)
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["health"]["mode"] == "MANUAL")
+    vehicle.publish(topics.Kind.TELEMETRY, {"lat": 20.0, "lon": 20.0})
+    vehicle.publish(topics.Kind.STATUS, {"mode": "AUTO", "estop": False, "errors": []})
+    shown = wait_until(lambda: (v := operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json())
+                       ["telemetry"]["lat"] == 20.0 and v["health"]["mode"] == "AUTO" and v,
+                       message="the next message with a good clock moves the latest state on")
+    assert shown["telemetry"]["lon"] == 20.0
+    assert {p["lat"]: p["clock_skewed"] for p in rows_of(operator, vehicle.vehicle_id)} == {10.0: True, 20.0: False}
+
+
+def test_an_offline_batch_is_not_flagged_clock_skewed(operator, enroll):
+    vehicle = enroll()
+    start = _now_ms() - 15 * 60 * 1000             # buffered for a quarter of an hour: old, not skewed
+    items = [{"v": 1, "msg_id": f"b-{i}-{vehicle.vehicle_id}", "seq": 100 + i, "ts": start + i * 1000,
+              "data": {"lat": 48.0 + i / 1000, "lon": 11.0}} for i in range(3)]
+    items.append({"v": 1, "msg_id": f"b-future-{vehicle.vehicle_id}", "seq": 103, "ts": _now_ms() + 3600 * 1000,
+                  "data": {"lat": 1.0, "lon": 1.0}})
+    vehicle.publish_raw(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.TELEMETRY),
+                        json.dumps({"v": 1, "batch": items}))
+    points = wait_until(lambda: len(p := rows_of(operator, vehicle.vehicle_id)) == 4 and p)
+    assert {p["lat"]: p["clock_skewed"] for p in points} == {48.0: False, 48.001: False, 48.002: False, 1.0: True}, \
+        "buffered points are old, not skewed; one from the future is"
+
+
+def rows_of(operator, vehicle_id: str) -> list[dict]:
+    """The vehicle's stored telemetry, newest first (a window wide enough for the future-dated points)."""
+    window = {"from": (datetime.now(UTC) - timedelta(hours=2)).isoformat(),
+              "to": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+    items = operator.get(f"/api/v1/vehicles/{vehicle_id}/telemetry", params=window).json()["items"]
+    return sorted(items, key=lambda p: p["ts"], reverse=True)
