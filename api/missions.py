@@ -15,6 +15,7 @@ from api.extensions import config, database, dispatcher
 from api.pagination import page_of, window
 from api.queries import audit, missions
 from api.schemas import (
+    ErrorSchema,
     MissionCreateSchema,
     MissionDetailSchema,
     MissionListQuerySchema,
@@ -72,9 +73,9 @@ def _detail(mission_id: str) -> dict:
 @blp.alt_response(200, schema=MissionDetailSchema, description="an earlier request with this Idempotency-Key")
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
-@blp.alt_response(422, response="UNPROCESSABLE_ENTITY", description="invalid, or beyond the vehicle's capability "
-                                                                  "sheet (`code` beyond_capability, "
-                                                                  "`details.capability` names it)")
+@blp.alt_response(422, schema=ErrorSchema, description="invalid (`validation_error`), or beyond the vehicle's "
+                                                      "capability sheet (`beyond_capability`; `details.capability` "
+                                                      "names it)")
 def create_mission(body: dict):
     """Create a mission for a vehicle.
 
