@@ -160,8 +160,10 @@ def issue_enrollment_token(cur, key: str, vehicle_id: str, *, actor_type: str = 
     if vehicle["status"] == "decommissioned":
         raise VehicleStateConflict(f"vehicle {vehicle_id} is decommissioned; it cannot be enrolled again")
     if vehicle["status"] == "revoked" and not readmit:
+        # the revocation that made it revoked (a repeated revoke is audited too, maybe without a reason)
         cur.execute("SELECT actor_id, detail ->> 'reason' AS reason FROM audit_log "
                     "WHERE target_type = 'vehicle' AND target_id = %s AND action = 'vehicle.revoke' "
+                    "AND detail ->> 'previous_status' IS DISTINCT FROM 'revoked' "
                     "ORDER BY id DESC LIMIT 1", (vehicle_id,))
         revocation = cur.fetchone() or {"actor_id": None, "reason": None}
         raise VehicleRevoked(f"vehicle {vehicle_id} was revoked by {revocation['actor_id'] or 'an operator'}"
