@@ -286,3 +286,13 @@ def test_no_action_sets_an_option_emqx_ignores(emqx_conf):
         assert "request_timeout" not in action["parameters"], f"http:{name}"
     for name, action in emqx_conf["actions"]["pgsql"].items():
         assert "inflight_window" not in action.get("resource_opts", {}), f"pgsql:{name}"
+
+
+def test_emqx_has_time_to_boot_before_failed_health_checks_count(compose):
+    """Dependents wait for EMQX to be healthy; without a start period a slow first boot (longer than interval ×
+    retries) marks it unhealthy and api and worker never start."""
+    health = compose["services"]["emqx"]["healthcheck"]
+    seconds = {key: int(re.fullmatch(r"(\d+)s", health[key]).group(1)) for key in ("interval", "start_period")}
+    assert seconds["start_period"] >= 120 > seconds["interval"] * health["retries"]
+    for service in ("api", "worker"):
+        assert compose["services"][service]["depends_on"]["emqx"] == {"condition": "service_healthy"}, service
