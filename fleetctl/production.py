@@ -54,7 +54,7 @@ def _hocon_value(value: str, where: str) -> str | None:
     if re.search(r"\s", value):
         return f"contains white space: {read_as}, where it separates values"
     if value[:1].isdigit():
-        return f"starts with a digit: {read_as}, where a leading number is read as a number (0123 as 123)"
+        return f"starts with a digit: {read_as}, where that begins a number, a duration or a size"
     if value in ("true", "false", "null", "include") or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", value):
         return (f"is not a plain HOCON string: {read_as}; use letters, digits, '-', '_' and '.', "
                 "starting with a letter")

@@ -13,7 +13,7 @@ import yaml
 
 from emqx.standin.config import parse_env_value
 from fleetcore import paths
-from fleetctl import production
+from fleetctl import localsecrets, production
 
 
 def parse_env(text: str) -> dict[str, str]:
@@ -75,13 +75,25 @@ def test_generated_secrets_are_safe_everywhere_and_emqx_reads_them_unchanged():
             assert parse_env_value(secret) == secret
 
 
+def test_the_embedded_stack_generates_its_secrets_the_same_way(tmp_path):
+    """Its ingest password and broker token reach the stand-in as EMQX_* values too: a token_urlsafe value starting
+    with e.g. "9w" was read as a duration of 63 days there."""
+    assert parse_env_value("9w-CShihKvcA") != "9w-CShihKvcA"
+    values, created = localsecrets.load_or_create(tmp_path / "secrets.env")
+    assert set(created) == set(localsecrets.SECRETS)
+    for value in values.values():
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]{42}", value)
+        assert parse_env_value(value) == value
+
+
 @pytest.mark.parametrize("variable, value, reason", [
-    ("EMQX_NODE_COOKIE", "Cookie#Q7x", "contains '#': EMQX reads EMQX_NODE__COOKIE as HOCON, where it starts a comment"),
+    ("EMQX_NODE_COOKIE", "Cookie#Q7x", "contains '#': EMQX reads EMQX_NODE__COOKIE as HOCON, where it starts a"),
     ("EMQX_DASHBOARD_PASSWORD", "Dash//Q7x", "contains '//': EMQX reads EMQX_DASHBOARD__DEFAULT_PASSWORD as HOCON"),
     ("FLEET_INGEST_DB_PASSWORD", 'Ing"Q7x', "contains '\"': EMQX reads EMQX_CONNECTORS__PGSQL__FLEET_DB__PASSWORD"),
     ("FLEET_INGEST_DB_PASSWORD", "Ing\\Q7x", "contains '\\\\': EMQX reads"),
     ("EMQX_NODE_COOKIE", "Cookie=Q7x", "contains '=': EMQX reads EMQX_NODE__COOKIE as HOCON"),
     ("EMQX_NODE_COOKIE", "0123Q7x", "starts with a digit"),
+    ("FLEET_INGEST_DB_PASSWORD", "9w-CShihKvcA", "starts with a digit"),
     ("EMQX_DASHBOARD_PASSWORD", "Dash!Q7x", "is not a plain HOCON string"),
     ("FLEET_BROKER_TOKEN", 'Tok"Q7xxxxxxxxxxxxx', "ends the quoted HOCON string in EMQX_AUTHENTICATION__1__HEADERS"),
     ("FLEET_BROKER_TOKEN", "Tok\\Q7xxxxxxxxxxxxx", "starts an escape in the quoted HOCON string"),
@@ -123,8 +135,8 @@ def test_check_env_on_the_command_line(generated, tmp_path):
 
 
 @pytest.mark.parametrize("value, emqx_reads", [
-    ("Cookie#Q7x", "Cookie"), ('"Cookie"', "Cookie"), ("Cookie=Q7x", {"Cookie": "Q7x"}), ("Cookie:Q7x", {"Cookie": "Q7x"}),
-    ("123456", 123456), ("true", True),
+    ("Cookie#Q7x", "Cookie"), ('"Cookie"', "Cookie"), ("Cookie=Q7x", {"Cookie": "Q7x"}),
+    ("Cookie:Q7x", {"Cookie": "Q7x"}), ("123456", 123456), ("true", True),
 ])
 def test_what_check_env_refuses_for_emqx_really_changes_when_parsed_as_emqx_does(value, emqx_reads):
     """The rules are not folklore: EMQX's env parsing (the stand-in's copy of hocon_tconf, docs/EMQX.md §2) changes
