@@ -87,8 +87,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import emergency, fleets, health, missions, reports, telemetry, tokens, users, vehicles
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency):
+    from api import emergency, events, fleets, health, missions, reports, telemetry, tokens, users, vehicles
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, events):
         smorest.register_blueprint(module.blp)
     return app
 
