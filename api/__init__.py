@@ -3,7 +3,8 @@
 ``create_app()`` builds the application from environment variables (``api/config.py``); tests may pass an
 ``ApiConfig``. Building it has no side effects: it neither writes to the database nor starts threads. The first
 admin is created by ``fleetctl create-admin`` (api/first_admin.py), and the background work (dispatcher sweeps,
-maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py).
+maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py). It is served by
+``python -m api.server`` behind the bridge in api/asgi.py.
 """
 from __future__ import annotations
 
