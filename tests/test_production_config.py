@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pyhocon import ConfigFactory
 
+from fleetcore.config import ConfigError
 from fleetctl import dbadmin
 from fleetctl.stack import Ports, Stack, StackConfig
 
@@ -192,6 +193,17 @@ def test_the_services_start_from_the_compose_environment(compose, env_example):
     assert f"http://{worker_bind}/healthz" in " ".join(compose["services"]["worker"]["healthcheck"]["test"])
 
 
+def test_authsvc_is_reachable_from_the_compose_network_only(compose, env_example):
+    """Only the broker calls authsvc: no published port, and its servers' settings come from compose."""
+    from api.config import ApiServerConfig
+    from authsvc.config import AuthsvcServerConfig
+    assert "ports" not in compose["services"]["authsvc"]
+    authsvc = AuthsvcServerConfig.from_env(service_env(compose, "authsvc", env_example))
+    everywhere = "0.0.0.0"  # noqa: S104 - what the containers bind
+    assert authsvc.address() == (everywhere, 8081) and authsvc.header_timeout_ms() == 60_000
+    assert ApiServerConfig.from_env(service_env(compose, "api", env_example)).address() == (everywhere, 8080)
+
+
 def test_the_migrate_job_creates_the_first_admin_before_any_service_starts(compose, env_example):
     from api.first_admin import PASSWORD_VARIABLE, check_password
     migrate = compose["services"]["migrate"]
@@ -296,3 +308,10 @@ def test_emqx_has_time_to_boot_before_failed_health_checks_count(compose):
     assert seconds["start_period"] >= 120 > seconds["interval"] * health["retries"]
     for service in ("api", "worker"):
         assert compose["services"][service]["depends_on"]["emqx"] == {"condition": "service_healthy"}, service
+
+
+@pytest.mark.parametrize("seconds", ["0", "90"])
+def test_a_header_timeout_the_server_cannot_honour_is_refused(seconds):
+    from authsvc.config import AuthsvcServerConfig
+    with pytest.raises(ConfigError, match="header timeout"):
+        AuthsvcServerConfig.from_env({"AUTHSVC_HEADER_TIMEOUT_S": seconds}).header_timeout_ms()
