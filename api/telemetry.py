@@ -42,7 +42,7 @@ def _cursor(args: dict, kinds: tuple[str, ...]) -> list[str] | None:
         return None
     try:
         return telemetry.decode_cursor(args["cursor"], kinds)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise HttpError(400, "invalid cursor; pass next_cursor from the previous page unchanged",
                         code="invalid_cursor") from None
 

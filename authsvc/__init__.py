@@ -2,7 +2,7 @@
 
 ``create_app()`` builds the application from environment variables (``authsvc/config.py``); tests may pass an
 ``AuthsvcConfig``. Nothing happens at import time. Production and the embedded stack both serve it with
-gunicorn (``authsvc/gunicorn_conf.py``).
+``python -m authsvc.server`` (granian, authsvc/server.py).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
                                              timeout=cfg.emqx_timeout_s)
     errors.register(app, "authsvc")
 
-    # Imported here, not at the top: gunicorn imports this package for its configuration (authsvc/gunicorn_conf.py)
-    # before that file sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client chooses its value store on import.
+    # Imported here, not at the top: authsvc/server.py imports this package before it sets PROMETHEUS_MULTIPROC_DIR,
+    # and prometheus_client chooses its value store on import.
     from authsvc import authn, authz, health, metrics, registration
     from authsvc.broker_request import BrokerCallouts
     for module in (health, metrics, registration):

@@ -6,9 +6,10 @@ authentication and authorization callouts take, and how each decision came out, 
 * ``fleet_authsvc_decisions_total{callout, result="allow"|"deny"|"unavailable", reason}`` — counter; ``reason`` is
   the registry's or the ACL's (``device_secret``, ``token_used``, ``own_topic``, ``other_vehicle`` …), a bounded set.
 
-gunicorn runs several authsvc processes (authsvc/gunicorn_conf.py) and a scrape reaches one of them, so the
-figures are kept in prometheus_client's multiprocess mode: each process writes its own files in
-``PROMETHEUS_MULTIPROC_DIR`` (gunicorn_conf.py points it at a fresh directory) and ``/metrics`` adds them up.
+The server runs several authsvc processes (one per core, authsvc/server.py) and a scrape reaches one of them, so
+the figures are kept in prometheus_client's multiprocess mode: each process writes its own files in
+``PROMETHEUS_MULTIPROC_DIR`` (authsvc/server.py points it at a fresh directory) and ``/metrics`` adds them up. A
+process that ended (granian respawns a failed worker) still counts: its counters stay in the sum, as they must.
 Without that variable (one process, e.g. a test app) the process's own registry is served.
 """
 from __future__ import annotations

@@ -208,12 +208,11 @@ class Stack:
         api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}"}
         worker_env = self.service_env() | {"WORKER_BIND": f"{h}:{ports.worker}"}
         return [
-            Component("authsvc", "authsvc", [python, "-m", "gunicorn", "-c", "python:authsvc.gunicorn_conf",
-                                             "authsvc:create_app()"], authsvc_env, f"{self.url('authsvc')}/healthz"),
+            Component("authsvc", "authsvc", [python, "-m", "authsvc.server"], authsvc_env,
+                      f"{self.url('authsvc')}/healthz"),
             Component("broker", "emqx.standin", [python, "-m", "emqx.standin", "--config", str(paths.emqx_conf())],
                       self.broker_env(), f"{self.url('emqx_api')}/status"),
-            Component("api", "api", [python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-                      api_env, f"{self.url('api')}/healthz"),
+            Component("api", "api", [python, "-m", "api.server"], api_env, f"{self.url('api')}/healthz"),
             Component("worker", "api.worker", [python, "-m", "api.worker"], worker_env,
                       f"{self.url('worker')}/healthz"),
         ]
