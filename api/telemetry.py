@@ -37,7 +37,7 @@ def _window(args: dict) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _cursor(args: dict, kinds: tuple[str, ...]) -> list[str] | None:
+def _cursor(args: dict, kinds: tuple[str, ...]) -> list | None:
     if not args.get("cursor"):
         return None
     try:
