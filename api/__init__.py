@@ -15,7 +15,7 @@ from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import metrics
+from api import metrics, parameters
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
 from api.schemas import ErrorSchema
@@ -76,6 +76,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     smorest = FleetApi(app)
     errors.register(app, "api")  # after flask-smorest, so our handlers win
     metrics.install(app)
+    parameters.install(app, smorest)  # id converters before the routes that use them; unknown query parameters: 400
 
     @app.before_request
     def _request_context() -> None:
