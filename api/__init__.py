@@ -61,7 +61,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         API_SPEC_OPTIONS={
             "info": {"description": "Operate a fleet of autonomous vehicles: create missions, follow them, pull "
                                     "reports. Log in at POST /api/v1/auth/login and send the access token as "
-                                    "`Authorization: Bearer <token>`. Errors are JSON `{code, message, details}`."},
+                                    "`Authorization: Bearer <token>`. Errors are JSON `{code, message, details}`; "
+                                    "a query parameter an endpoint does not list is a 400 `unknown_parameter`."},
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                               "bearerFormat": "JWT"}}},
         },

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fleetcore import paths
 LOCK_FILE = "stack.lock"
 STATE_FILE = "stack.json"
 HOST = "127.0.0.1"
+_ACQUIRE_ATTEMPTS = 10
 
 
 @dataclass
@@ -50,16 +52,10 @@ class Ports:
         return ports
 
 
-@dataclass(frozen=True)
-class RunningStack:
-    """What ``stack.json`` says about the stack that holds the lock."""
-    pid: int
-    purpose: str                  # "stack" (fleetctl run, a test stack), "database" (a fleetctl db command),
-    #                               "starting" (holds the lock, has not described itself yet)
-    host: str = HOST
-    ports: Ports = field(default_factory=Ports)
-    components: tuple[str, ...] = ()
-    ready: bool = False
+class _Urls:
+    """The URLs of a stack at ``host`` with ``ports``."""
+    host: str
+    ports: Ports
 
     @property
     def api_url(self) -> str:
@@ -68,6 +64,18 @@ class RunningStack:
     @property
     def mqtt_url(self) -> str:
         return f"mqtt://{self.host}:{self.ports.mqtt}"
+
+
+@dataclass(frozen=True)
+class RunningStack(_Urls):
+    """What ``stack.json`` says about the stack that holds the lock."""
+    pid: int
+    purpose: str                  # "stack" (fleetctl run, a test stack), "database" (a fleetctl db command),
+    #                               "starting" (holds the lock, has not described itself yet)
+    host: str = HOST
+    ports: Ports = field(default_factory=Ports)
+    components: tuple[str, ...] = ()
+    ready: bool = False
 
     def describe(self) -> str:
         if self.purpose == "database":
@@ -108,11 +116,15 @@ class StackLock:
         """Take the lock and publish ``description``; StateDirInUse if someone else holds it."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateDirInUse(self.state_dir, running(self.state_dir)) from None
+        for attempt in range(_ACQUIRE_ATTEMPTS):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _ACQUIRE_ATTEMPTS - 1:
+                    os.close(fd)
+                    raise StateDirInUse(self.state_dir, running(self.state_dir)) from None
+                time.sleep(0.05)    # perhaps only a reader's brief shared lock (``running``)
         self._fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -170,19 +182,11 @@ def _lock_holder_pid(state_dir: Path) -> int | None:
 
 
 @dataclass(frozen=True)
-class Addresses:
+class Addresses(_Urls):
     """Where the embedded stack is (or would be): from the running stack, else ``FLEET_PORT_*``, else defaults."""
     host: str
     ports: Ports
     running: RunningStack | None
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.host}:{self.ports.api}"
-
-    @property
-    def mqtt_url(self) -> str:
-        return f"mqtt://{self.host}:{self.ports.mqtt}"
 
 
 def addresses(state_dir: Path | None = None) -> Addresses:

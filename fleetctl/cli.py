@@ -78,8 +78,10 @@ def _summary(stack) -> str:
         environment = _shown(stack.postman_environment)
         rows.append(f"  Postman        environment {environment}   (mode 0600: it holds the admin password)")
         rows += ["In a second terminal (the README's testing guide, with these ports):",
-                 f"  cd {shlex.quote(str(paths.PROJECT_ROOT))}",
-                 '  eval "$(.venv/bin/fleetctl env)"     # sets API, MQTT_HOST, MQTT_PORT and ADMIN_PW',
+                 f"  cd {shlex.quote(str(paths.PROJECT_ROOT))}"]
+        if stack.state_dir != (paths.PROJECT_ROOT / "var").resolve():
+            rows.append(f"  export FLEET_STATE_DIR={shlex.quote(str(stack.state_dir))}")
+        rows += ['  eval "$(.venv/bin/fleetctl env)"     # sets API, MQTT_HOST, MQTT_PORT and ADMIN_PW',
                  f"  {postman.newman_command(environment)}"]
     rows.append("Press Ctrl-C to stop everything.")
     return "\n".join(rows)

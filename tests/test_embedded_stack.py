@@ -12,7 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
-from fleetcore import db
+from fleetcore import db, embedded
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
 from tests.support.waiting import wait_until
@@ -28,7 +28,7 @@ def test_each_running_service_reports_healthy(stack):
 def test_data_survives_a_restart(tmp_path):
     config = StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True)
     first = Stack(config, out=lambda m: None)
-    first._start_database()
+    first.start_database()
     conn = db.connect(first.database_url)
     with conn.cursor() as cur:
         cur.execute("INSERT INTO fleets (id, name) VALUES ('survivor', 'Kept across restarts')")
@@ -38,7 +38,7 @@ def test_data_survives_a_restart(tmp_path):
     assert not first.postgres
 
     second = Stack(StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True), out=lambda m: None)
-    second._start_database()
+    second.start_database()
     try:
         conn = db.connect(second.database_url)
         with conn.cursor() as cur:
@@ -60,7 +60,7 @@ def _launch(tmp_path):
     deadline = time.monotonic() + 90
     for line in proc.stdout:
         lines.append(line)
-        if "is up" in line:
+        if "Press Ctrl-C" in line:      # the summary's last line
             break
         if time.monotonic() > deadline:
             break
@@ -80,6 +80,7 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
         return all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     wait_until(all_gone, 30, message=lambda: f"processes outlived the launcher: "
                                            f"{[c.pid for c in children if c.is_running()]}")
+    assert embedded.running(tmp_path / "state") is None, "a dead launcher holds nothing: the next start works"
 
 
 @pytest.mark.slow
@@ -87,8 +88,11 @@ def test_ctrl_c_stops_everything_cleanly_and_says_so(tmp_path):
     proc, lines = _launch(tmp_path)
     summary = "".join(lines)
     children = psutil.Process(proc.pid).children(recursive=True)
+    assert embedded.running(tmp_path / "state").pid == proc.pid
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
+    assert 'eval "$(.venv/bin/fleetctl env)"' in summary and "npx --yes newman@" in summary, "paste-able next steps"
+    assert embedded.running(tmp_path / "state") is None and not (tmp_path / "state" / "stack.json").exists()
     assert proc.returncode == 0, summary + rest
     assert "stopping: received SIGINT" in rest
     assert "all components stopped" in rest

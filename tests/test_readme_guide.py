@@ -28,7 +28,7 @@ from tests.support import readme
 
 COMMAND_TIMEOUT_S = 120.0       # the longest command is a 15 s simulator run
 PROMISE_TIMEOUT_S = 60.0        # "each step shows its result within a minute"
-BACKGROUND_TIMEOUT_S = 90.0     # the background simulators stop by themselves (--duration 40 and 20)
+BACKGROUND_TIMEOUT_S = 90.0     # the background simulators stop by themselves (--duration 30 and 20)
 
 
 class GuideShell:
@@ -117,6 +117,7 @@ def test_every_command_of_the_guide_works_as_written(stack, guide_shell):
         if command in newman:
             continue
         text = readme.substitute(command.text, replacements(stack))
+        started = time.monotonic()
         status, output = guide_shell.run(text)
         deadline = time.monotonic() + PROMISE_TIMEOUT_S
         while command.expect and not (status == 0 and all(promise in output for promise in command.expect)):
@@ -128,6 +129,7 @@ def test_every_command_of_the_guide_works_as_written(stack, guide_shell):
         assert status == 0 and not missing, (
             f"{command}\nexit status {status}; promised but not shown: {missing}\n--- output ---\n{output}")
         ran.append(command)
+        print(f"{time.monotonic() - started:5.1f} s  {command.text.splitlines()[0][:100]}")  # shown with -rP
     # The background simulators end by themselves (their --duration), each cleanly.
     status, output = guide_shell.run("wait", timeout=BACKGROUND_TIMEOUT_S)
     assert status == 0, output
