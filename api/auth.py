@@ -23,7 +23,7 @@ from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 log = logging.getLogger("api.auth")
 
 

@@ -18,7 +18,7 @@ from fleetcore.db import Database
 from fleetcore.logs import log_event
 
 log = logging.getLogger("api.first_admin")
-PASSWORD_VARIABLE = "FLEET_ADMIN_PASSWORD"
+PASSWORD_VARIABLE = "FLEET_ADMIN_PASSWORD"  # noqa: S105 - the variable's name, not a password
 
 
 def check_password(password: str) -> None:

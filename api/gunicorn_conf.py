@@ -19,7 +19,8 @@ loglevel = os.environ.get("FLEET_LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "ts=%(asctime)s level=%(levelname)s component=api logger=gunicorn msg=\"%(message)s\""}},
+    "formatters": {"plain": {
+        "format": "ts=%(asctime)s level=%(levelname)s component=api logger=gunicorn msg=\"%(message)s\""}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
     "loggers": {"gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False}},
 }

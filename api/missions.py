@@ -13,8 +13,14 @@ from api import auth, visibility
 from api.extensions import config, database, dispatcher
 from api.pagination import page_of, window
 from api.queries import audit, missions
-from api.schemas import (MissionCreateSchema, MissionDetailSchema, MissionListQuerySchema, MissionSchema,
-                         ReasonSchema, list_of)
+from api.schemas import (
+    MissionCreateSchema,
+    MissionDetailSchema,
+    MissionListQuerySchema,
+    MissionSchema,
+    ReasonSchema,
+    list_of,
+)
 from fleetcore import missions as mission_states
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -81,7 +87,10 @@ def create_mission(body: dict):
             claim = dispatcher().claim_next(cur, body["vehicle_id"])
     except psycopg2.errors.UniqueViolation:  # a concurrent retry with the same key won the race
         with database().transaction() as cur:
-            return _replay(missions.find_by_idempotency_key(cur, user.username, key), request_hash)
+            existing = missions.find_by_idempotency_key(cur, user.username, key) if key else None
+        if existing is None:
+            raise
+        return _replay(existing, request_hash)
     log_event(log, "mission.created", mission=mission_id, vehicle=body["vehicle_id"], user=user.username)
     dispatcher().send(claim)
     return _detail(mission_id), 201, {"Location": f"/api/v1/missions/{mission_id}"}

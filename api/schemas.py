@@ -1,7 +1,7 @@
 """Marshmallow schemas: what every endpoint accepts and returns. The OpenAPI document is generated from them."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
@@ -52,7 +52,7 @@ class StrictSchema(Schema):
         for key, value in data.items():
             if isinstance(value, datetime):
                 try:
-                    data[key] = value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+                    data[key] = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
                 except (OverflowError, ValueError):
                     raise ValidationError("out of range", field_name=key) from None
         return data

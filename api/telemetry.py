@@ -9,8 +9,15 @@ from flask_smorest import Blueprint
 from api import auth, visibility
 from api.extensions import database
 from api.queries import telemetry, vehicles
-from api.schemas import (FleetLatestListSchema, LatestQuerySchema, StatusHistorySchema, TelemetryBucketSchema,
-                         TelemetryHistoryQuerySchema, TelemetryHistorySchema, TelemetryPointSchema)
+from api.schemas import (
+    FleetLatestListSchema,
+    LatestQuerySchema,
+    StatusHistorySchema,
+    TelemetryBucketSchema,
+    TelemetryHistoryQuerySchema,
+    TelemetryHistorySchema,
+    TelemetryPointSchema,
+)
 from fleetcore.errors import HttpError
 
 blp = Blueprint("telemetry", __name__, url_prefix="/api/v1", description="Telemetry and health of vehicles.")

@@ -48,7 +48,7 @@ def login(credentials: dict):
                             details={"retry_after_s": retry_after})
         user = sessions.find_user_for_login(cur, username)
     ok = auth.check_password_or_dummy(credentials["password"], user["password_hash"] if user else None)
-    if not ok or not user["active"]:
+    if user is None or not ok or not user["active"]:
         with database().transaction() as cur:
             sessions.record_failure(cur, key, cfg.login_failure_window_s)
         log_event(log, "auth.login_failed", logging.WARNING, user=username, addr=auth.client_addr(),

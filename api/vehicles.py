@@ -11,9 +11,20 @@ from api import auth, visibility
 from api.extensions import broker, config, database
 from api.pagination import page_of, window
 from api.queries import audit, missions, vehicles
-from api.schemas import (ConfigUpdateResultSchema, DesiredConfigSchema, EnrollmentSchema, ReasonSchema,
-                         VehicleCreatedSchema, VehicleCreateSchema, VehicleListQuerySchema, VehicleSchema,
-                         VehicleSessionResultSchema, VehicleUpdateSchema, list_of, parse_lat_lon)
+from api.schemas import (
+    ConfigUpdateResultSchema,
+    DesiredConfigSchema,
+    EnrollmentSchema,
+    ReasonSchema,
+    VehicleCreatedSchema,
+    VehicleCreateSchema,
+    VehicleListQuerySchema,
+    VehicleSchema,
+    VehicleSessionResultSchema,
+    VehicleUpdateSchema,
+    list_of,
+    parse_lat_lon,
+)
 from fleetcore import envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
@@ -26,7 +37,15 @@ log = logging.getLogger("api.vehicles")
 
 def _shaped(vehicle_id: str) -> dict:
     with database().transaction() as cur:
-        return vehicles.shape(vehicles.get(cur, vehicle_id))
+        return _shape(cur, vehicle_id)
+
+
+def _shape(cur, vehicle_id: str) -> dict:
+    """The vehicle as the API returns it, read in the caller's transaction; 404 if there is no such vehicle."""
+    row = vehicles.get(cur, vehicle_id)
+    if row is None:
+        raise HttpError(404, f"no such vehicle: {vehicle_id}")
+    return vehicles.shape(row)
 
 
 def _conflict(exc: registry.RegistryError) -> HttpError:
@@ -88,7 +107,7 @@ def get_vehicle(vehicle_id: str):
     """One vehicle: registration, presence, latest telemetry, health, desired and reported configuration."""
     with database().transaction() as cur:
         visibility.vehicle(cur, vehicle_id)
-        return vehicles.shape(vehicles.get(cur, vehicle_id))
+        return _shape(cur, vehicle_id)
 
 
 @blp.route("/<vehicle_id>", methods=["PATCH"])
@@ -103,7 +122,7 @@ def update_vehicle(body: dict, vehicle_id: str):
         visibility.vehicle(cur, vehicle_id)
         vehicles.update_details(cur, vehicle_id, body)
         audit.record(cur, "operator", user.username, "vehicle.update", "vehicle", vehicle_id, body)
-        return vehicles.shape(vehicles.get(cur, vehicle_id))
+        return _shape(cur, vehicle_id)
 
 
 @blp.route("/<vehicle_id>/enrollment", methods=["POST"])

@@ -83,7 +83,7 @@ class Worker:
                 self._turned("waiting_for_database")
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-            except Exception:  # noqa: BLE001 - the loop must survive anything and say so
+            except Exception:
                 log.exception("worker loop failed", extra={"event": "worker.crash"})
                 self._turned("restarting")
                 self.stopping.wait(backoff)
@@ -157,13 +157,13 @@ def _vehicles_to_try(notify) -> set[str]:
 def serve_health(worker: Worker, bind: str) -> ThreadingHTTPServer:
     """``GET /healthz`` in a background thread; any other request is a JSON 404/405."""
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path.split("?", 1)[0] == "/healthz":
                 self._send(*worker.health())
             else:
                 self._send(404, HttpError(404, "not found; the worker serves GET /healthz").body())
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._send(405, HttpError(405, "the worker serves GET /healthz only").body())
 
         def _send(self, status: int, body: dict) -> None:

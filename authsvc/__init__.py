@@ -33,5 +33,7 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
     # The two callouts on the broker's hot path skip Flask's per-request machinery (broker_request.BrokerCallouts).
     routes = {authn.PATH: authn.Authenticator(app.extensions["authsvc.db"], cfg.device_secret_key),
               authz.PATH: authz.authorize}
-    app.wsgi_app = BrokerCallouts(app.wsgi_app, routes, app.extensions["authsvc.broker_token"], cfg.max_body_bytes)
+    # Flask's documented way to wrap the WSGI app; mypy sees only the assignment to a method.
+    app.wsgi_app = BrokerCallouts(  # type: ignore[method-assign]
+        app.wsgi_app, routes, app.extensions["authsvc.broker_token"], cfg.max_body_bytes)
     return app

@@ -46,7 +46,7 @@ class Authenticator:
         except psycopg2.Error as exc:
             log_unavailable("authsvc", "database", exc, vehicle=clientid)
             raise CalloutUnavailable("the credential store is unavailable") from None
-        if not decision.allow:
+        if not decision.allow or decision.role is None:
             log_event(log, "authn.deny", logging.WARNING, vehicle=clientid, username=body["username"][:100],
                       reason=decision.reason, peer=peer)
             return DENY_BODY

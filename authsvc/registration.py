@@ -31,6 +31,7 @@ import binascii
 import json
 import logging
 import uuid
+from typing import TypeGuard
 
 import psycopg2
 from flask import Blueprint, jsonify
@@ -57,7 +58,7 @@ class _Malformed(Exception):
         self.request_msg_id = request_msg_id
 
 
-def _text(value) -> bool:
+def _text(value: object) -> TypeGuard[str]:
     """A string PostgreSQL can store (text cannot hold NUL)."""
     return isinstance(value, str) and "\x00" not in value
 

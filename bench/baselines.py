@@ -15,7 +15,7 @@ import json
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import psycopg2
@@ -88,7 +88,7 @@ class Subscriber:
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self._subscribed.set()
 
-    def __enter__(self) -> "Subscriber":
+    def __enter__(self) -> Subscriber:
         self.client.connect("127.0.0.1", self.port)
         self.client.subscribe(TELEMETRY_FILTER, qos=1)
         self.client.loop_start()
@@ -178,7 +178,7 @@ def copy_rows(dsn: str, vehicles: list[str], messages: int) -> dict:
     for vehicle in vehicles:
         for seq in range(1, messages + 1):
             row = _row(f"fleet/v1/{vehicle}/telemetry", telemetry_payload(seq))
-            ts = datetime.fromtimestamp(row[3] / 1000.0, timezone.utc).isoformat()
+            ts = datetime.fromtimestamp(row[3] / 1000.0, UTC).isoformat()
             fields = [row[0], row[1], str(row[2]), ts, *(str(x) for x in row[4:8]), row[8]]
             buffer.write("\t".join(f.replace("\\", "\\\\") for f in fields) + "\n")
     buffer.seek(0)

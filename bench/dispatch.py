@@ -41,7 +41,7 @@ WAYPOINTS = [{"lat": 48.137, "lon": 11.575}, {"lat": 48.139, "lon": 11.58}]
 class Vehicle:
     """One paho client: records when each command arrives; answers missions with accepted → completed."""
 
-    def __init__(self, vehicle_id: str, password: str, arrivals: "Arrivals") -> None:
+    def __init__(self, vehicle_id: str, password: str, arrivals: Arrivals) -> None:
         self.vehicle_id = vehicle_id
         self.arrivals = arrivals
         self.idle = threading.Event()

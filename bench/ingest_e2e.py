@@ -13,11 +13,10 @@ from pathlib import Path
 import psycopg2
 
 from bench import baselines, loadgen, mosquitto, report
-from bench.fleet import provision_vehicles
+from bench.fleet import free_port, provision_vehicles
 from bench.report import say
 from bench.stackutil import PeakRss, component_roots
 from fleetctl.stack import Ports, Stack, StackConfig
-from bench.fleet import free_port
 
 
 def _stack(state_dir: Path) -> Stack:

@@ -55,11 +55,11 @@ class Mosquitto:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-mosquitto-"))
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         "max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n")
-        os.chmod(self.dir, 0o755)
+        os.chmod(self.dir, 0o755)  # noqa: S103 - mosquitto may run as another user and must read its config
         os.chmod(conf, 0o644)
         self.process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)

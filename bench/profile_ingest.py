@@ -21,11 +21,11 @@ from bench.report import RESULTS_DIR, say
 from bench.stackutil import start_stack
 
 AREAS = (("emqx/standin/mqtt/", "MQTT codec"), ("emqx/standin/broker.py", "MQTT sessions/routing"),
-         ("emqx/standin/connection.py", "MQTT sessions/routing"), ("emqx/standin/listeners.py", "sockets"), ("emqx/standin/authz.py", "authorization"),
-         ("emqx/standin/rules/actions/pgsql.py", "pgsql action"), ("emqx/standin/rules/actions/base.py",
-                                                                   "buffer workers"),
-         ("emqx/standin/rules/", "rule engine"), ("asyncpg/", "asyncpg driver"), ("asyncio/", "asyncio loop"),
-         ("selectors.py", "asyncio loop"), ("aiohttp/", "aiohttp"))
+         ("emqx/standin/connection.py", "MQTT sessions/routing"), ("emqx/standin/listeners.py", "sockets"),
+         ("emqx/standin/authz.py", "authorization"), ("emqx/standin/rules/actions/pgsql.py", "pgsql action"),
+         ("emqx/standin/rules/actions/base.py", "buffer workers"), ("emqx/standin/rules/", "rule engine"),
+         ("asyncpg/", "asyncpg driver"), ("asyncio/", "asyncio loop"), ("selectors.py", "asyncio loop"),
+         ("aiohttp/", "aiohttp"))
 
 
 def area_of(frame: str) -> str:

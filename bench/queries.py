@@ -14,6 +14,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlencode
 
 import psycopg2
@@ -30,7 +31,7 @@ from bench.stackutil import start_stack
 class RecordingCursor(psycopg2.extras.RealDictCursor):
     """A dict cursor (as the api uses) that remembers each statement, for EXPLAIN afterwards."""
 
-    recorded: list[tuple[str, object]] = []
+    recorded: ClassVar[list[tuple[str, object]]] = []
 
     def execute(self, query, vars=None):  # noqa: A002 - psycopg2's parameter name
         RecordingCursor.recorded.append((query, vars))

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def write(name: str, title: str, columns: list[str], rows: list[list], summary: 
     """Store one benchmark's outcome and regenerate docs/BENCHMARKS.md."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     result = {"name": name, "title": title,
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "make bench  (or: .venv/bin/python -m bench " + name + ")",
               "machine": machine(), "versions": versions(extra_versions),
               "columns": columns, "rows": rows, "summary": summary, "notes": notes or [], "raw": raw or {}}

@@ -98,8 +98,8 @@ def ingest_multirow(cur, rows: list[tuple]) -> None:
 
 
 def plain_multirow(cur, rows: list[tuple]) -> None:
-    psycopg2.extras.execute_values(cur, f"INSERT INTO telemetry ({PLAIN_COLUMNS}) VALUES %s", rows,
-                                   page_size=BATCH)
+    psycopg2.extras.execute_values(cur, f"INSERT INTO telemetry ({PLAIN_COLUMNS}) VALUES %s",  # noqa: S608 - fixed
+                                   rows, page_size=BATCH)
 
 
 def copy_rows(cur, text: str) -> None:

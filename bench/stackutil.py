@@ -43,7 +43,7 @@ def _postmaster_pid(stack: Stack) -> int | None:
 def tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        return [root] + root.children(recursive=True)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
 
@@ -88,9 +88,9 @@ class PeakRss(threading.Thread):
     def __init__(self, roots: dict[str, int], interval: float = 0.25) -> None:
         super().__init__(name="bench-peak-rss", daemon=True)
         self.roots, self.interval = roots, interval
-        self.peak: dict[str, int] = {name: 0 for name in roots}
-        self.peak_pss: dict[str, int] = {name: 0 for name in roots}
-        self.processes: dict[str, int] = {name: 0 for name in roots}
+        self.peak: dict[str, int] = dict.fromkeys(roots, 0)
+        self.peak_pss: dict[str, int] = dict.fromkeys(roots, 0)
+        self.processes: dict[str, int] = dict.fromkeys(roots, 0)
         self._halt = threading.Event()
 
     def sample(self) -> None:
@@ -104,7 +104,7 @@ class PeakRss(threading.Thread):
         while not self._halt.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.sample()
         self.start()
         return self

@@ -37,7 +37,7 @@ class Database:
     @contextmanager
     def connection(self, timeout: float = 30.0) -> Iterator[psycopg2.extensions.connection]:
         if not self._slots.acquire(timeout=timeout):
-            raise psycopg2.OperationalError("no database connection free within %.0f s" % timeout)
+            raise psycopg2.OperationalError(f"no database connection free within {timeout:.0f} s")
         conn = None
         try:
             conn = self._checkout()

@@ -50,7 +50,7 @@ def unexpected(component: str, **fields) -> HttpError:
     """Log the exception being handled (with its stack trace) and return the 500 the client gets: a request id
     to quote, nothing else."""
     request_id = fields.pop("request_id", None) or uuid.uuid4().hex[:12]
-    logging.getLogger(f"{component}.errors").exception(
+    logging.getLogger(f"{component}.errors").error(
         "unhandled error", extra={"event": f"{component}.unhandled_error", "request_id": request_id, **fields})
     return HttpError(500, f"unexpected server error (request id {request_id}); it was logged",
                      details={"request_id": request_id})

@@ -45,7 +45,7 @@ CODE_DIRECTORY = "code"
 CODE_FILE_PATTERN = re.compile(r"^(?P<position>\d{2})_(?P<name>[a-z0-9_]+)\.sql$")
 SUPERSEDES_PATTERN = re.compile(r"^-- supersedes sha256: (?P<checksum>[0-9a-f]{64})[ \t]*$", re.MULTILINE)
 # Arbitrary constant: "fleet migrations" as an advisory-lock key.
-ADVISORY_LOCK_KEY = 0x666C656574  # noqa: PLR2004
+ADVISORY_LOCK_KEY = 0x666C656574
 
 
 class MigrationError(RuntimeError):

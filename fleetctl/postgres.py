@@ -128,7 +128,7 @@ class EmbeddedPostgres:
             if not self.durable:
                 argv.append("--no-sync")
             kwargs = {"user": self._user[0], "group": self._user[1], "extra_groups": []} if self._user else {}
-            result = subprocess.run(argv, capture_output=True, text=True, **kwargs)  # noqa: S603
+            result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
         if result.returncode != 0:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             raise PostgresError(f"initdb failed:\n{result.stderr.strip() or result.stdout.strip()}")

@@ -82,7 +82,7 @@ class ChildProcess:
         kwargs: dict = {}
         if self.user is not None:
             kwargs.update(user=self.user[0], group=self.user[1], extra_groups=[])
-        self.popen = subprocess.Popen(  # noqa: S603 - argv is built by this package, never from user input
+        self.popen = subprocess.Popen(  # argv is built by this package, never from user input
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent(os.getpid(), self.stop_signal), **kwargs)

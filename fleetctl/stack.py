@@ -150,7 +150,8 @@ class Stack:
     def broker_env(self) -> dict[str, str]:
         """EMQX-style overrides of emqx/emqx.conf: the same variables a Compose file would set for EMQX."""
         host, port, database = self.database_server
-        token_header = '{"x-fleet-broker-token" = "%s"}' % self.secrets["FLEET_BROKER_TOKEN"]
+        broker_token = self.secrets["FLEET_BROKER_TOKEN"]
+        token_header = f'{{"x-fleet-broker-token" = "{broker_token}"}}'
         authsvc = self.url("authsvc")
         ports = self.config.ports
         h = self.config.host

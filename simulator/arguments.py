@@ -17,7 +17,7 @@ from fleetcore import embedded, paths
 from simulator.api_client import ApiError, OperatorApi
 
 DEFAULT_STATE_DIR = paths.state_dir() / "simulator"
-PASSWORD_ENV = "FLEET_SIM_PASSWORD"
+PASSWORD_ENV = "FLEET_SIM_PASSWORD"  # noqa: S105 - the variable's name, not a password
 _WHERE = "the stack running from var/, else FLEET_PORT_{}, else port {}"
 
 

@@ -374,7 +374,7 @@ class Controller:
         remaining_tasks = sum(_task_duration(t) for t in mission.tasks[mission.task_index:]) - mission.task_elapsed_s
         eta = (self.motion.eta_s() + max(remaining_tasks, 0.0)) / self.time_scale
         progress = {"percent": round(self._percent(), 1), "step": step or self._step_name(),
-                    "eta_s": int(round(eta))}
+                    "eta_s": round(eta)}
         return self._mission_event(mission.mission_id, "progress", progress=progress)
 
     def _step_name(self) -> str:
@@ -408,7 +408,8 @@ def _task_duration(task: dict[str, Any]) -> float:
 
 
 def parse_command(payload: bytes) -> dict[str, Any] | None:
-    """The command envelope (docs/PROTOCOL.md, Envelope and Commands) if ``payload`` is a well-formed command, else None."""
+    """The command envelope (docs/PROTOCOL.md, Envelope and Commands) if ``payload`` is a well-formed command,
+    else None."""
     try:
         command = json.loads(payload.decode("utf-8"))
     except ValueError:  # includes UnicodeDecodeError

@@ -6,6 +6,7 @@ hundred metres one step covers.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ class Motion:
             return 0.0
         target = self.route[self.leg]
         total = distance_m(self.lat, self.lon, target.lat, target.lon)
-        for a, b in zip(self.route[self.leg:], self.route[self.leg + 1:]):
+        for a, b in itertools.pairwise(self.route[self.leg:]):
             total += distance_m(a.lat, a.lon, b.lat, b.lon)
         return total
 
@@ -185,7 +186,8 @@ class Motion:
             self.speed_mps = 0.0
 
 
-def patrol_route(rng: random.Random, lat: float, lon: float, radius_m: float = 300.0, points: int = 4) -> list[Waypoint]:
+def patrol_route(rng: random.Random, lat: float, lon: float, radius_m: float = 300.0,
+                 points: int = 4) -> list[Waypoint]:
     """A random closed loop around (lat, lon): what an idle vehicle drives when it has no mission."""
     route = []
     for i in range(points):

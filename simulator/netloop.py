@@ -161,7 +161,7 @@ class IoWorker(threading.Thread):
         # One vehicle's bug must not stop the other vehicles of this worker.
         try:
             callback()
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.errors += 1
             log.exception("callback failed", extra={"event": "netloop.callback_failed"})
 

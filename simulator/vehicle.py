@@ -229,7 +229,7 @@ class SimVehicle:
             self.worker.detach(self.client)
             try:
                 self.client.disconnect()
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:  # noqa: BLE001, S110 - already gone
                 pass
             self.client = None
 

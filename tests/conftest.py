@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -20,10 +22,31 @@ from fleetctl import dbadmin
 from fleetctl.ports import free_port
 from fleetctl.stack import Ports, Stack, StackConfig
 from tests.support.fleet_fixtures import (  # noqa: F401 - fixtures for every package
-    admin, admin_password, anonymous, api_url, enroll, fleet, make_user, operator)
+    admin,
+    admin_password,
+    anonymous,
+    api_url,
+    enroll,
+    fleet,
+    make_user,
+    operator,
+)
+from tests.support.required import in_ci
 
 TEMPLATE_DB = "fleet_template"
 _counter = itertools.count(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skipped test is a failed one: whatever was missing (tests/support/required.py) must be
+    installed in CI, never left untested."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
 
 
 def free_ports() -> Ports:
@@ -31,9 +54,21 @@ def free_ports() -> Ports:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def state_dirs(request) -> Iterator[Callable[[str], Path]]:
+    """``state_dirs(name)``: a new directory for an embedded stack, outside pytest's temporary root. Every pytest
+    run that starts on the machine resets that root to mode 0700, which would lock the embedded PostgreSQL (another
+    user when the tests run as root) out of the data directory of a session still running. Removed after a
+    session without failures; kept (with the stacks' logs) otherwise."""
+    root = Path(tempfile.mkdtemp(prefix="fleet-tests-"))
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    if request.session.testsfailed == 0:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(state_dirs):
     messages: list[str] = []
-    state_dir = tmp_path_factory.mktemp("stack")
+    state_dir = state_dirs("stack")
     config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=False,
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
     the_stack = Stack(config, out=messages.append)

@@ -1,15 +1,20 @@
 """scripts/make-certs.sh makes a CA, a broker certificate for the names given and client certificates."""
 from __future__ import annotations
 
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.support.required import require_tool
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make-certs.sh"
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _needs_openssl():
+    require_tool("openssl", "scripts/make-certs.sh runs it")
 
 
 def test_certificates_chain_to_the_ca_and_name_the_broker(tmp_path):

@@ -25,8 +25,9 @@ def test_each_running_service_reports_healthy(stack):
             assert response.status == 200, component.name
 
 
-def test_data_survives_a_restart(tmp_path):
-    config = StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True)
+def test_data_survives_a_restart(state_dirs):
+    state_dir = state_dirs("restart")
+    config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=True)
     first = Stack(config, out=lambda m: None)
     first.start_database()
     conn = db.connect(first.database_url)
@@ -37,7 +38,7 @@ def test_data_survives_a_restart(tmp_path):
     first.stop()
     assert not first.postgres
 
-    second = Stack(StackConfig(state_dir=tmp_path / "state", ports=free_ports(), durable=True), out=lambda m: None)
+    second = Stack(StackConfig(state_dir=state_dir, ports=free_ports(), durable=True), out=lambda m: None)
     second.start_database()
     try:
         conn = db.connect(second.database_url)
@@ -49,9 +50,9 @@ def test_data_survives_a_restart(tmp_path):
         second.stop()
 
 
-def _launch(tmp_path):
+def _launch(state_dir):
     ports = free_ports()
-    env = dict(os.environ, FLEET_STATE_DIR=str(tmp_path / "state"), PYTHONUNBUFFERED="1",
+    env = dict(os.environ, FLEET_STATE_DIR=str(state_dir), PYTHONUNBUFFERED="1",
                **{f"FLEET_PORT_{name.upper()}": str(getattr(ports, name)) for name in ports.__dataclass_fields__})
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "fleetctl", "run"], env=env, stdout=subprocess.PIPE,
@@ -69,8 +70,9 @@ def _launch(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
-    proc, _ = _launch(tmp_path)
+def test_sigkill_of_the_launcher_leaves_no_process_behind(state_dirs):
+    state_dir = state_dirs("sigkill")
+    proc, _ = _launch(state_dir)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert any("postgres" in " ".join(c.cmdline()) for c in children)
     os.kill(proc.pid, signal.SIGKILL)
@@ -80,19 +82,20 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
         return all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     wait_until(all_gone, 30, message=lambda: f"processes outlived the launcher: "
                                            f"{[c.pid for c in children if c.is_running()]}")
-    assert embedded.running(tmp_path / "state") is None, "a dead launcher holds nothing: the next start works"
+    assert embedded.running(state_dir) is None, "a dead launcher holds nothing: the next start works"
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_everything_cleanly_and_says_so(tmp_path):
-    proc, lines = _launch(tmp_path)
+def test_ctrl_c_stops_everything_cleanly_and_says_so(state_dirs):
+    state_dir = state_dirs("ctrl-c")
+    proc, lines = _launch(state_dir)
     summary = "".join(lines)
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert embedded.running(tmp_path / "state").pid == proc.pid
+    assert embedded.running(state_dir).pid == proc.pid
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert 'eval "$(.venv/bin/fleetctl env)"' in summary and "npx --yes newman@" in summary, "paste-able next steps"
-    assert embedded.running(tmp_path / "state") is None and not (tmp_path / "state" / "stack.json").exists()
+    assert embedded.running(state_dir) is None and not (state_dir / "stack.json").exists()
     assert proc.returncode == 0, summary + rest
     assert "stopping: received SIGINT" in rest
     assert "all components stopped" in rest

@@ -12,6 +12,7 @@ anyway), so a package's ``__init__`` may import its own modules, as flaskr's app
 from __future__ import annotations
 
 import ast
+import itertools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def _one_cycle(graph: dict[str, list[Import]], group: set[str]) -> list[str]:
 
 def describe(graph: dict[str, list[Import]], cycle: list[str]) -> str:
     steps = []
-    for module, target in zip(cycle, cycle[1:]):
+    for module, target in itertools.pairwise(cycle):
         line = next(edge.line for edge in graph[module] if edge.target == target)
         steps.append(f"{module} (line {line}) → {target}")
     return "; ".join(steps)

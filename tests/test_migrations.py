@@ -109,7 +109,7 @@ def test_an_edit_naming_some_other_text_it_supersedes_is_still_refused(empty_db_
     _migrate(empty_db_url, sql_dir_copy)
     path = sql_dir_copy / "021_mission_dispatch.sql"
     path.write_text(path.read_text() + f"-- supersedes sha256: {'0' * 64}\nCREATE TABLE sneaked_in (id int);\n")
-    with pytest.raises(migrations.MigrationError, match="021_mission_dispatch.sql was edited after it was applied"):
+    with pytest.raises(migrations.MigrationError, match=r"021_mission_dispatch\.sql was edited after it was applied"):
         _migrate(empty_db_url, sql_dir_copy)
     assert _query(empty_db_url, "SELECT to_regclass('sneaked_in')") == [(None,)]
 
@@ -124,7 +124,7 @@ def test_a_rewrite_that_names_the_applied_text_is_accepted_and_recorded(empty_db
     outcome = _migrate(empty_db_url, sql_dir_copy, log=messages.append)
     assert [m.version for m in outcome.rewrites] == [21] and outcome.applied == []
     assert [c.filename for c in outcome.code] == [c.filename for c in migrations.discover_code(sql_dir_copy)]
-    assert dict((v, c) for v, _, c in _schema_rows(empty_db_url))[21] == migrations.checksum_of(path.read_text())
+    assert {v: c for v, _, c in _schema_rows(empty_db_url)}[21] == migrations.checksum_of(path.read_text())
     assert any("021_mission_dispatch.sql" in m and "supersedes" in m for m in messages), messages
     assert _migrate(empty_db_url, sql_dir_copy).rewrites == []
 
@@ -141,7 +141,7 @@ def test_a_failing_migration_is_rolled_back_and_later_ones_wait(empty_db_url, sq
     (sql_dir_copy / "900_creates_then_fails.sql").write_text(
         "CREATE TABLE should_not_exist (id int);\nSELECT 1/0;\n")
     (sql_dir_copy / "901_after.sql").write_text("CREATE TABLE after_the_failure (id int);\n")
-    with pytest.raises(migrations.MigrationError, match="900_creates_then_fails.sql failed and was rolled back"):
+    with pytest.raises(migrations.MigrationError, match=r"900_creates_then_fails\.sql failed and was rolled back"):
         _migrate(empty_db_url, sql_dir_copy)
     assert _query(empty_db_url, "SELECT to_regclass('should_not_exist'), to_regclass('after_the_failure')") == \
         [(None, None)]
@@ -167,7 +167,7 @@ def test_a_migration_may_drop_what_the_code_files_create_again(empty_db_url, sql
 
 def test_badly_named_and_duplicate_files_are_reported(tmp_path):
     (tmp_path / "1_x.sql").write_text("SELECT 1;")
-    with pytest.raises(migrations.MigrationError, match="NNN_lowercase_name.sql"):
+    with pytest.raises(migrations.MigrationError, match=r"NNN_lowercase_name\.sql"):
         migrations.discover(tmp_path)
     (tmp_path / "1_x.sql").unlink()
     (tmp_path / "001_a.sql").write_text("SELECT 1;")
@@ -177,7 +177,7 @@ def test_badly_named_and_duplicate_files_are_reported(tmp_path):
     code = tmp_path / migrations.CODE_DIRECTORY
     code.mkdir()
     (code / "telemetry.sql").write_text("SELECT 1;")
-    with pytest.raises(migrations.MigrationError, match="NN_lowercase_topic.sql"):
+    with pytest.raises(migrations.MigrationError, match=r"NN_lowercase_topic\.sql"):
         migrations.discover_code(tmp_path)
     (code / "telemetry.sql").unlink()
     (code / "20_telemetry.sql").write_text("SELECT 1;")
@@ -211,7 +211,7 @@ def test_the_app_role_cannot_bypass_the_checks(conn):
 def test_an_edited_code_file_is_applied_again_without_a_migration(empty_db_url, sql_dir_copy):
     _migrate(empty_db_url, sql_dir_copy)
     assert _reject_reason_of_an_acl_denial(empty_db_url) == "acl_denied"
-    recorded = dict((f, c) for f, c, _ in _code_rows(empty_db_url))
+    recorded = {f: c for f, c, _ in _code_rows(empty_db_url)}
     edited = sql_dir_copy / "code" / "24_authz_denied.sql"
     _edit(edited, "'acl_denied'", "'acl_denied_edited'")
     messages = []
@@ -219,7 +219,7 @@ def test_an_edited_code_file_is_applied_again_without_a_migration(empty_db_url, 
     assert outcome.applied == [] and outcome.code_changes == {"24_authz_denied.sql": "changed"}
     assert [c.filename for c in outcome.code] == sorted(recorded)  # the whole set, in order
     assert _reject_reason_of_an_acl_denial(empty_db_url) == "acl_denied_edited"
-    now_recorded = dict((f, c) for f, c, _ in _code_rows(empty_db_url))
+    now_recorded = {f: c for f, c, _ in _code_rows(empty_db_url)}
     assert now_recorded == {**recorded, "24_authz_denied.sql": migrations.checksum_of(edited.read_text())}
     assert any("24_authz_denied.sql changed" in m for m in messages), messages
 
@@ -233,7 +233,7 @@ def test_a_failing_code_file_changes_nothing_and_is_retried_next_time(empty_db_u
     broken = sql_dir_copy / "code" / "30_mission_transitions.sql"
     original = broken.read_text()
     broken.write_text(original + "\nSELECT no_such_function();\n")
-    with pytest.raises(migrations.MigrationError, match="code file code/30_mission_transitions.sql failed; no code "
+    with pytest.raises(migrations.MigrationError, match=r"code file code/30_mission_transitions\.sql failed; no code "
                                                          "file was applied"):
         _migrate(empty_db_url, sql_dir_copy)
     assert _code_rows(empty_db_url) == before
@@ -249,7 +249,7 @@ def test_a_failed_code_step_after_a_migration_is_completed_by_the_next_run(empty
     broken = sql_dir_copy / "code" / "50_vehicle_authn.sql"
     original = broken.read_text()
     broken.write_text(original + "\nSELECT no_such_function();\n")
-    with pytest.raises(migrations.MigrationError, match="50_vehicle_authn.sql failed"):
+    with pytest.raises(migrations.MigrationError, match=r"50_vehicle_authn\.sql failed"):
         _migrate(empty_db_url, sql_dir_copy)
     broken.write_text(original)  # back to the text the database recorded before: only the migration is new
     outcome = _migrate(empty_db_url, sql_dir_copy)
@@ -373,7 +373,8 @@ def test_every_rewritten_migration_supersedes_the_text_databases_applied():
 
 def test_the_first_text_of_the_ingest_migration_is_superseded_too():
     # before the mission-event reason fix, 002 mapped mission_apply_event's errors in one line
-    fixed = ("            -- mission_apply_event's own codes, in this file's vocabulary (checked above; kept for races)\n"
+    fixed = ("            -- mission_apply_event's own codes, in this file's vocabulary "
+             "(checked above; kept for races)\n"
              "            problem := CASE result.error WHEN 'not_found' THEN 'unknown_mission'\n"
              "                                         WHEN 'not_assigned' THEN 'mission_not_assigned'\n"
              "                                         ELSE 'invalid_transition' END;\n")

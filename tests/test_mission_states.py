@@ -22,4 +22,4 @@ def test_the_active_states_are_where_a_dispatched_mission_can_be_before_it_ends(
         reachable |= frontier
         frontier = {t["to_state"] for t in transitions if t["from_state"] in frontier} - reachable
     assert reachable - {mission_states.QUEUED} - set(mission_states.TERMINAL) == set(mission_states.ACTIVE)
-    assert mission_states.OPEN == (mission_states.QUEUED, *mission_states.ACTIVE)
+    assert (mission_states.QUEUED, *mission_states.ACTIVE) == mission_states.OPEN

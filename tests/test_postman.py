@@ -3,15 +3,14 @@ README documents it: its newman line, with the environment the launcher wrote fo
 (``var/postman.environment.json``; fleetctl/postman.py).
 
 newman is installed on first use into var/node (git-ignored) with npm, at the version the README names; the test
-is skipped only when npm itself is missing (in CI that is a failure). Every request of the collection must run and
-every assertion pass; without a password the run stops at its first request with one failure.
+is skipped only when Node.js or npm itself is missing (and fails then under CI=true). Every request of the
+collection must run and every assertion pass; without a password the run stops at its first request with one
+failure.
 """
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import stat
 import subprocess
 
@@ -20,6 +19,7 @@ import pytest
 from fleetcore import paths
 from fleetctl import postman
 from tests.support import readme
+from tests.support.required import require_components, require_tool
 
 NEWMAN_VERSION = postman.NEWMAN_VERSION
 COLLECTION = postman.COLLECTION
@@ -33,11 +33,8 @@ def newman_binary() -> str:
     version_file = NODE_DIR / "node_modules" / "newman" / "package.json"
     if binary.exists() and json.loads(version_file.read_text())["version"] == NEWMAN_VERSION:
         return str(binary)
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Node.js/npm is not installed: CI must run the Postman collection")
-        pytest.skip("Node.js/npm is not installed: install it to run the Postman collection with newman")
+    require_tool("node", "newman runs on Node.js")
+    npm = require_tool("npm", "newman is installed with npm")
     NODE_DIR.mkdir(parents=True, exist_ok=True)
     result = subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
                              "--loglevel=error", f"newman@{NEWMAN_VERSION}"],
@@ -79,9 +76,7 @@ def documented_newman_argv(environment: str) -> list[str]:
 @pytest.fixture
 def postman_environment(stack):
     """The environment the launcher wrote for this stack: its api URL and admin password, private to its owner."""
-    running = {component.name for component in stack.started}
-    if "api" not in running:
-        pytest.skip(f"the api is not running (FLEET_STACK_COMPONENTS={os.environ.get('FLEET_STACK_COMPONENTS')})")
+    require_components(stack, "api")
     path = stack.postman_environment
     assert stat.S_IMODE(path.stat().st_mode) == 0o600, "it holds the admin password"
     values = {v["key"]: v["value"] for v in json.loads(path.read_text(encoding="utf-8"))["values"]}

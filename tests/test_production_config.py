@@ -160,7 +160,7 @@ def test_both_modes_override_the_same_secrets(compose, tmp_path):
     stack = Stack(StackConfig(state_dir=tmp_path, ports=Ports()), out=lambda m: None)
     embedded = {k for k in stack.broker_env() if k.startswith("EMQX_")}
     production = {k for k in compose["services"]["emqx"]["environment"] if k.startswith("EMQX_")}
-    secrets = {k for k in production if k.endswith("HEADERS") or k.endswith("PASSWORD") and "CONNECTORS" in k}
+    secrets = {k for k in production if k.endswith("HEADERS") or (k.endswith("PASSWORD") and "CONNECTORS" in k)}
     assert secrets <= embedded
     conf = ConfigFactory.parse_file(str(ROOT / "emqx" / "emqx.conf"))
     for key in embedded:

@@ -25,6 +25,7 @@ from fleetcore import paths
 from fleetctl import postman
 from fleetctl.stack import Ports
 from tests.support import readme
+from tests.support.required import require_components
 
 COMMAND_TIMEOUT_S = 120.0       # the longest command is a 15 s simulator run
 PROMISE_TIMEOUT_S = 60.0        # "each step shows its result within a minute"
@@ -79,9 +80,7 @@ class GuideShell:
 
 @pytest.fixture
 def guide_shell(stack, tmp_path):
-    running = {component.name for component in stack.started}
-    if not {"api", "broker", "worker"} <= running:
-        pytest.skip(f"the guide needs the whole stack (FLEET_STACK_COMPONENTS={os.environ.get('FLEET_STACK_COMPONENTS')})")
+    require_components(stack, "api", "broker", "worker")
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("FLEET_", "EMQX_", "DATABASE_URL", "PG"))}
     env["FLEET_STATE_DIR"] = str(stack.state_dir)

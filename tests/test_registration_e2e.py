@@ -12,15 +12,14 @@ import pytest
 from fleetcore import topics
 from tests.support.database import rows
 from tests.support.operators import unique
+from tests.support.required import require_components, require_tool
 from tests.support.vehicle import ConnectRefused, MqttVehicle
 from tests.support.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
-def _needs_the_broker(stack):
-    running = {c.name for c in stack.started}
-    if not {"authsvc", "broker", "api"} <= running:
-        pytest.skip(f"needs authsvc, broker and api (running: {sorted(running)})")
+def _needs_the_whole_stack(stack):
+    require_components(stack, "authsvc", "broker", "api")
 
 
 def new_vehicle(operator, stack) -> tuple[MqttVehicle, str]:
@@ -161,9 +160,9 @@ def test_config_set_while_offline_is_sent_when_the_vehicle_comes_online(operator
 
 
 def test_a_vehicle_connects_over_tls_verifying_the_broker_with_the_local_ca(operator, stack):
+    require_tool("openssl", "the embedded stack makes its TLS listener's certificates with it")
     ca = stack.tls_dir / "ca.pem"
-    if not ca.exists():
-        pytest.skip("openssl is not installed: the embedded stack runs without its TLS listener")
+    assert ca.exists(), "openssl is installed, yet the stack made no local CA"
     vehicle, token = new_vehicle(operator, stack)
     secret = vehicle.register(token)
     tls = MqttVehicle("127.0.0.1", stack.config.ports.mqtt_tls, vehicle.vehicle_id)

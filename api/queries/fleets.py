@@ -9,7 +9,7 @@ SELECT f.id, f.name, f.created_at, (SELECT count(*) FROM vehicles v WHERE v.flee
 
 def list_fleets(cur, visible: list[str] | None, limit: int, offset: int) -> tuple[list[dict], int]:
     where, params = ("", []) if visible is None else (" WHERE f.id = ANY(%s)", [visible])
-    cur.execute("SELECT count(*) AS n FROM fleets f" + where, params)
+    cur.execute("SELECT count(*) AS n FROM fleets f" + where, params)  # noqa: S608 - fixed fragments
     total = cur.fetchone()["n"]
     cur.execute(_SELECT + where + " ORDER BY f.id LIMIT %s OFFSET %s", [*params, limit, offset])
     return cur.fetchall(), total

@@ -27,8 +27,8 @@ def shape(row: dict) -> dict:
 
 
 def find_by_idempotency_key(cur, created_by: str, key: str) -> dict | None:
-    cur.execute(f"SELECT {_COLUMNS}, m.request_hash FROM missions m WHERE m.created_by = %s AND m.idempotency_key = %s",
-                (created_by, key))
+    cur.execute(f"SELECT {_COLUMNS}, m.request_hash FROM missions m "  # noqa: S608 - fixed column list
+                "WHERE m.created_by = %s AND m.idempotency_key = %s", (created_by, key))
     return cur.fetchone()
 
 
@@ -58,7 +58,7 @@ def _json_list(items: list) -> object:
 
 
 def get(cur, mission_id: str) -> dict | None:
-    cur.execute(f"SELECT {_COLUMNS} FROM missions m WHERE m.id = %s", (mission_id,))
+    cur.execute(f"SELECT {_COLUMNS} FROM missions m WHERE m.id = %s", (mission_id,))  # noqa: S608 - fixed column list
     return cur.fetchone()
 
 

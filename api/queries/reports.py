@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def filters(visible: list[str] | None, args: dict, cursor: tuple[str, str] | None = None) -> tuple[str, dict]:
-    where, params = ["TRUE"], {}
+    where: list[str] = ["TRUE"]
+    params: dict[str, object] = {}
     if visible is not None:
         where.append("m.fleet_id = ANY(%(visible)s)")
         params["visible"] = visible

@@ -8,8 +8,8 @@ def find_user_for_login(cur, username: str) -> dict | None:
 
 
 def recent_failures(cur, keys: list[str], window_s: int) -> int:
-    cur.execute("SELECT count(*) AS n FROM login_failures WHERE key = ANY(%s) AND at > now() - make_interval(secs => %s)",
-                (keys, window_s))
+    cur.execute("SELECT count(*) AS n FROM login_failures "
+                "WHERE key = ANY(%s) AND at > now() - make_interval(secs => %s)", (keys, window_s))
     return cur.fetchone()["n"]
 
 

@@ -20,7 +20,7 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
     return parts
 
 
-def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tuple[str, str] | None,
+def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
                limit: int) -> list[dict]:
     cur.execute("""
         SELECT ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps, battery_pct, odometer_m, extra,
@@ -59,7 +59,7 @@ def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: in
     return cur.fetchall()
 
 
-def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: tuple[str, str] | None,
+def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
                   limit: int) -> list[dict]:
     cur.execute("""
         SELECT id, ts, received_at, seq, mode, health, battery_pct, charging, estop, errors, sw_version, clock_skewed

@@ -53,7 +53,8 @@ def get(cur, vehicle_id: str) -> dict | None:
 
 def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float, float] | None,
                   limit: int, offset: int) -> tuple[list[dict], int]:
-    where, params = ["TRUE"], {}
+    where: list[str] = ["TRUE"]
+    params: dict[str, object] = {}
     if visible is not None:
         where.append("v.fleet_id = ANY(%(visible)s)")
         params["visible"] = visible
@@ -70,8 +71,8 @@ def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float,
         where.append("s.mode = %(mode)s")
         params["mode"] = args["mode"]
     clause = " AND ".join(where)
-    cur.execute("SELECT count(*) AS n FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle_id = v.id "
-                f"WHERE {clause}", params)  # noqa: S608 - fixed fragments, values are parameters
+    cur.execute("SELECT count(*) AS n FROM vehicles v "  # noqa: S608 - fixed fragments, values are parameters
+                f"LEFT JOIN vehicle_state s ON s.vehicle_id = v.id WHERE {clause}", params)
     total = cur.fetchone()["n"]
     if near:
         params.update(near_lat=near[0], near_lon=near[1])
@@ -80,7 +81,7 @@ def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float,
         order = _SORTS[args.get("sort") or "id"]
     params.update(limit=limit, offset=offset)
     cur.execute(_SELECT.format(distance=_DISTANCE if near else "")
-                + f" WHERE {clause} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s", params)  # noqa: S608
+                + f" WHERE {clause} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s", params)
     return cur.fetchall(), total
 
 

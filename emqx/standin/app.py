@@ -89,7 +89,7 @@ class StandinApp:
         if self.rules is not None:
             try:
                 await asyncio.wait_for(self.rules.stop(), max(1.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log_event(log, "standin.rules_flush_timeout", logging.ERROR)
         for part in (self.authz, self.authn):
             if part is not None:

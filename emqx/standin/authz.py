@@ -116,7 +116,7 @@ class Authorizer:
         if self.on_authz_complete is not None:
             try:
                 self.on_authz_complete(client, action, topic, "allow" if allowed else "deny", source)
-            except Exception:  # noqa: BLE001 - a rule-event failure must not change the decision
+            except Exception:  # a rule-event failure must not change the decision
                 log.exception("authz.callback_failed")
         return allowed
 

@@ -134,10 +134,10 @@ def _enum(value: Any, path: str, allowed: tuple[str, ...]) -> str:
 def _host_port(value: Any, path: str, default_port: int | None = None) -> tuple[str, int]:
     """"0.0.0.0:1883", "host:port", 1883 (all interfaces) or "host" (with a default port)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return "0.0.0.0", value
+        return "0.0.0.0", value  # noqa: S104 - EMQX binds a bare port on all interfaces
     text = _str(value, path).strip()
     if text.isdigit():
-        return "0.0.0.0", int(text)
+        return "0.0.0.0", int(text)  # noqa: S104 - EMQX binds a bare port on all interfaces
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest.lstrip(":")
@@ -190,14 +190,14 @@ def parse_env_value(raw: str) -> Any:
         if isinstance(doc, dict) and doc and not _has_unresolved(doc) and \
                 not (_has_empty_leaf(doc) and '""' not in raw):
             return doc
-    except (ConfigException, Exception):  # noqa: BLE001 - any parse failure means "not a document"
+    except (ConfigException, Exception):  # noqa: BLE001, S110 - any parse failure means "not a document"
         pass
     try:
         boxed = ConfigFactory.parse_string("fake_key=" + raw, resolve=False)
         value = _plain(boxed.get("fake_key"))
         if not _has_unresolved(value):
             return value
-    except (ConfigException, Exception):  # noqa: BLE001
+    except (ConfigException, Exception):  # noqa: BLE001, S110 - not a value: the caller falls back
         pass
     return raw
 
@@ -221,15 +221,14 @@ def _put(conf: dict, path: list[str], value: Any, var: str) -> None:
                 if not isinstance(node[index], (dict, list)):
                     node[index] = {}
                 node = node[index]
+        elif last:
+            node[key] = value
         else:
-            if last:
-                node[key] = value
-            else:
-                child = node.get(key)
-                if not isinstance(child, (dict, list)):
-                    child = {}
-                    node[key] = child
-                node = child
+            child = node.get(key)
+            if not isinstance(child, (dict, list)):
+                child = {}
+                node[key] = child
+            node = child
 
 
 def apply_env_overrides(conf: dict, environ: Mapping[str, str]) -> list[str]:
@@ -393,7 +392,7 @@ class RuleConfig:
 class BrokerConfig:
     node_name: str = "emqx@127.0.0.1"
     data_dir: str = "data"
-    dashboard_host: str = "0.0.0.0"
+    dashboard_host: str = "0.0.0.0"  # noqa: S104 - EMQX's default
     dashboard_port: int = 0        # 0 = disabled (EMQX 5.x schema default)
     api_key_bootstrap_file: str = ""
     listeners: list[ListenerConfig] = field(default_factory=list)
@@ -414,7 +413,7 @@ class BrokerConfig:
         if self.unimplemented:
             log_event(log, "config.unimplemented_keys", level=logging.WARNING, keys=sorted(self.unimplemented))
         log_event(log, "config.loaded", path=self.source_path, env_overrides=self.env_overrides,
-                  listeners=[l.id for l in self.listeners if l.enable], authenticators=len(self.authentication),
+                  listeners=[lst.id for lst in self.listeners if lst.enable], authenticators=len(self.authentication),
                   authz_sources=len(self.authorization.sources), actions=sorted(self.actions),
                   rules=sorted(self.rules))
 
@@ -833,7 +832,7 @@ def _rules(root: _Section, cfg: BrokerConfig) -> None:
                 raise ConfigError(f"{rsec.key('actions')}.{i}: built-in action "
                                   f"{action.get('function', '?')!r} is not supported (use pgsql:/http: actions)")
             text = _str(action, f"{rsec.key('actions')}.{i}")
-            atype, sep, aname = text.partition(":")
+            atype, sep, _ = text.partition(":")
             if not sep or atype not in ("pgsql", "http"):
                 raise ConfigError(f"{rsec.key('actions')}.{i}: {text!r} is not a known action type "
                                   "(expected \"pgsql:<name>\" or \"http:<name>\")")

@@ -180,7 +180,7 @@ class Connection:
     async def _connect(self, flags: int, body: bytes) -> None:
         try:
             await self._handle_connect(flags, body)
-        except Exception:  # noqa: BLE001 - never let one connection's bug kill the broker
+        except Exception:
             log.exception("connect failed", extra={"event": "mqtt.internal_error", "clientid": self._clientid()})
             self.close("internal_error")
         finally:
@@ -266,7 +266,7 @@ class Connection:
         assert session is not None                 # CONNECTED
         try:
             if ptype == codec.PUBLISH:
-                item = (_PUBLISH,) + codec.decode_publish(flags, body)
+                item = (_PUBLISH, *codec.decode_publish(flags, body))
                 if not valid_topic_name(item[1]):
                     self._protocol_error(f"invalid topic name {item[1]!r}")
                     return
@@ -285,9 +285,9 @@ class Connection:
             elif ptype == codec.PUBCOMP:
                 session.on_pubcomp(codec.decode_packet_id(body))
             elif ptype == codec.SUBSCRIBE:
-                self._enqueue((_SUBSCRIBE,) + codec.decode_subscribe(flags, body))
+                self._enqueue((_SUBSCRIBE, *codec.decode_subscribe(flags, body)))
             elif ptype == codec.UNSUBSCRIBE:
-                self._enqueue((_UNSUBSCRIBE,) + codec.decode_unsubscribe(flags, body))
+                self._enqueue((_UNSUBSCRIBE, *codec.decode_unsubscribe(flags, body)))
             elif ptype == codec.PINGREQ:
                 self.send(codec.PINGRESP_PACKET)
             elif ptype == codec.DISCONNECT:
@@ -322,7 +322,7 @@ class Connection:
                     self._unsubscribe(item[1], item[2])
                 if self._paused:
                     self._maybe_resume()
-        except Exception as exc:  # noqa: BLE001 - never let one connection's bug kill the broker
+        except Exception as exc:
             log.exception("connection processor failed", extra={"event": "mqtt.internal_error",
                                                                   "clientid": self._clientid()})
             inbound.clear()
@@ -415,8 +415,7 @@ class Connection:
         codes = []
         granted = []
         for topic_filter, qos in requests:
-            if not valid_topic_filter(topic_filter) or topic_filter.startswith("$share/") \
-                    or topic_filter.startswith("$queue/"):
+            if not valid_topic_filter(topic_filter) or topic_filter.startswith(("$share/", "$queue/")):
                 codes.append(codec.SUBACK_FAILURE)
                 log_event(log, "mqtt.subscribe_refused", clientid=client.clientid, topic=topic_filter,
                           reason="topic_filter_invalid_or_unsupported")

@@ -175,7 +175,7 @@ class _WsTransport:
                 sending.cancel()
         try:
             await self.ws.close()
-        except (ConnectionError, RuntimeError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, RuntimeError):
             pass                                      # the peer is gone: closed is closed
 
     async def wait_closed(self) -> None:
@@ -280,7 +280,7 @@ class Listeners:
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.servers.clear()
         self.runners.clear()

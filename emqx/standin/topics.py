@@ -169,7 +169,7 @@ class SubscriptionTrie(Generic[S]):
             for subscriber, qos in node.subscribers.items():
                 yield "/".join(prefix), subscriber, qos
             for level, child in node.children.items():
-                stack.append((child, prefix + [level]))
+                stack.append((child, [*prefix, level]))
 
 
 def _merge(result: list, subscribers: dict) -> None:

@@ -7,7 +7,6 @@ same shared-secret header). Vehicles are created with ``fleetcore.registry`` —
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import requests
 from fleetcore import credentials, envelope, registry, topics
 from fleetcore.db import Database
 from tests.api.conftest import unique
+from tests.support.required import require_components
 
 
 class AuthsvcClient:
@@ -65,8 +65,7 @@ class AuthsvcClient:
 
 @pytest.fixture(scope="session")
 def authsvc_url(stack) -> str:
-    if "authsvc" not in {c.name for c in stack.started}:
-        pytest.skip(f"authsvc is not running (FLEET_STACK_COMPONENTS={os.environ.get('FLEET_STACK_COMPONENTS')})")
+    require_components(stack, "authsvc")
     return stack.url("authsvc")
 
 

@@ -1,6 +1,7 @@
 """POST /mqtt/authn — every contract case of EMQX's HTTP authentication, as the broker calls it."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -151,8 +152,8 @@ def test_malformed_json_and_oversized_bodies_are_denied(broker, active_vehicle):
     for data in (b"{not json", b"", b"\xff\xfe"):
         response = broker.post("/mqtt/authn", data=data, headers={"Content-Type": "application/json"})
         assert (response.status_code, response.json()) == (200, {"result": "deny"}), data
-    huge = ('{"clientid":"%s","username":"%s","password":"%s","pad":"%s"}'
-            % (vehicle.id, vehicle.id, vehicle.secret, "x" * 100_000)).encode()
+    huge = json.dumps({"clientid": vehicle.id, "username": vehicle.id, "password": vehicle.secret,
+                       "pad": "x" * 100_000}).encode()
     response = broker.post("/mqtt/authn", data=huge, headers={"Content-Type": "application/json"})
     assert (response.status_code, response.json()) == (200, {"result": "deny"})
 

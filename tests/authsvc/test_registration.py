@@ -14,8 +14,7 @@ import uuid
 import pytest
 
 from fleetcore import registry
-from tests.authsvc.conftest import (audit_actions, credential_rows, expected_secret, registration_summary,
-                                    vehicle_row)
+from tests.authsvc.conftest import audit_actions, credential_rows, expected_secret, registration_summary, vehicle_row
 
 
 def test_registration_issues_a_secret_that_authenticates(broker, broker_running, new_vehicle, stack_db, device_key):

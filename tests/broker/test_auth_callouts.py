@@ -24,7 +24,7 @@ TOKEN = "tok-123"
 
 def production_config(port: int, **extra_env: str):
     """emqx/emqx.conf with the same overrides fleetctl's broker_env() sets for the auth calls."""
-    header = '{"x-fleet-broker-token" = "%s"}' % TOKEN
+    header = f'{{"x-fleet-broker-token" = "{TOKEN}"}}'
     env = {"EMQX_AUTHENTICATION__1__URL": f"http://127.0.0.1:{port}/mqtt/authn",
            "EMQX_AUTHENTICATION__1__HEADERS": header,
            "EMQX_AUTHORIZATION__SOURCES__1__URL": f"http://127.0.0.1:{port}/mqtt/authz",
@@ -33,8 +33,8 @@ def production_config(port: int, **extra_env: str):
 
 
 def vehicle(**kw: Any) -> ClientInfo:
-    base = dict(clientid="veh-7", username="veh-7", password=b"s3cret", peerhost="127.0.0.9", peerport=50123,
-                client_attrs={"role": "vehicle", "fleet": "north"})
+    base = {"clientid": "veh-7", "username": "veh-7", "password": b"s3cret", "peerhost": "127.0.0.9",
+            "peerport": 50123, "client_attrs": {"role": "vehicle", "fleet": "north"}}
     base.update(kw)
     return ClientInfo(**base)
 

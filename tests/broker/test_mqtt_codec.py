@@ -34,7 +34,7 @@ def test_remaining_length_longer_than_four_bytes_is_malformed():
 def test_connect_round_trip_with_will_and_credentials():
     raw = codec.encode_connect("veh-1", clean_session=False, keepalive=42, username="veh-1", password=b"s3cret",
                                will=codec.Will("fleet/v1/veh-1/connection", b"gone", 1, True))
-    (ptype, flags, body), = codec.FrameReader(1024).feed(raw)
+    (_ptype, flags, body), = codec.FrameReader(1024).feed(raw)
     packet = codec.decode_connect(flags, body)
     assert (packet.client_id, packet.clean_session, packet.keepalive) == ("veh-1", False, 42)
     assert (packet.username, packet.password) == ("veh-1", b"s3cret")
@@ -42,7 +42,7 @@ def test_connect_round_trip_with_will_and_credentials():
 
 
 def test_mqtt5_connect_is_an_unsupported_protocol_not_a_malformed_packet():
-    (ptype, flags, body), = codec.FrameReader(1024).feed(codec.encode_connect("c", proto_ver=5))
+    (_ptype, flags, body), = codec.FrameReader(1024).feed(codec.encode_connect("c", proto_ver=5))
     with pytest.raises(codec.UnsupportedProtocol) as info:
         codec.decode_connect(flags, body)
     assert info.value.level == 5
@@ -53,14 +53,14 @@ def test_mqtt5_connect_is_an_unsupported_protocol_not_a_malformed_packet():
     lambda b: b.replace(b"\x04\x02", b"\x04\x03", 1),            # reserved flag
 ])
 def test_broken_connect_is_malformed(mutate):
-    (ptype, flags, body), = codec.FrameReader(1024).feed(codec.encode_connect("c"))
+    (_ptype, flags, body), = codec.FrameReader(1024).feed(codec.encode_connect("c"))
     with pytest.raises(codec.MalformedPacket):
         codec.decode_connect(flags, mutate(body))
 
 
 def test_subscribe_decoding_validates_flags_and_qos():
     raw = codec.encode_subscribe(5, [("a/+", 1), ("b/#", 0)])
-    (ptype, flags, body), = codec.FrameReader(1024).feed(raw)
+    (_ptype, flags, body), = codec.FrameReader(1024).feed(raw)
     assert codec.decode_subscribe(flags, body) == (5, [("a/+", 1), ("b/#", 0)])
     with pytest.raises(codec.MalformedPacket):
         codec.decode_subscribe(0, body)

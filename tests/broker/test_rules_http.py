@@ -26,7 +26,7 @@ def registration_request(payload: bytes = b'{"v":1,"data":{"enrollment_token":"e
 def production_rules(port: int):
     return load_config(paths.emqx_conf(), {
         "EMQX_CONNECTORS__HTTP__AUTHSVC__URL": f"http://127.0.0.1:{port}",
-        "EMQX_CONNECTORS__HTTP__AUTHSVC__HEADERS": '{"x-fleet-broker-token" = "%s"}' % TOKEN,
+        "EMQX_CONNECTORS__HTTP__AUTHSVC__HEADERS": f'{{"x-fleet-broker-token" = "{TOKEN}"}}',
         "EMQX_CONNECTORS__PGSQL__FLEET_DB__SERVER": '"127.0.0.1:1"',
     })
 

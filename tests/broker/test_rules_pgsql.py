@@ -36,7 +36,8 @@ def message(clientid: str, topic: str, payload: bytes, qos: int = 1) -> Message:
                    client_attrs={"role": "vehicle"})
 
 
-def rules_conf(db_url: str, *, server: str | None = None, telemetry_opts: str = "batch_size = 100, batch_time = \"10ms\"",
+def rules_conf(db_url: str, *, server: str | None = None,
+               telemetry_opts: str = "batch_size = 100, batch_time = \"10ms\"",
                mission_opts: str = "batch_size = 1, inflight_window = 1", ttl: str = "5m") -> str:
     return pg_connector_conf(db_url, server=server, health="200ms") + f"""
 actions.pgsql.telemetry {{ connector = db, parameters.sql = "{INSERT}"
@@ -111,8 +112,9 @@ def test_parameters_are_typed_as_emqx_sends_them(tmp_path, db_url, conn):
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE typed (t text, i bigint, f double precision, b boolean, j jsonb, n text, q int)")
     sql = "INSERT INTO typed VALUES (${qos}, ${payload.i}, ${payload.f}, ${flags.retain}, ${doc}, ${nope}, ${q})"
+    options = 'batch_size = 10, batch_time = "50ms"'
     cfg = conf_from(tmp_path, pg_connector_conf(db_url) + f"""
-actions.pgsql.typed {{ connector = db, parameters.sql = "{sql}", resource_opts {{ batch_size = 10, batch_time = "50ms" }} }}
+actions.pgsql.typed {{ connector = db, parameters.sql = "{sql}", resource_opts {{ {options} }} }}
 rule_engine.rules.typed {{ sql = \"\"\"SELECT qos, payload, flags, json_encode(payload.o) AS doc, payload.q AS q
                            FROM "t/#" \"\"\", actions = ["pgsql:typed"] }}
 """)
@@ -149,10 +151,14 @@ def test_events_and_where_filtering_of_takeover_disconnects(tmp_path, db_url, co
     prod = load_config(paths.emqx_conf(), {})
     rules = {k: prod.rules[k].sql.replace('"', '\\"') for k in
              ("fleet_client_connected", "fleet_client_disconnected", "fleet_authz_denied")}
+    presence_sql = ("INSERT INTO presence (clientid, event, reason, at_ms, connected_at_ms, role) "
+                    "VALUES (${clientid}, ${event}, ${reason}, ${at_ms}, ${connected_at}, ${role})")
+    denied_sql = ("INSERT INTO denied (clientid, topic, action, at_ms) "
+                  "VALUES (${clientid}, ${topic}, ${action}, ${timestamp})")
     cfg = conf_from(tmp_path, pg_connector_conf(db_url) + f"""
-actions.pgsql.presence {{ connector = db, parameters.sql = "INSERT INTO presence (clientid, event, reason, at_ms, connected_at_ms, role) VALUES (${{clientid}}, ${{event}}, ${{reason}}, ${{at_ms}}, ${{connected_at}}, ${{role}})"
+actions.pgsql.presence {{ connector = db, parameters.sql = "{presence_sql}"
   resource_opts.inflight_window = 1 }}
-actions.pgsql.denied {{ connector = db, parameters.sql = "INSERT INTO denied (clientid, topic, action, at_ms) VALUES (${{clientid}}, ${{topic}}, ${{action}}, ${{timestamp}})" }}
+actions.pgsql.denied {{ connector = db, parameters.sql = "{denied_sql}" }}
 rule_engine.rules.connected {{ sql = "{rules['fleet_client_connected']}", actions = ["pgsql:presence"] }}
 rule_engine.rules.disconnected {{ sql = "{rules['fleet_client_disconnected']}", actions = ["pgsql:presence"] }}
 rule_engine.rules.denied {{ sql = "{rules['fleet_authz_denied']}", actions = ["pgsql:denied"] }}

@@ -9,20 +9,22 @@ import pytest
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
 from tests.support.operators import ApiClient, unique
+from tests.support.required import require_components
 from tests.support.vehicle import MqttVehicle
 
 
 @pytest.fixture(scope="module")
-def own_stack(tmp_path_factory):
+def own_stack(state_dirs):
     messages: list[str] = []
-    config = StackConfig(state_dir=tmp_path_factory.mktemp("outage-stack"), ports=free_ports(), durable=False,
+    config = StackConfig(state_dir=state_dirs("outage-stack"), ports=free_ports(), durable=False,
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
     stack = Stack(config, out=messages.append)
     stack.start()
-    missing = {"authsvc", "broker", "api", "worker"} - {c.name for c in stack.started}
-    if missing:
+    try:
+        require_components(stack, "authsvc", "broker", "api", "worker")
+    except (pytest.skip.Exception, pytest.fail.Exception):
         stack.stop("components missing")
-        pytest.skip(f"outage tests need the whole stack; not running: {', '.join(sorted(missing))}")
+        raise
     yield stack
     stack.stop("outage tests finished")
 

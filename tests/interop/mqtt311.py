@@ -138,7 +138,8 @@ class Client:
     # -- requests -------------------------------------------------------------------------------------------
     def subscribe(self, topic_filters: list[str], qoss: list[int]) -> list[int]:
         pid = self._packet_id()
-        body = struct.pack("!H", pid) + b"".join(_utf8(t) + bytes([q]) for t, q in zip(topic_filters, qoss))
+        body = struct.pack("!H", pid) + b"".join(_utf8(t) + bytes([q])
+                                                for t, q in zip(topic_filters, qoss, strict=True))
         self._send(_packet(SUBSCRIBE, 0x02, body))
         codes = list(self._wait((SUBACK, pid))[2:])
         self.callbacks.subscribeds.append((pid, codes))

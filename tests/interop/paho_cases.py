@@ -71,7 +71,7 @@ class InteropTest(unittest.TestCase):
     def connect(self, client: Client, **kwargs) -> int:
         return client.connect(self.host, self.port, **kwargs).flags
 
-    def testBasic(self) -> None:
+    def testBasic(self) -> None:  # noqa: N802 - Paho's test case names
         aclient, callback = self.aclient, self.callback
         self.connect(aclient)
         aclient.disconnect()

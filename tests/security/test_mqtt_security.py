@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -15,6 +16,13 @@ from tests.support.waiting import wait_until
 DENIED = 0x80
 
 
+def new_vehicle_token(operator, vehicle_id: str) -> str:
+    """Create a vehicle in the operator's fleet over the API; return its one-time enrollment token."""
+    response = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet})
+    assert response.status_code == 201, response.text
+    return response.json()["enrollment"]["token"]
+
+
 @pytest.mark.parametrize("topic_filter", [
     "#", "fleet/v1/#", "fleet/v1/+/cmd", "fleet/v1/+/telemetry", "$SYS/#", "$SYS/brokers",
     "fleet/v1/{other}/cmd", "fleet/v1/{other}/register/response", "fleet/v1/{self}/telemetry", "fleet/v1/{self}/#",
@@ -24,7 +32,7 @@ def test_a_vehicle_cannot_subscribe_beyond_its_own_commands(enroll, topic_filter
     granted = vehicle.subscribe(topic_filter.format(self=vehicle.vehicle_id, other=other.vehicle_id))
     assert granted == [DENIED]
     record("security", "subscriptions beyond a vehicle's own commands (wildcards, $SYS, other vehicles)", probes=1,
-           granted=0)
+           granted=sum(code != DENIED for code in granted))
 
 
 def test_a_vehicle_may_subscribe_to_its_commands_and_the_fleet_channel(enroll):
@@ -35,19 +43,26 @@ def test_a_vehicle_may_subscribe_to_its_commands_and_the_fleet_channel(enroll):
 
 def test_publishing_as_another_vehicle_is_denied_and_recorded(enroll, stack):
     victim, attacker = enroll(), enroll()
-    for kind in (topics.Kind.TELEMETRY, topics.Kind.STATUS, topics.Kind.MISSION, topics.Kind.CMD):
-        attacker.publish_raw(topics.vehicle_topic(victim.vehicle_id, kind), b'{"v":1}')
-    attacker.publish_raw(topics.fleet_command_topic(), b'{"v":1,"type":"emergency.release"}')
-    denied = wait_until(lambda: len(r := rejected(stack.database_url, attacker.vehicle_id)) >= 5 and r)
-    assert {r["reason"] for r in denied} == {"acl_denied"}
-    assert rows(stack.database_url, "SELECT 1 FROM telemetry WHERE vehicle_id = %s", (victim.vehicle_id,)) == []
-    assert not [m for m in victim.history if m.topic.endswith("/cmd")], "the forged command reached the victim"
-    record("security", "publishes as another vehicle or as the backend", probes=5, delivered=0, dead_lettered=len(denied))
+    probes = [(topics.vehicle_topic(victim.vehicle_id, kind), b'{"v":1}')
+              for kind in (topics.Kind.TELEMETRY, topics.Kind.STATUS, topics.Kind.MISSION, topics.Kind.CMD)]
+    probes.append((topics.fleet_command_topic(), b'{"v":1,"type":"emergency.release"}'))
+    for topic, payload in probes:
+        attacker.publish_raw(topic, payload)
+    denied = wait_until(lambda: len(r := rejected(stack.database_url, attacker.vehicle_id)) >= len(probes) and r)
+    assert sorted((r["topic"], r["reason"]) for r in denied) == sorted((topic, "acl_denied") for topic, _ in probes)
+    [stored] = rows(stack.database_url, """
+        SELECT (SELECT count(*) FROM telemetry WHERE vehicle_id = %(v)s)
+             + (SELECT count(*) FROM vehicle_status WHERE vehicle_id = %(v)s)
+             + (SELECT count(*) FROM mission_events WHERE actor_id = %(v)s) AS n""", {"v": victim.vehicle_id})
+    forged = [m for m in victim.history if m.topic in {topic for topic, _ in probes}]
+    assert stored["n"] == 0 and forged == [], (stored, forged)
+    record("security", "publishes as another vehicle or as the backend", probes=len(probes),
+           delivered=stored["n"] + len(forged), dead_lettered=len(denied))
 
 
 def test_enrollment_token_is_single_use(operator, stack):
     vehicle_id = unique("veh")
-    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    token = new_vehicle_token(operator, vehicle_id)
     vehicle = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id)
     secret = vehicle.register(token)
     assert len(secret) >= 43                                   # ≥ 256 bits, url-safe base64
@@ -60,7 +75,7 @@ def test_enrollment_token_is_single_use(operator, stack):
 
 def test_an_enrolling_client_may_only_register(operator, stack):
     vehicle_id = unique("veh")
-    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    token = new_vehicle_token(operator, vehicle_id)
     enrolling = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id).connect(token, clean_session=True,
                                                                                          will=False)
     try:
@@ -76,7 +91,7 @@ def test_two_simultaneous_registrations_with_one_token_yield_one_secret(operator
     """The race is decided in authsvc; over MQTT the two attempts come from two connections of one client id,
     so the broker lets one through at a time; both publish their request before either gets an answer."""
     vehicle_id = unique("veh")
-    token = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).json()["enrollment"]["token"]
+    token = new_vehicle_token(operator, vehicle_id)
     outcomes: list[str] = []
 
     def attempt() -> None:
@@ -99,13 +114,15 @@ def test_two_simultaneous_registrations_with_one_token_yield_one_secret(operator
 
 def test_a_revoked_vehicle_is_kicked_at_once_and_refused_afterwards(operator, enroll):
     vehicle = enroll()
+    requested = time.monotonic()
     response = operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/revoke", json={"reason": "stolen"})
     assert response.status_code == 200, response.text
     # The requirement is "kicked within 1 s": the deadline is the requirement, not a guess.
     wait_until(lambda: not vehicle.connected, timeout=1.0, message="the revoked vehicle is still connected")
+    kicked_after_s = vehicle.disconnected_at - requested           # from the operator's request to the kick
     with pytest.raises(ConnectRefused):
         MqttVehicle("127.0.0.1", vehicle.port, vehicle.vehicle_id).connect(vehicle.secret)
-    record("security", "revoked vehicle", kicked_within_s=1, reconnect="refused")
+    record("security", "revoked vehicle", kicked_after_s=round(kicked_after_s, 3), reconnect="refused")
 
 
 def test_oversized_payload_is_dead_lettered(enroll, stack):

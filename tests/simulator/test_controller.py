@@ -59,7 +59,7 @@ def test_accepts_progresses_and_completes():
     progress = [e["progress"] for e in mission_events if e["event"] == "progress"]
     assert progress, "progress is reported while driving"
     percents = [p["percent"] for p in progress]
-    assert percents == sorted(percents) and 0 <= percents[0] and percents[-1] <= 100
+    assert percents == sorted(percents) and percents[0] >= 0 and percents[-1] <= 100
     etas = [p["eta_s"] for p in progress]
     assert etas[0] >= etas[-1] >= 0 and all(isinstance(e, int) for e in etas)
     assert any("depot" in p["step"] for p in progress)

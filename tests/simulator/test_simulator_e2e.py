@@ -25,6 +25,7 @@ from simulator.motion import offset
 from simulator.vehicle import BrokerAddress
 from tests.support.database import rows
 from tests.support.operators import unique
+from tests.support.required import require_tool
 from tests.support.waiting import wait_until
 
 TERMINAL = ("completed", "failed", "rejected", "cancelled", "timed_out", "expired")
@@ -49,7 +50,7 @@ def run_fleet(stack, operator_api, fleet, tmp_path):
         enroller = ApiEnroller(operator_api, fleet)
         if enroll:
             enroller.prepare(CredentialsStore(state_dir), ids)
-        defaults = dict(workers=2, ramp_s=0.0, seed=11, time_scale=20.0, progress_every_s=0.5)
+        defaults = {"workers": 2, "ramp_s": 0.0, "seed": 11, "time_scale": 20.0, "progress_every_s": 0.5}
         sim = Fleet(FleetOptions(vehicle_ids=ids, broker=broker, state_dir=state_dir, **(defaults | options)),
                     renew_token=enroller.new_token)
         sim.start()
@@ -175,8 +176,9 @@ def test_offline_telemetry_is_uploaded_as_batches(stack, run_fleet):
         def stored(vehicle_id=vehicle.vehicle_id):
             return db(stack, "SELECT count(*) AS n, max(seq) AS top FROM telemetry WHERE vehicle_id = %s",
                       vehicle_id)[0]
-        wait_until(lambda: stored()["n"] == made, 20,
-                   message=lambda: f"{vehicle.vehicle_id}: {stored()} stored of {made} made (nothing lost)")
+        wait_until(lambda made=made: stored()["n"] == made, 20,
+                   message=lambda made=made, vehicle_id=vehicle.vehicle_id:
+                   f"{vehicle_id}: {stored()} stored of {made} made (nothing lost)")
     assert db(stack, "SELECT count(*) AS n FROM rejected_messages WHERE clientid = ANY(%s)", ids)[0]["n"] == 0
 
 
@@ -242,9 +244,9 @@ def test_the_acceptance_scenario_fails_clearly_when_the_broker_is_unreachable(ap
 
 def test_the_acceptance_scenario_passes_over_tls(stack, api_url, admin_password):
     """mqtts:// with --ca: the stack's broker has a TLS listener with a certificate from its local CA."""
+    require_tool("openssl", "the embedded stack makes its TLS listener's certificates with it")
     ca = stack.tls_dir / "ca.pem"
-    if not ca.exists():
-        pytest.skip("the stack has no TLS listener (openssl missing?)")
+    assert ca.exists(), "openssl is installed, yet the stack made no local CA"
     env = dict(os.environ, FLEET_SIM_PASSWORD=admin_password)
     result = subprocess.run(
         [sys.executable, "-m", "simulator", "scenario", "acceptance", "--api", api_url, "--user", "admin",

@@ -57,8 +57,10 @@ def test_the_grants_are_exactly_insert_on_the_inboxes(q):
 
 def test_no_function_of_the_ingest_mission_or_maintenance_code_is_callable_by_public(q):
     # each code file revokes what it creates; a function it forgets would keep PostgreSQL's default EXECUTE for PUBLIC
-    rows = q("SELECT p.oid::regprocedure::text AS function FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-             "WHERE (n.nspname = 'ingest' OR p.proname IN ('fleet_maintenance', 'ingest_metrics', 'mission_apply_event')) "
+    rows = q("SELECT p.oid::regprocedure::text AS function "
+             "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+             "WHERE (n.nspname = 'ingest' "
+             "OR p.proname IN ('fleet_maintenance', 'ingest_metrics', 'mission_apply_event')) "
              "AND (p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0))")
     assert rows == []
     assert q("SELECT count(*) AS n FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "

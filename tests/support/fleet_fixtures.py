@@ -4,20 +4,19 @@ Imported by tests/conftest.py so every test package can use them.
 """
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
 from tests.support.operators import ApiClient, unique
+from tests.support.required import require_components
 from tests.support.vehicle import MqttVehicle
 from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
 def api_url(stack) -> str:
-    if "api" not in {c.name for c in stack.started}:
-        pytest.skip(f"the api is not running (FLEET_STACK_COMPONENTS={os.environ.get('FLEET_STACK_COMPONENTS')})")
+    require_components(stack, "api")
     return stack.url("api")
 
 

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from emqx.standin.mqtt import codec
 from fleetcore import paths
-from fleetctl.ports import free_port  # noqa: F401 - re-exported for tests
+from fleetctl.ports import free_port
 from fleetctl.procs import ChildProcess
 from tests.support.waiting import wait_until
 
@@ -157,7 +157,7 @@ mqtt {{
             key, secret = (API_KEY, API_SECRET) if auth is True else auth
             request.add_header("Authorization", "Basic " + b64encode(f"{key}:{secret}".encode()).decode())
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, _decode(response.read(), response.headers.get("Content-Type", ""))
         except urllib.error.HTTPError as error:
             return error.code, _decode(error.read(), error.headers.get("Content-Type", ""))
@@ -289,7 +289,7 @@ class RawMqtt:
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("no packet") from None
             if not data:
                 raise ConnectionError("closed by broker")

@@ -10,6 +10,7 @@ import itertools
 import json
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ class MqttVehicle:
         self._connected = threading.Event()
         self._connect_result: str | None = None
         self.disconnects: list[str] = []
+        self.disconnected_at: float | None = None      # time.monotonic() of the last disconnect
 
     # -- connection ----------------------------------------------------------------------------------------
     def connect(self, password: str, *, clean_session: bool = False, will: bool = True, username: str | None = None,
@@ -83,6 +85,7 @@ class MqttVehicle:
             self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.disconnected_at = time.monotonic()
         self._connected.clear()
         self.disconnects.append(str(reason_code))
         if self._connect_result is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -48,14 +49,14 @@ def _int(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(round(value)) if value == value else 0
+        return 0 if math.isnan(value) else round(value)
     if isinstance(value, (str, bytes)):
         text = _str(value).strip()
         try:
             return int(text)
         except ValueError:
             try:
-                return int(round(float(text)))
+                return round(float(text))
             except ValueError:
                 raise RuleFunctionError(f"cannot convert {text!r} to an integer") from None
     raise RuleFunctionError(f"cannot convert {value!r} to an integer")

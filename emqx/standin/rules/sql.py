@@ -294,7 +294,8 @@ class _Parser:
             parts.append(self.tokens[j + 1].text)
             j += 2
         nxt = self.tokens[j]
-        if nxt.kind == "eof" or (nxt.kind == "op" and nxt.text == ",") or (nxt.kind == "kw" and nxt.text in ("as", "from")):
+        if (nxt.kind == "eof" or (nxt.kind == "op" and nxt.text == ",")
+                or (nxt.kind == "kw" and nxt.text in ("as", "from"))):
             return tuple(parts)
         return None
 

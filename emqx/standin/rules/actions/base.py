@@ -285,7 +285,7 @@ class BufferedAction:
                 self._retrying -= 1
                 self.counters["retried.success"] += 1
                 log_event(log, "action.recovered", action=self.id, items=len(batch), attempts=attempt + 1)
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if result is None:
                     self.counters["success"] += 1
                     if not item.future.done():

@@ -153,7 +153,7 @@ class PgsqlConnector:
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), 5)
-            except (TimeoutError, asyncio.TimeoutError, OSError, asyncpg.PostgresError):
+            except (TimeoutError, OSError, asyncpg.PostgresError):
                 self.pool.terminate()
             self.pool = None
 
@@ -239,12 +239,12 @@ class PgsqlAction(BufferedAction):
     def _convert(self, values: list[Any]) -> tuple:
         converters = self.converters
         assert converters is not None
-        return tuple(conv(v) for conv, v in zip(converters, values))
+        return tuple(conv(v) for conv, v in zip(converters, values, strict=True))
 
     async def execute(self, batch: list[Item]) -> list[BaseException | None]:
         connector = self.connector
         try:
-            pool = await connector._ensure_pool()
+            pool = await connector._ensure_pool()  # noqa: SLF001 - the connector's own actions share its pool
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
                 if self.converters is None:
                     await self.describe(conn)
@@ -265,7 +265,7 @@ class PgsqlAction(BufferedAction):
                     else:
                         async with conn.transaction():
                             await conn.executemany(self.sql, rows, timeout=timeout)
-                except Exception as exc:  # noqa: BLE001 - classified below
+                except Exception as exc:  # classified below
                     if is_recoverable(exc):
                         conn.terminate()          # never hand a half-broken connection back to the pool
                         raise
@@ -273,17 +273,17 @@ class PgsqlAction(BufferedAction):
                         results[positions[0]] = Unrecoverable(f"{type(exc).__name__}: {exc}")
                         return results
                     # One bad row must not take the batch down with it: run the rows one by one.
-                    for index, row in zip(positions, rows):
+                    for index, row in zip(positions, rows, strict=True):
                         try:
                             await conn.execute(self.sql, *row, timeout=timeout)
-                        except Exception as row_exc:  # noqa: BLE001
+                        except Exception as row_exc:
                             if is_recoverable(row_exc):
                                 conn.terminate()
                                 raise
                             results[index] = Unrecoverable(f"{type(row_exc).__name__}: {row_exc}")
                 connector.mark_ok()
                 return results
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_recoverable(exc):
                 connector.mark_failed(exc)
                 raise Recoverable(f"{type(exc).__name__}: {exc}") from exc
