@@ -86,9 +86,8 @@ def postman_environment(stack):
 
 def run_newman(environment, tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
     report = tmp_path / "newman-report.json"
-    argv = documented_newman_argv(str(environment)) + [
-        "--reporters", "cli,json", "--reporter-json-export", str(report), "--timeout-request", "30000",
-        "--color", "off", "--disable-unicode"]
+    argv = [*documented_newman_argv(str(environment)), "--reporters", "cli,json", "--reporter-json-export",
+            str(report), "--timeout-request", "30000", "--color", "off", "--disable-unicode"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=paths.PROJECT_ROOT)
     assert report.exists(), f"newman did not run:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result, json.loads(report.read_text(encoding="utf-8"))["run"]
