@@ -18,4 +18,4 @@ RUN pip install -c constraints.txt -e . && python -m compileall -q fleetcore fle
 
 USER fleet
 EXPOSE 8080 8081
-CMD ["gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"]
+CMD ["python", "-m", "api.server"]

@@ -3,10 +3,12 @@
 ``create_app()`` builds the application from environment variables (``api/config.py``); tests may pass an
 ``ApiConfig``. Building it has no side effects: it neither writes to the database nor starts threads. The first
 admin is created by ``fleetctl create-admin`` (api/first_admin.py), and the background work (dispatcher sweeps,
-maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py).
+maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py). It is served by
+``python -m api.server`` behind the bridge in api/asgi.py.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -23,6 +25,8 @@ from fleetcore import errors, logs
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi
 from fleetcore.errors import HttpError
+
+MAX_JSON_DEPTH = 64   # levels of arrays and objects in a request body
 
 
 class FleetJSONProvider(DefaultJSONProvider):
@@ -82,6 +86,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     @app.before_request
     def _request_context() -> None:
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:12]
+        _refuse_nul_in_path()
         _require_json_body()
 
     @app.after_request
@@ -89,13 +94,45 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import emergency, fleets, health, missions, reports, telemetry, tokens, users, vehicles
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency):
+    from api import emergency, events, fleets, health, missions, reports, telemetry, tokens, users, vehicles
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, events):
         smorest.register_blueprint(module.blp)
     return app
 
 
+def _refuse_nul_in_path() -> None:
+    """No resource has a NUL character in its path (and PostgreSQL text cannot hold one): 404, not a 500."""
+    if "\x00" in request.path:
+        raise HttpError(404, "nothing here: the path contains a NUL character")
+
+
 def _require_json_body() -> None:
-    """415 for a body that is not JSON on methods that take one (an empty body is left to validation)."""
-    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
+    """415 for a body that is not JSON on methods that take one (an empty body is left to validation), 400 for
+    JSON nested more than MAX_JSON_DEPTH levels: Python's parser fails near 1,000 levels with a RecursionError,
+    and so would every recursive step after it (validation, storing). Checked before any route, login included."""
+    if request.method not in ("POST", "PUT", "PATCH") or not request.content_length:
+        return
+    if not request.is_json:
         raise HttpError(415, "send the body as JSON with Content-Type: application/json")
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except RecursionError:
+        body = None
+    except ValueError:
+        return  # malformed: the route's parser answers 400
+    else:
+        if _depth(body) <= MAX_JSON_DEPTH:
+            return
+    raise HttpError(400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _depth(value) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iteratively: no recursion limit)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest

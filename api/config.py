@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetcore.config import ServiceConfig, secret, setting
+from fleetcore.http_server import ServerSettings
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,18 @@ class ApiConfig(ServiceConfig):
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
     swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/")
+    events_keepalive_s: float = setting("API_EVENTS_KEEPALIVE_S", 15.0)  # a comment line on every event stream
+
+
+@dataclass(frozen=True)
+class ApiServerConfig(ServerSettings):
+    """How ``python -m api.server`` serves the api (fleetcore/http_server.py, api/asgi.py)."""
+    bind: str = setting("API_BIND", "0.0.0.0:8080")
+    # One process: the in-process metrics stay exact; scale out with replicas.
+    workers: int = setting("API_WORKERS", 1)
+    threads: int = setting("API_THREADS", 16)                   # run Flask views; none waits on a client
+    header_timeout_s: float = setting("API_HEADER_TIMEOUT_S", 10.0)
+    body_timeout_s: float = setting("API_BODY_TIMEOUT_S", 30.0)  # a request body must arrive whole within this
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Prometheus metrics of this process (requests, latencies) plus gauges read from the database at scrape time.
 
-The api runs as one process with many threads (api/gunicorn_conf.py), so in-process counters are exact.
+The api runs as one process with many threads (api/server.py, API_WORKERS=1), so in-process counters are exact.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Marshmallow schemas: what every endpoint accepts and returns. The OpenAPI document is generated from them."""
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
@@ -9,15 +10,27 @@ from api import passwords
 from fleetcore import missions as mission_states
 from fleetcore.topics import VEHICLE_ID_PATTERN
 
-VEHICLE_ID = validate.Regexp(rf"^{VEHICLE_ID_PATTERN}$", error="1–64 letters, digits or '-', not starting with '-'")
-FLEET_ID = validate.Regexp(r"^[a-z0-9][a-z0-9-]{0,63}$", error="1–64 lower-case letters, digits or '-'")
-USERNAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", error="1–64 letters, digits or _ . @ -")
+
+class FullMatch(validate.Regexp):
+    """``validate.Regexp`` on the whole value. Regexp uses ``match``, where ``$`` also matches before a trailing
+    newline ("veh-1\n"), which the database's checks refuse (a 500 instead of a 422). The patterns keep their
+    anchors for the OpenAPI document, whose ``pattern`` is searched, not matched."""
+
+    def __call__(self, value):  # str in, str out, as the schemas use it
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+VEHICLE_ID = FullMatch(rf"^{VEHICLE_ID_PATTERN}$", error="1–64 letters, digits or '-', not starting with '-'")
+FLEET_ID = FullMatch(r"^[a-z0-9][a-z0-9-]{0,63}$", error="1–64 lower-case letters, digits or '-'")
+USERNAME = FullMatch(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$", error="1–64 letters, digits or _ . @ -")
 ROLES = ("admin", "operator", "viewer")
 
 
 def reject_unstorable(value, path: str = "") -> None:
-    """Text PostgreSQL cannot store — NUL characters, lone UTF-16 surrogates (valid JSON escapes, invalid UTF-8) —
-    is a validation error, not a 500."""
+    """What PostgreSQL cannot store is a validation error, not a 500: text with NUL characters or lone UTF-16
+    surrogates (valid JSON escapes, invalid UTF-8), and NaN or Infinity (which Python's JSON parser accepts)."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValidationError(f"{path or 'value'} must not contain NUL characters")
@@ -25,6 +38,8 @@ def reject_unstorable(value, path: str = "") -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError(f"{path or 'value'} must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(f"{path or 'value'} must be a finite number (NaN and Infinity are not JSON)")
     elif isinstance(value, dict):
         for key, item in value.items():
             reject_unstorable(key, path)
@@ -329,8 +344,8 @@ class TelemetryHistoryQuerySchema(StrictSchema):
     from_ = fields.DateTime(data_key="from", metadata={"description": "default: `to` minus one hour"})
     to = fields.DateTime(metadata={"description": "default: now"})
     interval = fields.String(metadata={"description": "average per bucket, e.g. 10s, 1m, 1h"},
-                             validate=validate.Regexp(r"^[1-9]\d{0,5}(s|m|h)$",
-                                                      error="use e.g. 10s, 1m or 1h (1 to 999999 units)"))
+                             validate=FullMatch(r"^[1-9]\d{0,5}(s|m|h)$",
+                                                error="use e.g. 10s, 1m or 1h (1 to 999999 units)"))
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
     cursor = fields.String(metadata={"description": "next_cursor from the previous page"})
 

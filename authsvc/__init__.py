@@ -2,7 +2,7 @@
 
 ``create_app()`` builds the application from environment variables (``authsvc/config.py``); tests may pass an
 ``AuthsvcConfig``. Nothing happens at import time. Production and the embedded stack both serve it with
-gunicorn (``authsvc/gunicorn_conf.py``).
+``python -m authsvc.server`` (granian, authsvc/server.py).
 """
 from __future__ import annotations
 

@@ -9,16 +9,23 @@ Registration). The answer always goes to the verified identity (``clientid``), n
 payload.
 
 HTTP answer: ``200`` once handled — accepted or rejected, and the answer published (``delivered`` false when the
-vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). ``4xx`` for a
-call that is not a rule output at all. ``5xx`` for infrastructure failure, so the broker retries:
+vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). EMQX's HTTP action
+retries only ``429``, ``503`` and connection failures and drops the request on any other status (docs/EMQX.md
+§5.6a, §9 pitfall 17), so every failure that a retry can cure is a ``503``:
 
 * database unavailable → ``503`` before anything changed;
-* the answer could not be published → ``503`` (``502`` if the broker refused it), *after* the database commit.
-  The secret then exists only as its hash, but it is derived from the request, so the retry of the same request
-  (same ``msg_id``) is recognised as a replay and re-publishes the identical answer with the identical secret,
-  within the replay window (``AUTHSVC_REGISTRATION_REPLAY_WINDOW_S``, 10 min). A different request with the used
-  token gets ``token_used``. If every retry fails, the vehicle never learns the secret and an operator issues a
-  new enrollment token (``POST /api/v1/vehicles/{id}/enrollment``), which rotates it.
+* the answer could not be published — the broker API unreachable, or answering with an error — → ``503``,
+  *after* the database commit. The secret then exists only as its hash, but it is derived from the request, so
+  the retry of the same request (same ``msg_id``) is recognised as a replay and re-publishes the identical answer
+  with the identical secret, within the replay window (``AUTHSVC_REGISTRATION_REPLAY_WINDOW_S``, 10 min). A
+  different request with the used token gets ``token_used``. If every retry fails (``resource_opts.request_ttl``
+  in emqx.conf), the vehicle never learns the secret and an operator issues a new enrollment token
+  (``POST /api/v1/vehicles/{id}/enrollment``), which rotates it.
+
+Not retried, because the same call would fail the same way: ``400``/``413`` for a call that is not a rule output
+(a broker misconfiguration, or a request too large to be one), ``401`` without the broker token, ``500`` for a bug.
+The broker drops the request and counts it in the action's ``failed`` metric; authsvc logs each at error level
+(``registration.bad_call``, ``authsvc.unhandled_error``) except the token refusal, which anyone can provoke.
 
 The enrolling client is not kicked: it has the vehicle's clientid, so connecting it already took over (ended)
 any old session of the vehicle, and it must stay connected to receive the answer. The old secret stops working
@@ -39,7 +46,7 @@ from flask import Blueprint, jsonify
 from authsvc.broker_request import MalformedRequest, json_object, read_body, require_broker_token
 from authsvc.extensions import broker, config, database
 from fleetcore import envelope, registry, topics
-from fleetcore.emqx_api import EmqxApiError, EmqxUnavailable
+from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError, log_unavailable
 from fleetcore.logs import log_event
 
@@ -140,13 +147,13 @@ def register():
     try:
         body = json_object(read_body(MAX_REQUEST_BYTES))
     except MalformedRequest as exc:
-        log_event(log, "registration.bad_call", logging.WARNING, reason=exc.reason)
+        log_event(log, "registration.bad_call", logging.ERROR, reason=exc.reason)
         raise HttpError(413 if exc.reason == "oversized" else 400,
                            f"expected the rule output as a JSON object ({exc.reason})") from None
     clientid = body.get("clientid")
     if not isinstance(clientid, str) or not topics.is_vehicle_id(clientid) or not isinstance(body.get("topic"), str) \
             or not isinstance(body.get("payload_b64"), str):
-        log_event(log, "registration.bad_call", logging.WARNING, reason="missing_fields")
+        log_event(log, "registration.bad_call", logging.ERROR, reason="missing_fields")
         raise HttpError(400, "expected {clientid, username, topic, payload_b64, publish_received_at} with a "
                                 "valid vehicle id as clientid")
     try:
@@ -164,11 +171,13 @@ def register():
         published = broker().publish(topics.vehicle_topic(clientid, topics.Kind.REGISTER_RESPONSE),
                                      _answer(outcome, request_msg_id), qos=1)
     except EmqxApiError as exc:
-        status = 503 if isinstance(exc, EmqxUnavailable) else 502
+        # 503 whether the broker was unreachable or refused the publish: only a retry of this very request can
+        # still bring the vehicle its answer (a 502 would make EMQX drop it).
         log_event(log, "registration.answer_failed", logging.ERROR, vehicle=clientid, result=result,
-                  reason=outcome.reason, request_msg_id=request_msg_id, error=str(exc)[:200])
-        raise HttpError(status, f"registration {result}, but the answer could not be published; retry the same "
-                                   "request to re-send it", code="answer_not_published", details=summary) from None
+                  reason=outcome.reason, request_msg_id=request_msg_id, broker_status=exc.status,
+                  error=str(exc)[:200])
+        raise HttpError(503, f"registration {result}, but the answer could not be published; retry the same "
+                             "request to re-send it", code="answer_not_published", details=summary) from None
     log_event(log, f"registration.{result}", logging.INFO if outcome.accepted else logging.WARNING,
               vehicle=clientid, reason=outcome.reason, request_msg_id=request_msg_id, replayed=outcome.replayed,
               rotated=outcome.rotated, delivered=published.delivered)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
              "acknowledged when a subscriber falls behind.",
              "Latency: stand-in = publish → PUBACK, which it sends only after the row is committed; baselines = "
              "device timestamp → the subscriber's commit.",
-             "Peak RSS: summed resident memory of each component's process tree (gunicorn master + workers, "
+             "Peak RSS: summed resident memory of each component's process tree (server main process + workers, "
              "postmaster + backends; shared pages counted in every process), sampled every 0.25 s during the load; PSS "
              "divides shared pages among the processes sharing them (PostgreSQL's shared buffers count once).",
              "Publishers: paho-mqtt clients driven by 2 processes, 10 messages in flight per vehicle, on the same "

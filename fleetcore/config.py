@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-_Config = TypeVar("_Config", bound="ServiceConfig")
+_Config = TypeVar("_Config", bound="Settings")
 
 
 class ConfigError(RuntimeError):
@@ -117,12 +117,8 @@ def secret(name: str, min_length: int = 16) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServiceConfig:
-    """What every backend process needs: the database and the broker's REST API."""
-    database_url: str = required("DATABASE_URL")
-    emqx_api_url: str = required("FLEET_EMQX_API_URL")
-    emqx_api_key: str = required("FLEET_EMQX_API_KEY")
-    emqx_api_secret: str = secret("FLEET_EMQX_API_SECRET")
+class Settings:
+    """A frozen dataclass whose fields name their variables (``setting``, ``required``, ``secret``)."""
 
     @classmethod
     def from_env(cls: type[_Config], env: Mapping[str, str] | None = None) -> _Config:
@@ -130,3 +126,12 @@ class ServiceConfig:
         values = {field.name: field.metadata["read"](env) for field in dataclasses.fields(cls)
                   if "read" in field.metadata}
         return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig(Settings):
+    """What every backend process needs: the database and the broker's REST API."""
+    database_url: str = required("DATABASE_URL")
+    emqx_api_url: str = required("FLEET_EMQX_API_URL")
+    emqx_api_key: str = required("FLEET_EMQX_API_KEY")
+    emqx_api_secret: str = secret("FLEET_EMQX_API_SECRET")

@@ -1,8 +1,9 @@
 """One JSON error shape for every HTTP service: ``{"code", "message", "details"}`` with the right status.
 
 The api and authsvc answer every failure this way: our own ``HttpError``s, every HTTP exception Flask or
-Werkzeug raises (404, 405, 413, 415, malformed JSON), webargs validation errors (422 with per-field details) and
-unexpected exceptions (500 with a request id — the stack trace goes to the log, never to the client).
+Werkzeug raises (404, 405, 413, 415, malformed JSON), webargs validation errors (422 with per-field details),
+values the database refuses as data (422) and unexpected exceptions (500 with a request id — the stack trace
+goes to the log, never to the client).
 ``register(app, component)`` installs the handlers on a Flask app; ``wsgi_response`` writes the same body from
 plain WSGI code (authsvc's broker callouts, authsvc/broker_request.py).
 """
@@ -13,6 +14,7 @@ import logging
 import uuid
 from http import HTTPStatus
 
+import psycopg2
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -20,8 +22,8 @@ from fleetcore.logs import log_event
 
 CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable",
+    408: "request_timeout", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 429: "rate_limited", 500: "internal_error", 502: "bad_gateway", 503: "unavailable",
 }
 
 
@@ -50,7 +52,8 @@ def unexpected(component: str, **fields) -> HttpError:
     """Log the exception being handled (with its stack trace) and return the 500 the client gets: a request id
     to quote, nothing else."""
     request_id = fields.pop("request_id", None) or uuid.uuid4().hex[:12]
-    logging.getLogger(f"{component}.errors").error(
+    # called from except blocks only: .exception() records the stack trace being handled
+    logging.getLogger(f"{component}.errors").exception(  # noqa: LOG004
         "unhandled error", extra={"event": f"{component}.unhandled_error", "request_id": request_id, **fields})
     return HttpError(500, f"unexpected server error (request id {request_id}); it was logged",
                      details={"request_id": request_id})
@@ -100,11 +103,23 @@ def from_http_exception(exc: HTTPException) -> HttpError:
     return HttpError(status, data.get("message") or exc.description or exc.name, headers=headers)
 
 
+def from_data_error(component: str, exc: psycopg2.DataError) -> HttpError:
+    """A value the database refused as data (out of range, malformed, untranslatable): the request's fault, so
+    422 rather than 500. Validation should have caught it first; the log names the database's error class, never
+    its message (which may quote the value)."""
+    log_event(logging.getLogger(f"{component}.errors"), f"{component}.data_error", logging.WARNING,
+              error=exc.__class__.__name__, pgcode=exc.pgcode, path=request.path, request_id=g.get("request_id"))
+    return HttpError(422, "a value in the request is out of range or malformed for storage",
+                     details={"database_error": exc.__class__.__name__})
+
+
 def register(app: Flask, component: str) -> None:
     """Answer every error of ``app`` as JSON. Register after flask-smorest, so these handlers win."""
     def handle_unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
             return response(from_http_exception(exc))
+        if isinstance(exc, psycopg2.DataError):
+            return response(from_data_error(component, exc))
         return response(unexpected(component, request_id=g.get("request_id"), path=request.path,
                                    method=request.method))
 

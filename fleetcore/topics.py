@@ -14,7 +14,7 @@ from enum import StrEnum
 PREFIX = "fleet/v1"
 FLEET_WIDE = "_fleet"
 VEHICLE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
-_VEHICLE_ID = re.compile(rf"^{VEHICLE_ID_PATTERN}$")
+_VEHICLE_ID = re.compile(VEHICLE_ID_PATTERN)
 
 
 class Kind(StrEnum):
@@ -28,7 +28,8 @@ class Kind(StrEnum):
 
 
 def is_vehicle_id(value: str) -> bool:
-    return bool(_VEHICLE_ID.match(value))
+    # fullmatch, not match with ``$``: ``$`` also matches before a trailing newline, which the database refuses
+    return bool(_VEHICLE_ID.fullmatch(value))
 
 
 def vehicle_topic(vehicle_id: str, kind: Kind) -> str:

@@ -1,7 +1,7 @@
 """Command line: ``fleetctl run`` (the embedded stack), ``fleetctl env`` (its addresses for a shell),
 ``fleetctl db …`` (bootstrap, migrate, status, psql), ``fleetctl create-admin`` (the first operator),
-``fleetctl enroll-bulk`` (vehicles with enrollment tokens) and ``fleetctl production-env`` (a ``.env`` with fresh
-secrets for docker-compose.yml).
+``fleetctl enroll-bulk`` (vehicles with enrollment tokens), ``fleetctl production-env`` (a ``.env`` with fresh
+secrets for docker-compose.yml) and ``fleetctl check-env`` (is a ``.env`` safe to use).
 
 Every command that needs the embedded stack finds the one running from ``var/`` on whatever ports it was started
 (fleetcore/embedded.py); a database command with no stack running starts the embedded PostgreSQL just for itself,
@@ -218,6 +218,11 @@ def cmd_production_env(args: argparse.Namespace) -> int:
     return production.main()
 
 
+def cmd_check_env(args: argparse.Namespace) -> int:
+    from fleetctl import production
+    return production.check_main(args.path)
+
+
 def _admin_password() -> str:
     """FLEET_ADMIN_PASSWORD or FLEET_ADMIN_PASSWORD_FILE; asked for (twice) when neither is set on a terminal."""
     if os.environ.get("FLEET_ADMIN_PASSWORD") or os.environ.get("FLEET_ADMIN_PASSWORD_FILE") \
@@ -285,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                    "or the embedded database").set_defaults(func=cmd_create_admin)
     sub.add_parser("production-env", help="print a .env for docker-compose.yml with fresh random secrets "
                    "(fleetctl production-env > .env)").set_defaults(func=cmd_production_env)
+    check = sub.add_parser("check-env", help="check a .env for docker-compose.yml: every variable present, no "
+                           "placeholder left, no value that Compose, EMQX's HOCON, a database URL or EMQX's API key "
+                           "file would break or change (names the variable, never shows the value)")
+    check.add_argument("path", nargs="?", default=".env", help="the file to check (default .env)")
+    check.set_defaults(func=cmd_check_env)
     bulk = sub.add_parser("enroll-bulk", help="create vehicles with one-time enrollment tokens, written to a CSV "
                           "(vehicle_id,fleet_id,enrollment_token,expires_at)")
     bulk.add_argument("--fleet", required=True, help="fleet id")

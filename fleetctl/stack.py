@@ -6,6 +6,10 @@ is what a developer runs. Each component is a separate process that talks to the
 MQTT and PostgreSQL; the services receive their whole configuration as environment variables, the broker
 additionally reads ``emqx/emqx.conf`` with ``EMQX_*`` overrides exactly as EMQX does. Every component answers a
 health URL, which the launcher polls until it is up; its output goes to ``<state>/log/<component>.log``.
+
+While it runs, the stack holds ``<state>/stack.lock`` and describes itself in ``<state>/stack.json``, so other
+tools find it on its ports and nothing starts a second one on the same data directory (fleetcore/embedded.py);
+once up it writes the Postman environment ``<state>/postman.environment.json`` (fleetctl/postman.py).
 """
 from __future__ import annotations
 
@@ -192,12 +196,11 @@ class Stack:
         api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}"}
         worker_env = self.service_env() | {"WORKER_BIND": f"{h}:{ports.worker}"}
         return [
-            Component("authsvc", "authsvc", [python, "-m", "gunicorn", "-c", "python:authsvc.gunicorn_conf",
-                                             "authsvc:create_app()"], authsvc_env, f"{self.url('authsvc')}/healthz"),
+            Component("authsvc", "authsvc", [python, "-m", "authsvc.server"], authsvc_env,
+                      f"{self.url('authsvc')}/healthz"),
             Component("broker", "emqx.standin", [python, "-m", "emqx.standin", "--config", str(paths.emqx_conf())],
                       self.broker_env(), f"{self.url('emqx_api')}/status"),
-            Component("api", "api", [python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api:create_app()"],
-                      api_env, f"{self.url('api')}/healthz"),
+            Component("api", "api", [python, "-m", "api.server"], api_env, f"{self.url('api')}/healthz"),
             Component("worker", "api.worker", [python, "-m", "api.worker"], worker_env,
                       f"{self.url('worker')}/healthz"),
         ]

@@ -10,6 +10,16 @@
 #
 # Files: ca.pem + ca.key (keep ca.key offline in production), server.pem + server.key, <client>.pem/.key.
 # Existing files are kept (delete them to re-issue). Keys are written with mode 0600.
+#
+# BROKER_UID: the broker in its container must read server.key, and the EMQX image runs as uid 1000 — not as you.
+# The script then gives that uid, and only that uid, read access, in the safest way the caller can:
+#   run as root           → chown the key to BROKER_UID (mode 0600);
+#   run as BROKER_UID     → nothing to do;
+#   run as any other user → an ACL entry for BROKER_UID (setfacl, Debian package `acl`; mode stays 0600);
+#   no ACLs possible      → mode 0644, readable by every local user, with a warning on stderr: fix it with
+#                           `sudo chown 1000 <dir>/server.key && sudo chmod 600 <dir>/server.key`.
+# The directory itself becomes searchable by everyone (a+x) so the broker can reach the file; the other keys stay
+# 0600. Whoever has uid 1000 on the host can read the key too: a bind mount shares numeric uids.
 set -eu
 
 OUT_DIR=${1:-emqx/certs}
@@ -58,7 +68,20 @@ for client in ${CLIENTS:-}; do
 done
 chmod 0644 "$OUT_DIR"/*.pem
 chmod 0600 "$OUT_DIR"/*.key
-# EMQX in its container runs as uid 1000 and must read its key: BROKER_UID=1000 hands the key to it.
 if [ -n "${BROKER_UID:-}" ]; then
-    chown "$BROKER_UID" "$OUT_DIR/server.key"
+    key="$OUT_DIR/server.key"
+    chmod a+x "$OUT_DIR"
+    if [ "$(id -u)" = "$BROKER_UID" ]; then
+        :
+    elif [ "$(id -u)" = 0 ]; then
+        chown "$BROKER_UID" "$key"
+        echo "gave $key to uid $BROKER_UID (the broker)"
+    elif command -v setfacl >/dev/null 2>&1 && setfacl -m "u:$BROKER_UID:r" "$key" 2>/dev/null; then
+        echo "granted uid $BROKER_UID (the broker) read access to $key with an ACL"
+    else
+        chmod 0644 "$key"
+        echo "WARNING: $key is now readable by every local user, because uid $BROKER_UID (the broker) must read" \
+            "it and neither chown (needs root) nor an ACL (setfacl, package 'acl') was possible. Restrict it:" \
+            "sudo chown $BROKER_UID '$key' && sudo chmod 600 '$key'" >&2
+    fi
 fi

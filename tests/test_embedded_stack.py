@@ -100,3 +100,35 @@ def test_ctrl_c_stops_everything_cleanly_and_says_so(state_dirs):
     assert "stopping: received SIGINT" in rest
     assert "all components stopped" in rest
     assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+
+
+@pytest.mark.parametrize("component, module", [("api", "api.server"), ("authsvc", "authsvc.server")])
+def test_a_second_server_shares_nothing_with_the_stacks_own(stack, tmp_path, component, module):
+    """Two stacks on one machine must not touch each other's servers: a server of ours opens no control socket
+    and writes nothing to the home directory (gunicorn ≥ 25 did both: stopping one stack deleted the other's
+    socket). A second server with the stack's settings starts and stops beside the running one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_ports().api
+    env = {k: v for k, v in stack.component(component).env.items() if k != "XDG_RUNTIME_DIR"}
+    env |= {"HOME": str(home), f"{component.upper()}_BIND": f"127.0.0.1:{port}", f"{component.upper()}_WORKERS": "1"}
+    second = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60,
+                   message=f"the second {component} did not start")
+        processes = [psutil.Process(second.pid), *psutil.Process(second.pid).children(recursive=True)]
+        assert [c for p in processes for c in p.net_connections(kind="unix") if c.status == psutil.CONN_LISTEN] == []
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert list(home.iterdir()) == []
+    assert _answers(f"{stack.url(component)}/healthz")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

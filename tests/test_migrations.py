@@ -21,7 +21,18 @@ from fleetctl.postgres import bin_dir
 from tests.conftest import empty_database
 from tests.sql.conftest import ingest_url_for
 
-PRE_SPLIT = Path(__file__).parent / "sql" / "vendor" / "pre_split"
+FROZEN_PRE_SPLIT = Path(__file__).parent / "sql" / "vendor" / "pre_split"
+
+
+@pytest.fixture(scope="module")
+def pre_split(tmp_path_factory) -> Path:
+    """sql/ as databases applied it before the code split, under its migration file names. The frozen texts are
+    stored as ``*.sql.frozen`` so that nothing takes them for the project's SQL (they cite notes that are not in
+    this repository); the copy here is byte for byte."""
+    target = tmp_path_factory.mktemp("pre_split")
+    for frozen in FROZEN_PRE_SPLIT.glob("*.sql.frozen"):
+        (target / frozen.name.removesuffix(".frozen")).write_bytes(frozen.read_bytes())
+    return target
 REWRITTEN = {1, 2, 3, 4, 10}  # the migrations that moved their functions out, or only had comments fixed
 
 
@@ -361,9 +372,9 @@ def _partitions(url: str) -> list[str]:
                                           "WHERE i.inhparent = 'public.telemetry'::regclass ORDER BY 1")]
 
 
-def test_every_rewritten_migration_supersedes_the_text_databases_applied():
+def test_every_rewritten_migration_supersedes_the_text_databases_applied(pre_split):
     current = {m.filename: m for m in migrations.discover()}
-    for old in migrations.discover(PRE_SPLIT):
+    for old in migrations.discover(pre_split):
         new = current[old.filename]
         if old.version in REWRITTEN:
             assert new.checksum != old.checksum and old.checksum in new.supersedes, old.filename
@@ -371,23 +382,23 @@ def test_every_rewritten_migration_supersedes_the_text_databases_applied():
             assert new.checksum == old.checksum and not new.supersedes, old.filename
 
 
-def test_the_first_text_of_the_ingest_migration_is_superseded_too():
+def test_the_first_text_of_the_ingest_migration_is_superseded_too(pre_split):
     # before the mission-event reason fix, 002 mapped mission_apply_event's errors in one line
     fixed = ("            -- mission_apply_event's own codes, in this file's vocabulary "
              "(checked above; kept for races)\n"
              "            problem := CASE result.error WHEN 'not_found' THEN 'unknown_mission'\n"
              "                                         WHEN 'not_assigned' THEN 'mission_not_assigned'\n"
              "                                         ELSE 'invalid_transition' END;\n")
-    text = (PRE_SPLIT / "002_ingest.sql").read_text(encoding="utf-8")
+    text = (pre_split / "002_ingest.sql").read_text(encoding="utf-8")
     assert fixed in text
     first = text.replace(fixed, "            problem := COALESCE(result.error, 'invalid_transition');\n")
     assert migrations.checksum_of(first) in next(m for m in migrations.discover() if m.version == 2).supersedes
 
 
-def test_a_database_of_the_old_layout_upgrades_to_exactly_a_new_one(empty_db_url, stack, pg_admin_url):
+def test_a_database_of_the_old_layout_upgrades_to_exactly_a_new_one(empty_db_url, stack, pg_admin_url, pre_split):
     day = datetime.now(UTC).date()
-    old = _migrate(empty_db_url, PRE_SPLIT)
-    assert [m.version for m in old.applied] == [m.version for m in migrations.discover(PRE_SPLIT)]
+    old = _migrate(empty_db_url, pre_split)
+    assert [m.version for m in old.applied] == [m.version for m in migrations.discover(pre_split)]
     assert old.code == []
     _query(empty_db_url, "INSERT INTO fleets (id, name) VALUES ('f', 'F'); "
                          "INSERT INTO vehicles (id, fleet_id, status) VALUES ('veh-old', 'f', 'active')")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pyhocon import ConfigFactory
 
+from fleetcore.config import ConfigError
 from fleetctl import dbadmin
 from fleetctl.stack import Ports, Stack, StackConfig
 
@@ -192,6 +193,17 @@ def test_the_services_start_from_the_compose_environment(compose, env_example):
     assert f"http://{worker_bind}/healthz" in " ".join(compose["services"]["worker"]["healthcheck"]["test"])
 
 
+def test_authsvc_is_reachable_from_the_compose_network_only(compose, env_example):
+    """Only the broker calls authsvc: no published port, and its servers' settings come from compose."""
+    from api.config import ApiServerConfig
+    from authsvc.config import AuthsvcServerConfig
+    assert "ports" not in compose["services"]["authsvc"]
+    authsvc = AuthsvcServerConfig.from_env(service_env(compose, "authsvc", env_example))
+    everywhere = "0.0.0.0"  # noqa: S104 - what the containers bind
+    assert authsvc.address() == (everywhere, 8081) and authsvc.header_timeout_ms() == 60_000
+    assert ApiServerConfig.from_env(service_env(compose, "api", env_example)).address() == (everywhere, 8080)
+
+
 def test_the_migrate_job_creates_the_first_admin_before_any_service_starts(compose, env_example):
     from api.first_admin import PASSWORD_VARIABLE, check_password
     migrate = compose["services"]["migrate"]
@@ -209,3 +221,97 @@ def test_images_run_the_same_commands_as_the_embedded_stack(compose, tmp_path):
     for service in ("authsvc", "api", "worker"):
         command = compose["services"][service]["command"]
         assert (command[1:] if command[0] == "python" else ["-m", *command]) == commands[service], service
+
+
+# -- rule actions -----------------------------------------------------------------------------------------------
+_PLAIN_INSERT = re.compile(r"INSERT INTO [a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)? \(([a-z0-9_, ]+)\) "
+                           r"VALUES \(((?:\$\{[A-Za-z0-9_.]+\}(?:, )?)+)\)")
+
+
+def plain_insert_problem(sql: str) -> str | None:
+    """Why ``sql`` is not a plain ``INSERT INTO t (cols) VALUES (${placeholders})``, or None.
+
+    EMQX 5.10.4 crashes on batched SQL that returns rows — ``RETURNING`` or a ``SELECT`` — and then retries the
+    batch it already committed (EMQX#17701, docs/EMQX.md §5.6a); anything beyond one plain INSERT per row also
+    breaks the one-row-per-request contract of the ingest views."""
+    if re.search(r"\bRETURNING\b", sql, re.IGNORECASE):
+        return "uses RETURNING"
+    match = _PLAIN_INSERT.fullmatch(sql)
+    if match is None:
+        return "is not a plain INSERT INTO table (columns) VALUES (${placeholders})"
+    columns, values = match.group(1).split(", "), match.group(2).split(", ")
+    if len(columns) != len(values):
+        return f"names {len(columns)} columns for {len(values)} values"
+    return None
+
+
+@pytest.mark.parametrize("sql, problem", [
+    ("INSERT INTO ingest.t (a, b) VALUES (${a}, ${b})", None),
+    ("INSERT INTO ingest.t (a) VALUES (${a}) RETURNING id", "uses RETURNING"),
+    ("insert into t (a) values (${a}) returning *", "uses RETURNING"),
+    ("INSERT INTO t (a) SELECT ${a}", "is not a plain INSERT"),
+    ("WITH x AS (SELECT 1) INSERT INTO t (a) VALUES (${a})", "is not a plain INSERT"),
+    ("INSERT INTO t (a) VALUES (${a}) ON CONFLICT DO NOTHING", "is not a plain INSERT"),
+    ("INSERT INTO t (a) VALUES (${a});", "is not a plain INSERT"),
+    ("INSERT INTO t (a) VALUES ('${a}')", "is not a plain INSERT"),
+    ("SELECT f(${a})", "is not a plain INSERT"),
+    ("INSERT INTO t (a, b) VALUES (${a})", "names 2 columns for 1 values"),
+])
+def test_the_plain_insert_check_tells_what_is_wrong(sql, problem):
+    found = plain_insert_problem(sql)
+    assert (found is None) if problem is None else (found is not None and found.startswith(problem))
+
+
+def test_every_action_sql_is_a_plain_insert_without_returning(emqx_conf):
+    actions = emqx_conf["actions"]["pgsql"]
+    assert actions, "no pgsql actions"
+    problems = {name: plain_insert_problem(action["parameters"]["sql"]) for name, action in actions.items()}
+    assert {name: problem for name, problem in problems.items() if problem} == {}
+
+
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(KB|MB|GB)", size).groups()
+    return int(number) * 1024 ** {"KB": 1, "MB": 2, "GB": 3}[unit]
+
+
+def test_every_action_bounds_its_buffer_and_the_docs_show_the_arithmetic(emqx_conf):
+    """EMQX buffers up to worker_pool_size × max_buffer_bytes per action while its target is down (16 × 256MB by
+    default, docs/EMQX.md §5.6a): every action sets both, and docs/OPERATIONS.md lists the same figures."""
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    total = 0
+    for kind, actions in emqx_conf["actions"].items():
+        for name, action in actions.items():
+            opts = action["resource_opts"]
+            assert {"worker_pool_size", "max_buffer_bytes"} <= set(opts), f"{kind}:{name} relies on the defaults"
+            workers, size = int(opts["worker_pool_size"]), str(opts["max_buffer_bytes"])
+            total += workers * _bytes(size)
+            row = f"| `{kind}:{name}` | {workers} × {size[:-2]} {size[-2:]} |"
+            assert row in operations, f"docs/OPERATIONS.md lacks the row {row}"
+    assert total == 2432 * 1024 ** 2
+    assert "2,432 MB" in operations
+
+
+def test_no_action_sets_an_option_emqx_ignores(emqx_conf):
+    """parameters.request_timeout of an HTTP action is deprecated since 5.0.26 and ignored (request_ttl is the limit);
+    inflight_window has no effect on the always-synchronous PostgreSQL connector (docs/EMQX.md §5.6a)."""
+    for name, action in emqx_conf["actions"]["http"].items():
+        assert "request_timeout" not in action["parameters"], f"http:{name}"
+    for name, action in emqx_conf["actions"]["pgsql"].items():
+        assert "inflight_window" not in action.get("resource_opts", {}), f"pgsql:{name}"
+
+
+def test_emqx_has_time_to_boot_before_failed_health_checks_count(compose):
+    """Dependents wait for EMQX to be healthy; without a start period a slow first boot (longer than interval ×
+    retries) marks it unhealthy and api and worker never start."""
+    health = compose["services"]["emqx"]["healthcheck"]
+    seconds = {key: int(re.fullmatch(r"(\d+)s", health[key]).group(1)) for key in ("interval", "start_period")}
+    assert seconds["start_period"] >= 120 > seconds["interval"] * health["retries"]
+    for service in ("api", "worker"):
+        assert compose["services"][service]["depends_on"]["emqx"] == {"condition": "service_healthy"}, service
+
+
+@pytest.mark.parametrize("seconds", ["0", "90"])
+def test_a_header_timeout_the_server_cannot_honour_is_refused(seconds):
+    from authsvc.config import AuthsvcServerConfig
+    with pytest.raises(ConfigError, match="header timeout"):
+        AuthsvcServerConfig.from_env({"AUTHSVC_HEADER_TIMEOUT_S": seconds}).header_timeout_ms()

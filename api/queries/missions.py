@@ -3,6 +3,7 @@ function in sql/ (``mission_apply_event``), and the dispatcher's queue queries."
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import datetime
 
 from fleetcore import missions as mission_states
@@ -172,7 +173,9 @@ def encode_cursor(created_at: datetime, mission_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
+    """ValueError for a cursor this module did not make (checked here, not left to the database's casts)."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     created_at, mission_id = raw.split("|", 1)
     datetime.fromisoformat(created_at)
+    uuid.UUID(mission_id)
     return created_at, mission_id

@@ -12,15 +12,17 @@ def encode_cursor(*parts: object) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, n: int) -> list[str]:
+def decode_cursor(cursor: str, *kinds) -> list:
+    """The parts of ``cursor``, each checked by its kind (e.g. ``datetime.fromisoformat``, ``int``, ``str``), so a
+    tampered cursor is a ValueError here and not a database error later."""
     text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    parts = text.split("|", n - 1)
-    if len(parts) != n:
+    parts = text.split("|", len(kinds) - 1)
+    if len(parts) != len(kinds) or "\x00" in text:
         raise ValueError("bad cursor")
-    return parts
+    return [kind(part) for kind, part in zip(kinds, parts, strict=True)]
 
 
-def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
+def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list | None,
                limit: int) -> list[dict]:
     cur.execute("""
         SELECT ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps, battery_pct, odometer_m, extra,
@@ -34,7 +36,7 @@ def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list
     return cur.fetchall()
 
 
-def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: int, after: str | None,
+def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: int, after: datetime | None,
             limit: int) -> list[dict]:
     # One vehicle's day is ~86,400 rows read in index order: parallel workers cost more to start than they save
     # (measured 92 ms with, 53 ms without, on 2 cores), so this transaction plans without them.
@@ -59,7 +61,7 @@ def buckets(cur, vehicle_id: str, start: datetime, end: datetime, interval_s: in
     return cur.fetchall()
 
 
-def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
+def status_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list | None,
                   limit: int) -> list[dict]:
     cur.execute("""
         SELECT id, ts, received_at, seq, mode, health, battery_pct, charging, estop, errors, sw_version, clock_skewed

@@ -1,7 +1,13 @@
 """Every failure is a JSON error {code, message, details}; the OpenAPI document describes the API."""
 from __future__ import annotations
 
+import base64
+
 import pytest
+from flask import Flask
+
+from fleetcore import db, errors, topics
+from tests.support.operators import unique
 
 
 def _is_json_error(response, status: int, code: str | None = None) -> dict:
@@ -75,3 +81,98 @@ def test_swagger_ui_page_is_served(anonymous, path):
     response = anonymous.get(path)
     assert response.status_code == 200
     assert "swagger" in response.text.lower()
+
+
+# -- inputs that used to answer 500 ----------------------------------------------------------------------------
+@pytest.mark.parametrize("method, path", [
+    ("get", "/api/v1/vehicles/veh%00x"), ("get", "/api/v1/vehicles/veh%00x/telemetry"),
+    ("get", "/api/v1/vehicles/veh%00x/status"), ("post", "/api/v1/vehicles/veh%00x/emergency-stop"),
+    ("get", "/api/v1/fleets/fleet%00x"), ("get", "/api/v1/missions/m%00x"), ("get", "/api/v1/users/1%00")])
+def test_a_nul_in_a_path_id_is_404(operator, method, path):
+    response = getattr(operator, method)(path, json={"reason": "test"} if method == "post" else None)
+    _is_json_error(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("nested", ["[" * 1000 + "]" * 1000, '{"a":' * 1000 + "1" + "}" * 1000,
+                                    '{"username": "admin", "password": ' + "[" * 65 + "]" * 65 + "}"])
+def test_json_nested_too_deeply_is_400_even_before_login(anonymous, nested):
+    response = anonymous.post("/api/v1/auth/login", data=nested, headers={"Content-Type": "application/json"})
+    assert "nested" in _is_json_error(response, 400, "bad_request")["message"]
+
+
+def test_json_nested_too_deeply_in_metadata_is_400(operator):
+    metadata = '{"a":' * 1000 + "1" + "}" * 1000
+    response = operator.post("/api/v1/vehicles", data=f'{{"id": "{unique("veh")}", "fleet_id": "{operator.fleet}", '
+                                                      f'"metadata": {metadata}}}',
+                             headers={"Content-Type": "application/json"})
+    _is_json_error(response, 400, "bad_request")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_422_in_metadata_config_and_task_params(operator, constant):
+    vehicle_id = unique("veh")
+    json_body = {"Content-Type": "application/json"}
+    created = operator.post("/api/v1/vehicles", data=f'{{"id": "{vehicle_id}", "fleet_id": "{operator.fleet}", '
+                                                     f'"metadata": {{"x": {constant}}}}}', headers=json_body)
+    _is_json_error(created, 422, "validation_error")
+    assert operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).status_code == 201
+    for method, path, body in (
+            ("patch", f"/api/v1/vehicles/{vehicle_id}", f'{{"metadata": {{"x": {constant}}}}}'),
+            ("put", f"/api/v1/vehicles/{vehicle_id}/config", f'{{"config": {{"max_speed": {constant}}}}}'),
+            ("post", "/api/v1/missions", f'{{"vehicle_id": "{vehicle_id}", "name": "n", "waypoints": '
+                                         f'[{{"lat": 1, "lon": 2}}], "tasks": [{{"type": "t", "params": '
+                                         f'{{"x": {constant}}}}}]}}')):
+        _is_json_error(getattr(operator, method)(path, data=body, headers=json_body), 422, "validation_error")
+
+
+def test_ids_ending_in_a_newline_are_422(operator, admin):
+    vehicle_id = unique("veh")
+    assert operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).status_code == 201
+    for client, path, body in (
+            (operator, "/api/v1/vehicles", {"id": unique("veh") + "\n", "fleet_id": operator.fleet}),
+            (admin, "/api/v1/fleets", {"id": unique("fleet") + "\n", "name": "x"}),
+            (admin, "/api/v1/users", {"username": unique("user") + "\n", "password": "x" * 20, "role": "viewer"}),
+            (operator, "/api/v1/missions", {"vehicle_id": vehicle_id + "\n", "name": "n",
+                                            "waypoints": [{"lat": 1, "lon": 2}]})):
+        _is_json_error(client.post(path, json=body), 422, "validation_error")
+    assert not topics.is_vehicle_id(vehicle_id + "\n") and topics.is_vehicle_id(vehicle_id)
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor, everywhere", [
+    ("not-base64!", True), (_cursor("no separator"), True), (_cursor("yesterday|1"), True),
+    (_cursor("2026-01-01T00:00:00+00:00|1\x00"), True),
+    (_cursor("2026-01-01T00:00:00+00:00|x"), False)])   # a fine cursor for raw telemetry (its id is text)
+def test_tampered_cursors_are_422(operator, cursor, everywhere):
+    vehicle_id = unique("veh")
+    assert operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).status_code == 201
+    paths = [(f"/api/v1/vehicles/{vehicle_id}/status", {}), ("/api/v1/reports/missions", {}),
+             (f"/api/v1/vehicles/{vehicle_id}/telemetry", {"interval": "1m"})]
+    if everywhere:
+        paths.append((f"/api/v1/vehicles/{vehicle_id}/telemetry", {}))
+    for path, params in paths:
+        _is_json_error(operator.get(path, params={"cursor": cursor, **params}), 422, "validation_error")
+
+
+def test_a_value_the_database_refuses_is_422_not_500(stack):
+    """The last line of defence behind validation: psycopg2's DataError (here a real one from PostgreSQL)."""
+    app = Flask("data-error")
+    errors.register(app, "test")
+
+    @app.route("/cast")
+    def cast():
+        conn = db.connect(stack.database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT %s::int", ("not a number",))
+        finally:
+            conn.close()
+        return "unreachable"
+
+    response = app.test_client().get("/cast")
+    assert response.status_code == 422
+    assert response.json["code"] == "validation_error"
+    assert response.json["details"] == {"database_error": "InvalidTextRepresentation"}

@@ -1,6 +1,6 @@
 """Fixtures for authsvc: an HTTP client that speaks as the broker, and vehicles in the stack's database.
 
-authsvc runs as the real gunicorn process of the stack; these tests call it exactly as EMQX does (same bodies,
+authsvc runs as the real server process of the stack; these tests call it exactly as EMQX does (same bodies,
 same shared-secret header). Vehicles are created with ``fleetcore.registry`` — the same code the api and
 ``fleetctl enroll-bulk`` use — directly in the stack's database.
 """

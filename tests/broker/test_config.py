@@ -59,11 +59,18 @@ def test_production_conf_loads_with_the_stack_environment(tmp_path):
     assert telemetry.resource_opts.batch_size == 100
     assert telemetry.resource_opts.batch_time_s == pytest.approx(0.01)
     assert telemetry.resource_opts.request_ttl_s == 1800.0
-    assert telemetry.resource_opts.max_buffer_bytes == 256 * 1024 * 1024
+    assert (telemetry.resource_opts.worker_pool_size, telemetry.resource_opts.max_buffer_bytes) == (8, 128 * 1024 ** 2)
     assert telemetry.parameters["sql"].sql == ("INSERT INTO ingest.telemetry_inbox (clientid, topic, payload_b64, "
                                               "received_at_ms) VALUES ($1, $2, $3, $4)")
+    # Mission events stay in order by worker affinity (the pgsql connector is synchronous), not by inflight_window,
+    # which the file leaves at its default because it has no effect on PostgreSQL (docs/EMQX.md §5.6a).
     mission = cfg.actions["pgsql:mission_ingest"].resource_opts
-    assert (mission.batch_size, mission.inflight_window) == (1, 1)
+    assert (mission.batch_size, mission.inflight_window, mission.worker_pool_size, mission.max_buffer_bytes) == \
+        (1, 100, 4, 256 * 1024 ** 2)
+    registration = cfg.actions["http:registration"]
+    assert registration.resource_opts.request_ttl_s == 60.0
+    assert (registration.resource_opts.worker_pool_size, registration.resource_opts.max_buffer_bytes) == \
+        (4, 16 * 1024 ** 2)
     assert cfg.rules["fleet_client_disconnected"].actions == ["pgsql:presence_ingest"]
     assert cfg.mqtt.session_expiry_interval_s == 7200 and cfg.mqtt.max_packet_size == 1024 * 1024
     assert cfg.mqtt.keepalive_multiplier == 1.5 and cfg.mqtt.idle_timeout_s == 15

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import zlib
 
 import pytest
 from aiohttp import web
@@ -12,7 +13,7 @@ from emqx.standin.clientinfo import Message
 from emqx.standin.config import load_config
 from emqx.standin.rules import RuleDeliveryError, RuleEngine
 from fleetcore import paths
-from tests.broker.compat_support import FakeAuthService, conf_from
+from tests.broker.compat_support import FakeAuthService, conf_from, eventually
 
 TOKEN = "tok-xyz"
 
@@ -108,3 +109,64 @@ rule_engine.rules.hook {{ sql = \"\"\"SELECT clientid, topic, payload FROM "t/#"
     assert (req["method"], req["path"]) == ("PUT", "/base/v/veh-5")
     assert req["headers"]["x-a"] == "1" and req["headers"]["x-topic"] == "t/1"
     assert req["json"] == {"c": "veh-5", "s": 3}
+
+
+def test_each_buffer_worker_has_its_own_max_buffer_bytes_and_drops_its_oldest(tmp_path):
+    """EMQX runs worker_pool_size buffer workers per action, each with its own buffer of max_buffer_bytes and its own
+    in-flight window (docs/EMQX.md §5.6a): a full worker drops its oldest request, another worker's client is not
+    held up and loses nothing. A request counts ≈ 500 bytes here (body + 256), so a 1KB buffer holds two; with
+    pool_size = 2 a worker has at most two requests in flight."""
+    async def scenario():
+        async with FakeAuthService() as svc:
+            gate = asyncio.Event()
+
+            async def held(_request):
+                await gate.wait()
+                return web.json_response({})
+            svc.reply = held
+            cfg = conf_from(tmp_path, f"""
+connectors.http.hook {{ url = "http://127.0.0.1:{svc.port}", pool_size = 2 }}
+actions.http.hook {{
+  connector = hook
+  parameters {{ path = "/in", method = post }}
+  resource_opts {{ worker_pool_size = 2, max_buffer_bytes = "1KB", request_ttl = "1m" }}
+}}
+rule_engine.rules.hook {{ sql = \"\"\"SELECT clientid, payload FROM "t/#" \"\"\", actions = ["http:hook"] }}
+""")
+            engine = RuleEngine(cfg)
+            await engine.start()
+            action = engine.actions["http:hook"]
+            first, second = _clients_on_different_workers(2)
+
+            def publish(clientid: str, n: int) -> asyncio.Task:
+                msg = registration_request(f"{n:03d}".encode() + b"x" * 200)
+                msg.clientid, msg.topic = clientid, f"t/{clientid}"
+                return asyncio.create_task(engine.on_publish(msg))
+
+            tasks = [publish(first, 1), publish(first, 2)]
+            await eventually(lambda: len(svc.requests) == 2)            # the first worker's window is full
+            tasks.append(publish(second, 1))
+            await eventually(lambda: action.inflight() == 3, message="the second worker did not take its request")
+            tasks += [publish(first, n) for n in (3, 4, 5)]              # 3 and 4 fill the buffer, 5 pushes 3 out
+            stats = await eventually(lambda: action.counters["dropped.queue_full"] == 1 and action.metrics())
+            gate.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            delivered = sorted(r["json"]["payload"][:3] for r in svc.requests if r["json"]["clientid"] == first)
+            metrics = action.metrics()
+            await engine.stop()
+            return stats, results, delivered, metrics
+
+    stats, results, delivered, metrics = asyncio.run(scenario())
+    assert (stats["queuing"], stats["inflight"]) == (2, 3)
+    assert [isinstance(r, RuleDeliveryError) for r in results] == [False, False, False, True, False, False]
+    assert "queue_full" in str(results[3])
+    assert delivered == ["001", "002", "004", "005"]
+    assert (metrics["success"], metrics["dropped"], metrics["dropped.queue_full"]) == (5, 1, 1)
+
+
+def _clients_on_different_workers(workers: int) -> tuple[str, str]:
+    """Two client ids the stand-in puts on different buffer workers (it picks one by crc32 of the client id)."""
+    by_worker: dict[int, str] = {}
+    for n in range(100):
+        by_worker.setdefault(zlib.crc32(f"veh-{n}".encode()) % workers, f"veh-{n}")
+    return by_worker[0], by_worker[1]

@@ -4,14 +4,15 @@
 (PostgreSQL committed / HTTP 2xx) or raises ``RuleDeliveryError`` when it was given up: unrecoverable error,
 older than ``request_ttl`` (dropped.expired), buffer overflow (dropped.queue_full) or shutdown.
 
-Lanes: for a synchronous connector (PostgreSQL: emqx_postgresql's ``callback_mode()`` is ``always_sync``, so an
-EMQX buffer worker runs one batch at a time and ``inflight_window`` does not apply) and with
-``inflight_window = 1`` there are ``worker_pool_size`` lanes, a client always maps to the same one
-and each lane runs one batch at a time — a client's requests are executed in order, as EMQX does with its
-pick key. Otherwise one lane runs up to ``min(inflight_window, pool size)`` batches at once. A batch takes up to
-``batch_size`` queued requests, waiting at most ``batch_time`` for it to fill. A batch that fails for a
-recoverable reason (connection lost, server down…) is retried with backoff, keeping its place, until its
-requests expire.
+Lanes: one per buffer worker (``worker_pool_size``), each with its own queue of at most ``max_buffer_bytes`` —
+EMQX opens one replayq of that size per worker, so an action buffers up to ``worker_pool_size ×
+max_buffer_bytes``. A client always maps to the same lane, as EMQX does with its pick key. For a synchronous
+connector (PostgreSQL: emqx_postgresql's ``callback_mode()`` is ``always_sync``, so an EMQX buffer worker runs one
+batch at a time and ``inflight_window`` does not apply) and with ``inflight_window = 1`` each lane runs one batch
+at a time — a client's requests are executed in order. Otherwise a lane runs up to ``min(inflight_window, pool
+size)`` batches at once. A batch takes up to ``batch_size`` queued requests, waiting at most ``batch_time`` for it
+to fill. A batch that fails for a recoverable reason (connection lost, server down…) is retried with backoff,
+keeping its place, until its requests expire.
 
 Every task is kept: a lane's worker task, and the task of each batch it runs (``_Lane.batches``). ``stop()``
 waits for them (bounded), then cancels the batches still running and fails their requests as EMQX does when a
@@ -160,10 +161,9 @@ class BufferedAction:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.opts.inflight_window == 1 or self.always_sync:
-            self.lanes = [_Lane(self, 1) for _ in range(self.opts.worker_pool_size)]
-        else:
-            self.lanes = [_Lane(self, max(1, min(self.opts.inflight_window, self.pool_size)))]
+        in_order = self.opts.inflight_window == 1 or self.always_sync
+        max_inflight = 1 if in_order else max(1, min(self.opts.inflight_window, self.pool_size))
+        self.lanes = [_Lane(self, max_inflight) for _ in range(self.opts.worker_pool_size)]
         loop = asyncio.get_running_loop()
         for lane in self.lanes:
             lane.task = loop.create_task(lane.run(), name=f"action:{self.id}")
