@@ -192,7 +192,7 @@ def list_stops(args: dict):
     return page_of(items, total, args)
 
 
-@blp.route("/emergency-stops/<int:stop_id>", methods=["GET"])
+@blp.route("/emergency-stops/<stop_id:stop_id>", methods=["GET"])
 @auth.requires("viewer")
 @blp.response(200, EmergencyStopDetailSchema)
 @blp.alt_response(404, response="NOT_FOUND")

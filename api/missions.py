@@ -124,14 +124,15 @@ def _replay(existing: dict, request_hash: str):
 @blp.arguments(MissionListQuerySchema, location="query")
 @blp.response(200, list_of(MissionSchema, "MissionPage"))
 def list_missions(args: dict):
-    """Missions you can see, newest first; filter by vehicle, fleet, state and creation time."""
+    """Missions you can see, newest first; filter by `vehicle_id`, `fleet_id`, `state` and creation time
+    (`from`, `to`)."""
     limit, offset = window(args)
     with database().transaction() as cur:
         items, total = missions.list_missions(cur, auth.current_user().visible_fleets(), args, limit, offset)
     return page_of([missions.shape(item) for item in items], total, args)
 
 
-@blp.route("/<uuid:mission_id>", methods=["GET"])
+@blp.route("/<mission_id:mission_id>", methods=["GET"])
 @auth.requires("viewer")
 @blp.response(200, MissionDetailSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -140,7 +141,7 @@ def get_mission(mission_id):
     return _detail(str(mission_id))
 
 
-@blp.route("/<uuid:mission_id>", methods=["PATCH"])
+@blp.route("/<mission_id:mission_id>", methods=["PATCH"])
 @auth.requires("operator")
 @blp.arguments(MissionUpdateSchema)
 @blp.response(200, MissionDetailSchema)
@@ -183,7 +184,7 @@ def _operator_command(mission_id: str, event: str, reason: str | None, repeated_
     return _detail(mission_id)
 
 
-@blp.route("/<uuid:mission_id>/cancel", methods=["POST"])
+@blp.route("/<mission_id:mission_id>/cancel", methods=["POST"])
 @auth.requires("operator")
 @blp.arguments(ReasonSchema, required=False)
 @blp.response(200, MissionDetailSchema, description="`cancelled` (was queued) or `cancel_requested` (the vehicle "
@@ -198,7 +199,7 @@ def cancel_mission(body: dict | None, mission_id):
                              (mission_states.CANCEL_REQUESTED, mission_states.CANCELLED))
 
 
-@blp.route("/<uuid:mission_id>/pause", methods=["POST"])
+@blp.route("/<mission_id:mission_id>/pause", methods=["POST"])
 @auth.requires("operator")
 @blp.arguments(ReasonSchema, required=False)
 @blp.response(200, MissionDetailSchema, description="`paused`; the vehicle is sent `mission.pause` until it "
@@ -211,7 +212,7 @@ def pause_mission(body: dict | None, mission_id):
     return _operator_command(str(mission_id), "pause", (body or {}).get("reason"), (mission_states.PAUSED,))
 
 
-@blp.route("/<uuid:mission_id>/resume", methods=["POST"])
+@blp.route("/<mission_id:mission_id>/resume", methods=["POST"])
 @auth.requires("operator")
 @blp.arguments(ReasonSchema, required=False)
 @blp.response(200, MissionDetailSchema, description="`in_progress`; the vehicle is sent `mission.resume` until it "

@@ -51,7 +51,7 @@ def mission_report(args: dict):
     a vehicle event reached), every attempt of the retry policy (`attempts`), durations (queue wait, time to accept,
     execution, total), failure reasons, and summary counts per state and per vehicle over every matching mission.
 
-    Filter by creation time (`from`, `to`), `vehicle`, `fleet` and `state`. Missions come oldest first, `limit`
+    Filter by creation time (`from`, `to`), `vehicle_id`, `fleet_id` and `state`. Missions come oldest first, `limit`
     per page; the summary always covers all of them. Pass `next_cursor` as `cursor` for the next page.
     """
     cursor = None
@@ -61,8 +61,8 @@ def mission_report(args: dict):
         except (ValueError, UnicodeDecodeError):
             raise HttpError(400, "invalid cursor; pass next_cursor from the previous page unchanged",
                             code="invalid_cursor") from None
-    if args.get("fleet"):
-        visibility.require_fleet(args["fleet"])
+    if args.get("fleet_id"):
+        visibility.require_fleet(args["fleet_id"])
     visible = auth.current_user().visible_fleets()
     limit = args["limit"]
     with database().transaction() as cur:

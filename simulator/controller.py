@@ -15,7 +15,9 @@ protocol logic pure makes every rule testable on its own:
   on and confirms with ``resumed``;
 * ``emergency.stop`` halts the vehicle (the mission is held, not lost) until ``emergency.release``, and reports
   status ``estop: true`` at once — every time it is sent, as the backend re-sends it until it sees that status;
-* ``config.update`` applies a newer config and reports its version in status.
+* ``config.update`` applies a newer config and reports its version in status;
+* shutting down ends the mission honestly: ``failed`` with reason ``vehicle shut down`` (``shutdown``), so the
+  backend frees the vehicle's queue at once instead of waiting for the mission's timeout.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ LOW_BATTERY_PCT = 15.0       # below this the vehicle reports a warning and take
 CHARGE_BELOW_PCT = 20.0      # an idle vehicle below this parks and charges...
 CHARGE_UNTIL_PCT = 90.0      # ...until this
 RESERVE_PCT = 10.0           # battery that must be left after a mission for it to be accepted
+SHUTDOWN_REASON = "vehicle shut down"
 
 # What a simulated vehicle says it can do (docs/PROTOCOL.md, Capability sheet), sent with its registration. Its
 # tasks just take their `duration_s`, so it names the usual warehouse ones.
@@ -174,8 +177,8 @@ class Controller:
         while len(self._seen) > SEEN_COMMANDS:
             self._seen.popitem(last=False)
         self.stats.commands += 1
-        log_event(log, "command.received", logging.DEBUG, vehicle=self.vehicle_id, msg_id=msg_id,
-                  type=command["type"])
+        log_event(log, "command.received", vehicle=self.vehicle_id, type=command["type"], msg_id=msg_id,
+                  **({"mission": command["data"]["mission_id"]} if "mission_id" in command["data"] else {}))
         handler = {
             "mission.dispatch": self._dispatch, "mission.cancel": self._cancel,
             "mission.pause": self._pause, "mission.resume": self._resume,
@@ -311,6 +314,17 @@ class Controller:
             self.status_every_s = value
         elif key == "cruise_speed_mps":
             self.motion.profile.cruise_mps = value
+
+    def shutdown(self) -> list[Outgoing]:
+        """The vehicle is being switched off: fail the mission it is running (docs/PROTOCOL.md, Mission
+        lifecycle) rather than leave the backend waiting for an event that will not come."""
+        if self.mission is None:
+            return []
+        mission_id = self.mission.mission_id
+        self._end_mission("failed")
+        log_event(log, "mission.failed", logging.WARNING, vehicle=self.vehicle_id, mission=mission_id,
+                  reason=SHUTDOWN_REASON)
+        return [self._mission_event(mission_id, "failed", reason=SHUTDOWN_REASON)]
 
     # -- time ---------------------------------------------------------------------------------------------
     def tick(self, wall_dt: float, now: float) -> list[Outgoing]:

@@ -40,7 +40,7 @@ def test_no_mission_goes_to_a_vehicle_in_manual_or_service_mode_or_fatal(operato
                        f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["health"]["health"] != "FATAL"))
         mission = create(operator, vehicle.vehicle_id)
         assert (mission["state"], mission["blocked_reason"]) == ("queued", reason)
-        listed = operator.get("/api/v1/missions", params={"vehicle": vehicle.vehicle_id, "state": "queued"}).json()
+        listed = operator.get("/api/v1/missions", params={"vehicle_id": vehicle.vehicle_id, "state": "queued"}).json()
         assert {m["blocked_reason"] for m in listed["items"]} == {reason}
         operator.post(f"/api/v1/missions/{mission['id']}/cancel")
     vehicle.publish(topics.Kind.STATUS, {"mode": "AUTO", "estop": False, "errors": []})
@@ -171,7 +171,7 @@ def test_a_retried_mission_is_requeued_and_every_attempt_is_visible(operator, en
     retries = [e for e in detail["timeline"] if e["event"] == "retry"]
     assert [(e["from_state"], e["to_state"], e["attempt"], e["detail"]["next_attempt"]) for e in retries] == \
         [("rejected", "queued", 1, 2), ("failed", "queued", 2, 3)]
-    report = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id}).json()
+    report = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id}).json()
     [row] = report["missions"]
     assert [(a["attempt"], a["outcome"], a["reason"]) for a in row["attempts"]] == \
         [(1, "rejected", "busy"), (2, "failed", "motor"), (3, "completed", None)]

@@ -83,7 +83,7 @@ def test_the_mission_report_carries_the_vehicles_device_times(operator, enroll):
     vehicle.publish(topics.Kind.MISSION, {"mission_id": mission["id"], "event": "completed"},
                     ts=accepted_ms + 42_000)
     wait_until(lambda: operator.get(f"/api/v1/missions/{mission['id']}").json()["state"] == "completed")
-    [row] = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id}).json()["missions"]
+    [row] = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id}).json()["missions"]
     device = {state: datetime.fromisoformat(at) for state, at in row["device_timestamps"].items()}
     assert device == {"accepted": datetime.fromtimestamp(accepted_ms / 1000, UTC),
                       "completed": datetime.fromtimestamp(accepted_ms / 1000 + 42, UTC)}
