@@ -4,8 +4,9 @@
   schema, and none without one. Anything else is a 400 naming the parameter (and the one meant, for a near
   miss), never silently ignored: ``?vehicle=`` for ``?vehicle_id=`` would otherwise return every mission
   unfiltered. The allowed names are read once from the routes' own schemas, so the rule has one source.
-* **Ids in the path.** ``<mission_id:…>``, ``<user_id:…>`` and ``<stop_id:…>`` accept any path segment and answer a malformed id
-  with the same JSON 404 as an unknown one, saying why, instead of Werkzeug's generic "URL not found".
+* **Ids in the path.** ``<mission_id:…>``, ``<user_id:…>`` and ``<stop_id:…>`` accept any path segment and answer
+  a malformed id with the same JSON 404 as an unknown one, saying why, instead of Werkzeug's generic "URL not
+  found".
 """
 from __future__ import annotations
 
