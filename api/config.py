@@ -24,7 +24,8 @@ class ApiConfig(ServiceConfig):
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
     swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/")
-    events_keepalive_s: float = setting("API_EVENTS_KEEPALIVE_S", 15.0)  # a comment line on every event stream
+    events_keepalive_s: float = setting("API_EVENTS_KEEPALIVE_S", 15.0)  # a comment line on every idle stream
+    events_recheck_s: float = setting("API_EVENTS_RECHECK_S", 30.0)      # a stream checks its login session
 
 
 @dataclass(frozen=True)
