@@ -21,8 +21,9 @@ Events of a stream (``text/event-stream``; the data is one line of JSON):
 
 Every event has an ``id``: the database time (epoch ms) its rows were read at. A browser that reconnects sends
 the last one as ``Last-Event-ID`` and is sent, instead of a snapshot, everything that changed since that time
-minus ``OVERLAP_S`` (a transaction that started before the read may commit after it). So events can arrive twice:
-the console keeps vehicles and alarms by id and newest time, and mission events by id.
+minus ``OVERLAP_S`` (a transaction that started before the read may commit after it): the mission events and
+alarms, then one ``vehicles`` event (maybe empty) whose id is where a next resume starts. So events can arrive
+twice: the console keeps vehicles and alarms by id and newest time, and mission events by id.
 """
 from __future__ import annotations
 
