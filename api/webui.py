@@ -47,6 +47,12 @@ def console_file(filename: str):
     return _no_cache(send_from_directory(CONSOLE_DIR, filename))
 
 
+@blp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for it on every page (/docs too)."""
+    return send_from_directory(SWAGGER_UI_DIR, "favicon-32x32.png", mimetype="image/png", max_age=86400)
+
+
 @blp.get(f"{SWAGGER_UI_URL}<path:filename>")
 def swagger_ui_file(filename: str):
     return send_from_directory(SWAGGER_UI_DIR, filename, max_age=86400)

@@ -32,10 +32,11 @@
     return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
       "'": "&#39;" }[c]));
   }
-  function ago(ms) {
+  function ago(ms) {   // coarse on purpose: a list row is redrawn only when its text changes
     if (!ms) return "never";
     const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-    if (s < 60) return `${s} s ago`;
+    if (s < 10) return "just now";
+    if (s < 60) return `${s - (s % 10)} s ago`;
     if (s < 3600) return `${Math.floor(s / 60)} min ago`;
     if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
     return new Date(ms).toLocaleString();
@@ -52,12 +53,35 @@
     const bytes = crypto.getRandomValues(new Uint8Array(16));
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
+  // Redraw a list in place: rows are kept by key and rewritten only when their content changed, so a row under
+  // the operator's pointer is not replaced while they click it.
+  function patchList(list, items) {
+    const existing = new Map([...list.children].map((li) => [li.dataset.key, li]));
+    let previous = null;
+    for (const item of items) {
+      let li = existing.get(item.key);
+      existing.delete(item.key);
+      if (!li) { li = document.createElement("li"); li.dataset.key = item.key; }
+      if (li.renderedHtml !== item.html) { li.innerHTML = item.html; li.renderedHtml = item.html; }
+      if (li.className !== item.className) li.className = item.className;
+      for (const [name, value] of Object.entries(item.data)) {
+        if (li.dataset[name] !== String(value)) li.dataset[name] = value;
+      }
+      const next = previous ? previous.nextSibling : list.firstChild;
+      if (next !== li) list.insertBefore(li, next);
+      previous = li;
+    }
+    for (const li of existing.values()) li.remove();
+  }
+
   function toast(text, kind = "") {
     const node = document.createElement("div");
     node.className = `toast ${kind}`;
     node.textContent = text;
-    $("toasts").appendChild(node);
-    setTimeout(() => node.remove(), 8000);
+    const shelf = $("toasts");
+    shelf.appendChild(node);
+    while (shelf.children.length > 4) shelf.firstChild.remove();
+    setTimeout(() => node.remove(), 6000);
   }
 
   // -- the API ------------------------------------------------------------------------------------------------
@@ -400,7 +424,7 @@
     view.route = L.polyline(points, { color: "#1565c0", dashArray: "6 6", weight: 2 }).addTo(view.map);
     view.routeMarkers = points.map((p, i) => L.marker(p, {
       icon: L.divIcon({ className: "waypoint-marker", html: String(i + 1), iconSize: [22, 22], iconAnchor: [11, 11] }),
-      interactive: false }).addTo(view.map));
+      interactive: false, zIndexOffset: -1000 }).addTo(view.map));   // under the vehicles
   }
 
   async function loadTrail(vehicleId) {
@@ -450,9 +474,8 @@
     const selected = state.selected;
     if (!selected) return;
     const body = $("detail-body");
-    const focused = document.activeElement && body.contains(document.activeElement);
-    if (focused) return;   // don't redraw under the operator's cursor
-    body.innerHTML = selected.type === "vehicle" ? vehicleDetail(selected) : missionDetail(selected);
+    const html = selected.type === "vehicle" ? vehicleDetail(selected) : missionDetail(selected);
+    if (body.renderedHtml !== html) { body.innerHTML = html; body.renderedHtml = html; }
   }
 
   function row(label, value) { return `<tr><td>${esc(label)}</td><td>${value}</td></tr>`; }
@@ -521,10 +544,25 @@
         ${row("created", `${esc(time(m.created_at))} by ${esc(m.created_by || "—")}`)}
         ${m.failure_reason ? row("reason", esc(m.failure_reason)) : ""}
       </table>
-      <h4>Timeline</h4><ol id="mission-timeline" class="timeline">${events.map((e) =>
-        `<li data-to-state="${esc(e.to_state)}">${esc(time(e.at))} · ${esc(e.event)}
+      <h4>Timeline</h4><ol id="mission-timeline" class="timeline">${foldProgress(events).map(({ e, repeats }) =>
+        `<li data-to-state="${esc(e.to_state)}">${esc(time(e.at))} · ${esc(e.event)}${repeats > 1 ? ` ×${repeats}` : ""}
           ${e.from_state !== e.to_state ? `→ <b>${esc(e.to_state)}</b>` : ""}
           <span class="muted">${esc(e.actor_type)}${e.actor_id ? ` ${esc(e.actor_id)}` : ""}</span></li>`).join("")}</ol>`;
+  }
+
+  // Progress reports that change no state are folded into one line (the last one, and how many there were).
+  function foldProgress(events) {
+    const folded = [];
+    for (const e of events) {
+      const last = folded[folded.length - 1];
+      if (last && e.from_state === e.to_state && last.e.to_state === e.to_state && last.e.event === e.event) {
+        last.repeats += 1;
+        last.e = { ...e, from_state: last.e.from_state };
+      } else {
+        folded.push({ e, repeats: 1 });
+      }
+    }
+    return folded;
   }
 
   $("detail-body").addEventListener("click", async (event) => {
@@ -692,11 +730,12 @@
     const all = [...state.vehicles.values()].filter((v) => v.status !== "decommissioned");
     const shown = all.filter(vehicleMatches).sort((a, b) => a.id.localeCompare(b.id)).slice(0, 500);
     $("vehicle-count").textContent = String(all.length);
-    $("vehicle-list").innerHTML = shown.map((v) => `<li data-vehicle-id="${esc(v.id)}" data-look="${look(v)}"
-        class="${isSelected("vehicle", v.id) ? "selected" : ""}"><span class="dot state-${look(v)}"></span>
+    patchList($("vehicle-list"), shown.map((v) => ({
+      key: v.id, className: isSelected("vehicle", v.id) ? "selected" : "", data: { vehicleId: v.id, look: look(v) },
+      html: `<span class="dot state-${look(v)}"></span>
         <span class="grow">${esc(v.id)} <span class="sub">${esc(v.name || "")}</span><br>
         <span class="sub">${v.online ? "online" : "offline"} · seen ${esc(ago(v.last_seen_ms))}</span></span>
-        <span class="sub">${v.battery_pct === null ? "" : `${Math.round(v.battery_pct)} %`}</span></li>`).join("");
+        <span class="sub">${v.battery_pct === null ? "" : `${Math.round(v.battery_pct)} %`}</span>` })));
   }
 
   function renderMissions() {
@@ -704,16 +743,16 @@
     const all = [...state.missions.values()].sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at));
     const shown = all.filter((m) => filter === "all" || !TERMINAL.has(m.state));
     $("mission-count").textContent = String(all.filter((m) => !TERMINAL.has(m.state)).length);
-    $("mission-list").innerHTML = shown.map((m) => {
+    patchList($("mission-list"), shown.map((m) => {
       const deadline = missionDeadline(m);
-      return `<li data-mission-id="${esc(m.id)}" data-state="${esc(m.state)}"
-          class="${isSelected("mission", m.id) ? "selected" : ""}">
-        <span class="chip ms-${esc(m.state)}">${esc(m.state)}</span>
+      return { key: m.id, className: isSelected("mission", m.id) ? "selected" : "",
+               data: { missionId: m.id, state: m.state },
+               html: `<span class="chip ms-${esc(m.state)}">${esc(m.state)}</span>
         <span class="grow">${esc(m.name)}<br><span class="sub">${esc(m.vehicle_id)}
         ${m.progress && m.progress.percent !== null ? ` · ${Math.round(m.progress.percent)} %` : ""}</span></span>
         <span class="sub countdown">${deadline ? `${esc(deadline[0])} ${clock((deadline[1] - Date.now()) / 1000)}` : ""}
-        </span></li>`;
-    }).join("");
+        </span>` };
+    }));
   }
 
   function renderAlarms() {
@@ -722,14 +761,14 @@
       || Date.parse(b.last_raised_at) - Date.parse(a.last_raised_at));
     const shown = all.filter((a) => filter === "all" || (filter === "active" ? a.state === "active" : a.state !== "cleared"));
     const canAck = state.user.role !== "viewer";
-    $("alarm-list").innerHTML = shown.map((a) => `<li data-alarm-id="${a.id}" data-kind="${esc(a.kind)}"
-        data-subject="${esc(a.subject)}" data-state="${esc(a.state)}">
-        <span class="chip sev-${esc(a.severity)}">${esc(a.severity)}</span>
+    patchList($("alarm-list"), shown.map((a) => ({
+      key: String(a.id), className: "", data: { alarmId: a.id, kind: a.kind, subject: a.subject, state: a.state },
+      html: `<span class="chip sev-${esc(a.severity)}">${esc(a.severity)}</span>
         <span class="grow">${esc(a.kind.replace(/_/g, " "))} · ${esc(a.vehicle_id || a.subject)}${a.count > 1 ? ` ×${a.count}` : ""}
           <br><span class="sub">${esc(a.message)}</span>
           <br><span class="sub">${esc(a.state)}${a.acknowledged_by ? ` by ${esc(a.acknowledged_by)}` : ""}
           · ${esc(ago(Date.parse(a.last_raised_at)))}${a.in_condition ? "" : " · condition over"}</span></span>
-        ${canAck && a.state === "active" ? `<button type="button" class="ack" data-ack="${a.id}">Ack</button>` : ""}</li>`).join("");
+        ${canAck && a.state === "active" ? `<button type="button" class="ack" data-ack="${a.id}">Ack</button>` : ""}` })));
   }
 
   $("vehicle-list").addEventListener("click", (event) => {
