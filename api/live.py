@@ -199,7 +199,7 @@ class LiveHub:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            taken = {channel: pending for channel, pending in self._pending.items()}
+            taken = self._pending
             self._pending = {channel: set() for channel in CHANNELS}
             if not self.subscribers:
                 continue
@@ -210,7 +210,7 @@ class LiveHub:
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 self._restart(f"read failed: {exc}")
                 return
-            except Exception:  # noqa: BLE001 - a bug must not silence every console
+            except Exception:  # a bug must not silence every console: restart and say so
                 log.exception("live update failed", extra={"event": "live.crash"})
                 self._restart("bug")
                 return
@@ -268,10 +268,11 @@ async def stream(database_url: str, fleets: frozenset[str] | None, since_ms: int
     next_check = loop.time() + recheck_s
     try:
         yield b": connected\n\n"
-        for message in first:
-            yield message
+        for opening in first:
+            yield opening
         while True:
             timeout = max(0.0, min(keepalive_s, next_check - loop.time()))
+            message: bytes | None
             try:
                 message = await asyncio.wait_for(subscriber.queue.get(), timeout)
             except TimeoutError:

@@ -150,9 +150,7 @@ class Notifier:
             error = type(exc).__name__   # not str(exc): it repeats the URL, which may hold credentials
         delivered = status is not None and 200 <= status < 300
         attempt = delivery["attempts"] + 1
-        if delivered:
-            retry_in = None
-        elif attempt >= self.config.webhook_max_attempts:
+        if delivered or attempt >= self.config.webhook_max_attempts:
             retry_in = None
         else:
             retry_in = min(self.config.webhook_backoff_s * 2 ** (attempt - 1), self.config.webhook_backoff_max_s)

@@ -12,7 +12,8 @@ _WEBHOOK = "w.id, w.url, w.fleet_id, w.min_severity, w.active, w.created_at, w.c
 
 
 def list_alarms(cur, visible: list[str] | None, args: dict, limit: int, offset: int) -> tuple[list[dict], int]:
-    where, params = ["TRUE"], []
+    where: list[str] = ["TRUE"]
+    params: list = []
     if visible is not None:
         where.append("a.fleet_id = ANY(%s)")
         params.append(visible)

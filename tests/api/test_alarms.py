@@ -93,7 +93,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append({"headers": dict(self.headers), "body": body})
                 status = 500 if len(receiver.received) <= receiver.failures else 200
@@ -153,8 +153,8 @@ def test_a_receiver_that_never_answers_is_given_up_after_the_last_attempt(admin,
     webhook = admin.post("/api/v1/alarm-webhooks", json={"url": url, "fleet_id": operator.fleet}).json()
     vehicle = enroll()
     vehicle.drop()
-    failed = wait_until(lambda: [d for d in admin.get(f"/api/v1/alarm-webhooks/{webhook['id']}/deliveries",
-                                                       params={"state": "failed"}).json()["items"]],
+    failed = wait_until(lambda: admin.get(f"/api/v1/alarm-webhooks/{webhook['id']}/deliveries",
+                                          params={"state": "failed"}).json()["items"],
                         timeout=60, interval=0.5, message="the delivery was never given up")
     assert (failed[0]["attempts"], failed[0]["last_status"], failed[0]["last_error"]) == (5, None, "ConnectionError")
     admin.delete(f"/api/v1/alarm-webhooks/{webhook['id']}")
