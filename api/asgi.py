@@ -1,6 +1,6 @@
 """The api as an ASGI application: the Flask app behind a bridge that keeps waiting on clients out of its threads.
 
-``python -m api.server`` serves ``create_asgi_app()`` with granian (fleetcore/http_server.py). Flask is
+``python -m api.server`` serves ``api.server.create_asgi_app()`` with granian (fleetcore/http_server.py). Flask is
 synchronous, so its views run on a fixed pool of ``API_THREADS`` threads, and nothing that waits on a client
 happens in one of them:
 
@@ -214,15 +214,3 @@ async def _send_error(send, error: HttpError, close: bool = False) -> None:
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [*_json_headers(close), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def create_asgi_app():
-    """The factory ``python -m api.server`` serves (once per worker process)."""
-    from api import create_app
-    from api.config import ApiServerConfig
-    flask_app = create_app()
-    server = ApiServerConfig.from_env()
-    return WsgiBridge(flask_app, threads=server.threads,
-                      max_body_bytes=flask_app.extensions["fleet.config"].max_request_bytes,
-                      body_timeout_s=server.body_timeout_s)
-
