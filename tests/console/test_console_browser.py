@@ -187,6 +187,24 @@ def test_an_operator_follows_a_vehicle_and_its_mission_live(stack, api_url, oper
     click(driver, "#modal-ok")
     wait_until(lambda: text_of(driver, "#vehicle-estop-state") == "off", 20, message="the release never showed")
 
+    # the admin's view of the broker: the vehicle's MQTT client and the rules' counters
+    dashboard = stack.url("emqx_api")
+    driver.execute_script("window.open('about:blank', 'dashboard')")
+    driver.switch_to.window("dashboard")
+    driver.get(f"{dashboard}/")
+    driver.find_element(By.ID, "password").send_keys(stack.secrets["FLEET_EMQX_DASHBOARD_PASSWORD"])
+    driver.find_element(By.ID, "login-submit").click()
+    row = f'#clients tr[data-clientid="{vehicle_id}"]'
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, row), 15, message="the vehicle's client is not listed")
+    assert "127.0.0.1:" in text_of(driver, row)
+    wait_until(lambda: int(text_of(driver, '#rules tr[data-rule="fleet_telemetry"] td.num') or 0) > 0, 15,
+               message="the telemetry rule matched nothing")
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, '#actions tr[data-action] td.num'), 10)
+    assert text_of(driver, '#auth tr[data-counter="client.auth.success"] td.num') not in ("", "0")
+    driver.save_screenshot(str(screenshots / "dashboard.png"))
+    driver.close()
+    driver.switch_to.window(driver.window_handles[0])
+
     # the vehicle stops: an offline alarm appears, and the operator acknowledges it
     simulated_vehicle.stop()
     click(driver, ".tabs [data-tab=alarms]")
