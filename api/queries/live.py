@@ -3,6 +3,7 @@
 PostgreSQL builds the JSON, so a snapshot of 10,000 vehicles is one text value, not 10,000 Python dicts. A vehicle
 travels as a compact array in the order of ``VEHICLE_COLUMNS``; missions, their events and alarms as objects.
 ``$n::text[]`` fleets: NULL for every fleet (an admin). Times are epoch milliseconds (``*_ms``).
+``SNAPSHOT_SQL`` is the whole snapshot built by PostgreSQL alone (the benchmark's baseline).
 """
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ _FLEETS = "($%d::text[] IS NULL OR {}.fleet_id = ANY($%d::text[]))"
 NOW_MS = f"SELECT {_MS.format('statement_timestamp()')}"
 
 # -- rows named by a notification (fleet_id, json text) --------------------------------------------------------
-VEHICLES_BY_ID = f"SELECT v.fleet_id, {_VEHICLE_ROW}::text AS row {_VEHICLES_FROM} WHERE v.id = ANY($1::text[])"
+VEHICLES_BY_ID = (f"SELECT v.id, v.fleet_id, v.status, {_VEHICLE_ROW}::text AS row {_VEHICLES_FROM} "
+                  "WHERE v.id = ANY($1::text[])")
+# every vehicle, for the hub's copy (api/live.py)
+VEHICLES_ALL = f"SELECT v.id, v.fleet_id, v.status, {_VEHICLE_ROW}::text AS row {_VEHICLES_FROM}"
 MISSION_EVENTS_BY_ID = f"""SELECT m.fleet_id, {_MISSION_EVENT}::text AS row
     FROM mission_events e JOIN missions m ON m.id = e.mission_id WHERE e.id = ANY($1::bigint[]) ORDER BY e.id"""
 ALARMS_BY_ID = "SELECT a.fleet_id, alarm_json(a)::text AS row FROM alarms a WHERE a.id = ANY($1::bigint[])"
@@ -42,24 +46,32 @@ MISSION_EVENTS_SINCE = f"""SELECT m.fleet_id, {_MISSION_EVENT}::text AS row
 ALARMS_SINCE = (f"SELECT a.fleet_id, alarm_json(a)::text AS row FROM alarms a "
                 f"WHERE a.updated_at > $1 AND {_FLEETS.format('a') % (2, 2)} ORDER BY a.id")
 
-# -- the first event of a stream: everything the console shows, as one JSON text ($1 fleets) --------------------
-SNAPSHOT = f"""SELECT json_build_object(
-    'columns', $2::text[],
-    'vehicles', (SELECT COALESCE(json_agg({_VEHICLE_ROW} ORDER BY v.id), '[]') {_VEHICLES_FROM}
-                  WHERE v.status <> 'decommissioned' AND {_FLEETS.format('v') % (1, 1)}),
+# -- the first event of a stream: the missions and alarms the console shows ($1 fleets, $2 how many of each); the
+# vehicles come from the hub's copy of every vehicle's row (VEHICLES_ALL, then every change)
+def _lists(limit: str) -> str:
+    return f"""json_build_object(
     'missions', (SELECT COALESCE(json_agg({_MISSION} ORDER BY m.created_at DESC), '[]')
                    FROM (SELECT * FROM missions m
                           WHERE (m.finished_at IS NULL OR m.finished_at > now() - interval '1 hour')
                             AND {_FLEETS.format('m') % (1, 1)}
-                          ORDER BY m.created_at DESC LIMIT $3) m),
+                          ORDER BY m.created_at DESC LIMIT {limit}) m),
     'alarms', (SELECT COALESCE(json_agg(alarm_json(a) ORDER BY a.last_raised_at DESC), '[]')
                  FROM (SELECT * FROM alarms a
                         WHERE (a.state <> 'cleared' OR a.cleared_at > now() - interval '1 hour')
                           AND {_FLEETS.format('a') % (1, 1)}
-                        ORDER BY a.last_raised_at DESC LIMIT $3) a)
-)::text AS snapshot, {_MS.format('statement_timestamp()')} AS at_ms"""
+                        ORDER BY a.last_raised_at DESC LIMIT {limit}) a))"""
+
+
+SNAPSHOT_LISTS = f"SELECT {_lists('$2')}::text AS lists"
+# The whole snapshot built by PostgreSQL alone, as one JSON text: what bench/console.py measures the stream's
+# snapshot against ($1 fleets, $2 columns, $3 how many missions and alarms).
+SNAPSHOT_SQL = f"""SELECT json_build_object('columns', $2::text[],
+    'vehicles', (SELECT COALESCE(json_agg({_VEHICLE_ROW}), '[]') {_VEHICLES_FROM}
+                  WHERE v.status <> 'decommissioned' AND {_FLEETS.format('v') % (1, 1)}),
+    'lists', {_lists('$3')})::text"""
 
 # -- is the stream's session still good, and which fleets may it see now ($1 session id, $2 user id) ------------
 SESSION = """SELECT u.role, u.active AND s.revoked_at IS NULL AND s.expires_at > now() AS valid,
        COALESCE(ARRAY(SELECT fleet_id FROM user_fleets WHERE user_id = u.id), '{}') AS fleets
   FROM auth_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1::uuid AND u.id = $2"""
+

@@ -395,7 +395,7 @@ class BrokerConfig:
     dashboard_host: str = "0.0.0.0"  # noqa: S104 - EMQX's default
     dashboard_port: int = 0        # 0 = disabled (EMQX 5.x schema default)
     dashboard_username: str = "admin"    # EMQX's defaults; the embedded stack sets the password
-    dashboard_password: str = "public"
+    dashboard_password: str = "public"  # noqa: S105 - EMQX's documented default, replaced by every deployment
     api_key_bootstrap_file: str = ""
     listeners: list[ListenerConfig] = field(default_factory=list)
     mqtt: MqttConfig = field(default_factory=MqttConfig)

@@ -188,3 +188,22 @@ def test_50_open_streams_leave_the_rest_api_its_latency(api_url, admin):
     ratio = during / before
     assert ratio <= MAX_SLOWDOWN, f"GET /vehicles took {ratio:.1f}× longer with {STREAMS} event streams open"
     record("security", "api with 50 open event streams", streams=STREAMS, slowdown_list_vehicles=round(ratio, 2))
+
+
+def test_a_snapshot_shows_vehicles_created_and_changed_after_the_stream_started(api_url, operator, enroll):
+    """The hub keeps a copy of every vehicle's row: it must hear of new vehicles, renames and revocations."""
+    def snapshot_row(vehicle_id: str) -> dict | None:
+        with EventStream(api_url, operator.tokens["access_token"]) as stream:
+            found = [r for r in vehicle_rows(stream.wait_for(lambda e: e.event == "snapshot")) if r["id"] == vehicle_id]
+        return found[0] if found else None
+
+    with EventStream(api_url, operator.tokens["access_token"]) as first:   # the hub is running from here on
+        first.wait_for(lambda e: e.event == "snapshot")
+        vehicle = enroll(connect=False)
+        wait_until(lambda: snapshot_row(vehicle.vehicle_id), message="a new vehicle never reached the snapshot")
+        assert operator.patch(f"/api/v1/vehicles/{vehicle.vehicle_id}", json={"name": "Rosie"}).status_code == 200
+        wait_until(lambda: (snapshot_row(vehicle.vehicle_id) or {}).get("name") == "Rosie",
+                   message="the new name never reached the snapshot")
+        assert operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/revoke", json={}).status_code == 200
+        wait_until(lambda: (snapshot_row(vehicle.vehicle_id) or {}).get("status") == "revoked",
+                   message="the revocation never reached the snapshot")

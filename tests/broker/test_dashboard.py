@@ -45,8 +45,9 @@ def test_the_page_loads_nothing_from_outside(broker):
     assert "http://" not in page and "https://" not in page and "src=" not in page
 
 
-@pytest.mark.parametrize("body", [{"username": "admin", "password": "public"}, {"username": "root", "password": PASSWORD},
-                                  {"username": "admin"}, ["admin", PASSWORD]])
+@pytest.mark.parametrize("body", [{"username": "admin", "password": "public"},
+                                  {"username": "root", "password": PASSWORD}, {"username": "admin"},
+                                  ["admin", PASSWORD]])
 def test_a_wrong_login_is_refused(broker, body):
     status, answer = call(broker, "POST", "/api/v5/login", body)
     assert status in (400, 401)
