@@ -20,7 +20,7 @@
   const state = {
     user: null, columns: [], vehicles: new Map(), missions: new Map(), missionEvents: new Map(),
     alarms: new Map(), selected: null, lastEventId: null, fitted: false, draft: null, tab: "vehicles",
-    live: "connecting", transitions: [],
+    live: "connecting", transitions: [], liveTransitionIds: new Set(),
   };
   const view = { map: null, markers: new Map(), trail: null, route: null, routeMarkers: [], draftLayer: null };
   let streamAbort = null;
@@ -288,13 +288,13 @@
     const known = state.missions.get(mission.id);
     if (!known || Date.parse(known.updated_at) <= Date.parse(mission.updated_at)) state.missions.set(mission.id, mission);
     const events = state.missionEvents.get(mission.id) || new Map();
-    if (!events.has(event.id)) {
-      events.set(event.id, event);
-      if (event.from_state !== event.to_state) {
-        state.transitions.push({ mission_id: mission.id, to_state: event.to_state, id: event.id });
-      }
-    }
+    if (!events.has(event.id)) events.set(event.id, event);
     state.missionEvents.set(mission.id, events);
+    // every transition that arrived live, once (the timeline may have read it over REST already)
+    if (event.from_state !== event.to_state && !state.liveTransitionIds.has(event.id)) {
+      state.liveTransitionIds.add(event.id);
+      state.transitions.push({ mission_id: mission.id, to_state: event.to_state, id: event.id });
+    }
   }
 
   function onAlarm(alarm) {
