@@ -17,7 +17,7 @@ from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import metrics
+from api import metrics, parameters
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
 from api.schemas import ErrorSchema
@@ -65,7 +65,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         API_SPEC_OPTIONS={
             "info": {"description": "Operate a fleet of autonomous vehicles: create missions, follow them, pull "
                                     "reports. Log in at POST /api/v1/auth/login and send the access token as "
-                                    "`Authorization: Bearer <token>`. Errors are JSON `{code, message, details}`."},
+                                    "`Authorization: Bearer <token>`. Errors are JSON `{code, message, details}`; "
+                                    "a query parameter an endpoint does not list is a 400 `unknown_parameter`."},
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                               "bearerFormat": "JWT"}}},
         },
@@ -80,6 +81,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     smorest = FleetApi(app)
     errors.register(app, "api")  # after flask-smorest, so our handlers win
     metrics.install(app)
+    parameters.install(app, smorest)  # id converters before the routes that use them; unknown query parameters: 400
 
     @app.before_request
     def _request_context() -> None:

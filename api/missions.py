@@ -107,14 +107,15 @@ def _replay(existing: dict, request_hash: str):
 @blp.arguments(MissionListQuerySchema, location="query")
 @blp.response(200, list_of(MissionSchema, "MissionPage"))
 def list_missions(args: dict):
-    """Missions you can see, newest first; filter by vehicle, fleet, state and creation time."""
+    """Missions you can see, newest first; filter by `vehicle_id`, `fleet_id`, `state` and creation time
+    (`from`, `to`)."""
     limit, offset = window(args)
     with database().transaction() as cur:
         items, total = missions.list_missions(cur, auth.current_user().visible_fleets(), args, limit, offset)
     return page_of([missions.shape(item) for item in items], total, args)
 
 
-@blp.route("/<uuid:mission_id>", methods=["GET"])
+@blp.route("/<mission_id:mission_id>", methods=["GET"])
 @auth.requires("viewer")
 @blp.response(200, MissionDetailSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -123,7 +124,7 @@ def get_mission(mission_id):
     return _detail(str(mission_id))
 
 
-@blp.route("/<uuid:mission_id>/cancel", methods=["POST"])
+@blp.route("/<mission_id:mission_id>/cancel", methods=["POST"])
 @auth.requires("operator")
 @blp.arguments(ReasonSchema, required=False)
 @blp.response(200, MissionDetailSchema, description="`cancelled` (was queued) or `cancel_requested` (the "

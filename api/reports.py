@@ -47,7 +47,7 @@ def mission_report(args: dict):
     each state, durations (queue wait, time to accept, execution, total), failure reasons, and summary counts
     per state and per vehicle over every matching mission.
 
-    Filter by creation time (`from`, `to`), `vehicle`, `fleet` and `state`. Missions come oldest first, `limit`
+    Filter by creation time (`from`, `to`), `vehicle_id`, `fleet_id` and `state`. Missions come oldest first, `limit`
     per page; the summary always covers all of them. Pass `next_cursor` as `cursor` for the next page.
     """
     cursor = None
@@ -56,8 +56,8 @@ def mission_report(args: dict):
             cursor = mission_queries.decode_cursor(args["cursor"])
         except (ValueError, UnicodeDecodeError):
             raise HttpError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
-    if args.get("fleet"):
-        visibility.require_fleet(args["fleet"])
+    if args.get("fleet_id"):
+        visibility.require_fleet(args["fleet_id"])
     visible = auth.current_user().visible_fleets()
     limit = args["limit"]
     with database().transaction() as cur:

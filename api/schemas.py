@@ -268,7 +268,7 @@ class ConfigUpdateResultSchema(Schema):
 
 
 class VehicleListQuerySchema(PageQuerySchema):
-    fleet = fields.String(validate=FLEET_ID)
+    fleet_id = fields.String(validate=FLEET_ID)
     status = fields.String(validate=validate.OneOf(("pending", "active", "revoked", "decommissioned")))
     online = fields.Boolean()
     mode = fields.String(validate=validate.OneOf(("AUTO", "MANUAL", "SERVICE", "ESTOP")))
@@ -378,7 +378,7 @@ class StatusHistorySchema(Schema):
 
 
 class LatestQuerySchema(StrictSchema):
-    fleet = fields.String(validate=FLEET_ID)
+    fleet_id = fields.String(validate=FLEET_ID)
 
 
 class FleetLatestSchema(Schema):
@@ -476,8 +476,8 @@ class MissionDetailSchema(MissionSchema):
 
 
 class MissionListQuerySchema(PageQuerySchema):
-    vehicle = fields.String(validate=VEHICLE_ID)
-    fleet = fields.String(validate=FLEET_ID)
+    vehicle_id = fields.String(validate=VEHICLE_ID)
+    fleet_id = fields.String(validate=FLEET_ID)
     state = fields.String(validate=validate.OneOf(mission_states.STATES))
     from_ = fields.DateTime(data_key="from")
     to = fields.DateTime()
@@ -489,8 +489,8 @@ class MissionListQuerySchema(PageQuerySchema):
 class ReportQuerySchema(StrictSchema):
     from_ = fields.DateTime(data_key="from", metadata={"description": "missions created at or after"})
     to = fields.DateTime(metadata={"description": "missions created before"})
-    vehicle = fields.String(validate=VEHICLE_ID)
-    fleet = fields.String(validate=FLEET_ID)
+    vehicle_id = fields.String(validate=VEHICLE_ID)
+    fleet_id = fields.String(validate=FLEET_ID)
     state = fields.String(validate=validate.OneOf(mission_states.STATES))
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000),
                            metadata={"description": "missions per page (the summary always covers all)"})

@@ -53,7 +53,7 @@ def _cursor(args: dict, *kinds) -> list | None:
 def fleet_latest(args: dict):
     """Latest position, health and presence of every vehicle you can see (optionally one fleet), in one call."""
     with database().transaction() as cur:
-        document = vehicles.fleet_latest_json(cur, auth.current_user().visible_fleets(), args.get("fleet"))
+        document = vehicles.fleet_latest_json(cur, auth.current_user().visible_fleets(), args.get("fleet_id"))
     return Response(document, mimetype="application/json")
 
 

@@ -46,7 +46,7 @@ def create_user(body: dict):
         return users.get_user(cur, user_id)
 
 
-@blp.route("/<int:user_id>", methods=["GET"])
+@blp.route("/<user_id:user_id>", methods=["GET"])
 @auth.requires("admin")
 @blp.response(200, UserSchema)
 @blp.alt_response(404, response="NOT_FOUND")
@@ -59,7 +59,7 @@ def get_user(user_id: int):
     return user
 
 
-@blp.route("/<int:user_id>", methods=["PATCH"])
+@blp.route("/<user_id:user_id>", methods=["PATCH"])
 @auth.requires("admin")
 @blp.arguments(UserUpdateSchema)
 @blp.response(200, UserSchema)
@@ -91,7 +91,7 @@ def update_user(body: dict, user_id: int):
         return users.get_user(cur, user_id)
 
 
-@blp.route("/<int:user_id>", methods=["DELETE"])
+@blp.route("/<user_id:user_id>", methods=["DELETE"])
 @auth.requires("admin")
 @blp.response(204)
 @blp.alt_response(404, response="NOT_FOUND")

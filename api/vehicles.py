@@ -60,7 +60,7 @@ def _conflict(exc: registry.RegistryError) -> HttpError:
 def list_vehicles(args: dict):
     """Vehicles you can see, with presence, latest telemetry and health.
 
-    Filter by `fleet`, `status`, `online`, `mode`; sort by `id`, `created_at`, `last_seen`, `battery` (prefix `-`
+    Filter by `fleet_id`, `status`, `online`, `mode`; sort by `id`, `created_at`, `last_seen`, `battery` (prefix `-`
     for descending); `near=lat,lon` orders by distance from the latest position instead (`distance_m`).
     """
     limit, offset = window(args)

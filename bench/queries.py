@@ -73,7 +73,7 @@ def cases(sizes: seed.SeedSizes, now: datetime) -> list[dict]:
                                                           "limit": 1000}),
          "sql": mission_report({"from_": report_from, "to": report_to, "limit": 1000})},
         {"name": f"fleet-wide latest telemetry, {sizes.vehicles:,} vehicles", "target": ("p95", 100.0),
-         "path": "/api/v1/telemetry/latest?" + urlencode({"fleet": sizes.fleet}), "sql": fleet_latest},
+         "path": "/api/v1/telemetry/latest?" + urlencode({"fleet_id": sizes.fleet}), "sql": fleet_latest},
         {"name": "24 h history of one vehicle at interval=1m (1,440 buckets)", "target": ("p95", 100.0),
          "path": f"/api/v1/vehicles/{vid}/telemetry?" + urlencode({"from": _iso(hist_start), "to": _iso(hist_end),
                                                                    "interval": "1m", "limit": 2000}),

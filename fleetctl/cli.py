@@ -1,19 +1,28 @@
-"""Command line: ``fleetctl run`` (the embedded stack), ``fleetctl db …`` (bootstrap, migrate, status, psql),
-``fleetctl create-admin`` (the first operator), ``fleetctl enroll-bulk`` (vehicles with enrollment tokens) and
-``fleetctl production-env`` (a ``.env`` with fresh secrets for docker-compose.yml) and ``fleetctl check-env`` (is a
-``.env`` safe to use)."""
+"""Command line: ``fleetctl run`` (the embedded stack), ``fleetctl env`` (its addresses for a shell),
+``fleetctl db …`` (bootstrap, migrate, status, psql), ``fleetctl create-admin`` (the first operator),
+``fleetctl enroll-bulk`` (vehicles with enrollment tokens), ``fleetctl production-env`` (a ``.env`` with fresh
+secrets for docker-compose.yml) and ``fleetctl check-env`` (is a ``.env`` safe to use).
+
+Every command that needs the embedded stack finds the one running from ``var/`` on whatever ports it was started
+(fleetcore/embedded.py); a database command with no stack running starts the embedded PostgreSQL just for itself,
+under the same lock, so two servers never share a data directory.
+"""
 from __future__ import annotations
 
 import argparse
 import getpass
 import os
+import shlex
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from fleetcore import db, migrations
+import psycopg2
+
+from fleetcore import db, embedded, migrations, paths
 from fleetcore.config import ConfigError, env_secret, env_str
 
 _COLOURS = {"postgres": "34", "authsvc": "35", "broker": "36", "api": "33", "worker": "93", "fleetctl": "32"}
@@ -30,7 +39,16 @@ def _say(message: str) -> None:
     _console_line("fleetctl", message)
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user would type it in the project directory."""
+    try:
+        return str(path.relative_to(paths.PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _summary(stack) -> str:
+    from fleetctl import postman
     from fleetctl.stack import API_KEY_NAME
     p = stack.config.ports
     h = stack.config.host
@@ -60,6 +78,15 @@ def _summary(stack) -> str:
     host, port, database = stack.database_server
     rows.append(f"  PostgreSQL     {host}:{port}/{database}   (psql: .venv/bin/fleetctl db psql)")
     rows.append(f"  Logs           {stack.log_dir}/")
+    if "api" in running:
+        environment = _shown(stack.postman_environment)
+        rows.append(f"  Postman        environment {environment}   (mode 0600: it holds the admin password)")
+        rows += ["In a second terminal (the README's testing guide, with these ports):",
+                 f"  cd {shlex.quote(str(paths.PROJECT_ROOT))}"]
+        if stack.state_dir != (paths.PROJECT_ROOT / "var").resolve():
+            rows.append(f"  export FLEET_STATE_DIR={shlex.quote(str(stack.state_dir))}")
+        rows += ['  eval "$(.venv/bin/fleetctl env)"     # sets API, MQTT_HOST, MQTT_PORT and ADMIN_PW',
+                 f"  {postman.newman_command(environment)}"]
     rows.append("Press Ctrl-C to stop everything.")
     return "\n".join(rows)
 
@@ -89,50 +116,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if reason.startswith("received") else 1
 
 
-def _embedded_database(*, migrate: bool = True):
-    """Start the embedded PostgreSQL (for db commands without DATABASE_URL); caller stops it."""
+class CommandError(RuntimeError):
+    """A command cannot do its work; the message says why in one line."""
+
+
+def _no_stack(state_dir: Path, *, database: bool = True) -> CommandError:
+    return CommandError(f"no embedded stack is running from {state_dir}: start it with `make run`"
+                        + (" (or set DATABASE_URL for another database)" if database else ""))
+
+
+def _running_database_url(state_dir: Path) -> str | None:
+    """The app role's URL of the embedded PostgreSQL running from ``state_dir`` (a stack or a command's), or None."""
+    holder = embedded.running(state_dir)
+    if holder is None:
+        return None
+    if holder.purpose == "starting":
+        raise CommandError(f"{state_dir} is in use by {holder.describe()}; try again once it is up")
     from fleetctl.stack import Stack, StackConfig
-    stack = Stack(StackConfig(), out=_say)
-    stack._start_database(migrate=migrate)  # noqa: SLF001 - same start-up path as `run`, without the services
-    return stack
+    config = StackConfig(state_dir=state_dir, ports=holder.ports, host=holder.host)
+    return Stack(config, out=lambda m: None).database_url
 
 
 @contextmanager
-def _database_url() -> Iterator[str]:
-    """DATABASE_URL; else the embedded database: the running one, or started just for this command."""
+def _database_url(*, start: bool = True, migrate: bool = True) -> Iterator[str]:
+    """DATABASE_URL; else the embedded database of the stack running from ``var/``; else, with ``start``, the
+    embedded database started just for this command (and stopped after it). Never a second server on a data
+    directory that is in use."""
     url = os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
-    from fleetctl.stack import Stack, StackConfig
-    url = Stack(StackConfig(), out=lambda m: None).database_url
-    try:
-        db.connect(url, connect_timeout=2).close()
-        running = True
-    except Exception:  # noqa: BLE001 - not running: start it just for this command
-        running = False
-    if running:
+    state_dir = paths.state_dir().resolve()
+    url = _running_database_url(state_dir)
+    if url:
         yield url
         return
-    stack = _embedded_database()
+    if not start:
+        raise _no_stack(state_dir)
+    from fleetctl.stack import Stack, StackConfig
+    stack = Stack(StackConfig(state_dir=state_dir), out=_say)
+    stack.start_database(migrate=migrate)
     try:
-        yield url
+        yield stack.database_url
     finally:
         stack.stop()
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """Shell variables for the running stack: ``eval "$(fleetctl env)"``. The admin password is not printed: the
+    line reads it from secrets.env when the shell evaluates it."""
+    state_dir = paths.state_dir().resolve()
+    holder = embedded.running(state_dir)
+    if holder is None or holder.purpose == "database":
+        raise _no_stack(state_dir, database=False)
+    if holder.purpose == "starting" or not holder.ready:
+        raise CommandError(f"the embedded stack in {state_dir} is still starting; try again in a few seconds")
+    secrets_file = shlex.quote(str(state_dir / "secrets.env"))
+    print(f"export API={holder.api_url}/api/v1")
+    print(f"export MQTT_HOST={holder.host} MQTT_PORT={holder.ports.mqtt}")
+    print(f"export ADMIN_PW=\"$(sed -n 's/^FLEET_ADMIN_PASSWORD=//p' {secrets_file})\"   # the initial password")
+    return 0
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    if os.environ.get("DATABASE_URL"):
-        conn = db.connect(os.environ["DATABASE_URL"], application_name="fleetctl-migrate")
+    with _database_url(migrate=False) as url:
+        conn = db.connect(url, application_name="fleetctl-migrate")
         try:
             outcome = migrations.migrate(conn, log=_say)
         finally:
             conn.close()
-        _say(f"{outcome.summary()}; database is up to date")
-        return 0
-    stack = _embedded_database()  # starting it migrates it
-    stack.stop()
-    _say("embedded database is up to date")
+    _say(f"{outcome.summary()}; database is up to date")
     return 0
 
 
@@ -145,28 +198,22 @@ def cmd_db_bootstrap(args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    stack = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        stack = _embedded_database(migrate=False)  # show what `migrate` would do, not what it did
-        url = stack.database_url
-    try:
+    with _database_url(migrate=False) as url:  # show what `migrate` would do, not what it did
         conn = db.connect(url, application_name="fleetctl-status")
         try:
             rows = migrations.status(conn)
         finally:
             conn.close()
-        for filename, state in rows:
-            print(f"{filename:<40} {state}")
-    finally:
-        if stack:
-            stack.stop()
+    for filename, state in rows:
+        print(f"{filename:<40} {state}")
     return 0
 
 
 def cmd_db_psql(args: argparse.Namespace) -> int:
+    """psql on the running stack's database (an interactive session would keep a temporary server, and with it
+    the data directory, from `make run`: so none is started)."""
     from fleetctl.postgres import bin_dir
-    with _database_url() as url:
+    with _database_url(start=False) as url:
         return subprocess.call([str(bin_dir() / "psql"), url, *args.psql_args])
 
 
@@ -208,8 +255,8 @@ def cmd_enroll_bulk(args: argparse.Namespace) -> int:
     if os.environ.get("DATABASE_URL"):
         key = env_secret("FLEET_DEVICE_SECRET_KEY", min_length=32)
     else:
-        from fleetctl.stack import Stack, StackConfig
-        key = Stack(StackConfig(), out=lambda m: None).secrets["FLEET_DEVICE_SECRET_KEY"]
+        from fleetctl import localsecrets
+        key = localsecrets.load_or_create(paths.state_dir() / "secrets.env")[0]["FLEET_DEVICE_SECRET_KEY"]
     try:
         with _database_url() as url:
             enrollments = enroll.enroll_bulk(url, key, fleet_id=args.fleet, count=args.count, prefix=args.prefix,
@@ -229,14 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start the embedded stack in the foreground").set_defaults(func=cmd_run)
+    sub.add_parser("env", help="print the running stack's addresses as shell variables: "
+                   'eval "$(fleetctl env)" sets API, MQTT_HOST, MQTT_PORT and ADMIN_PW').set_defaults(func=cmd_env)
     dbp = sub.add_parser("db", help="database commands").add_subparsers(dest="db_command", required=True)
     dbp.add_parser("migrate", help="apply pending migrations and changed code files of sql/code/ (DATABASE_URL, "
-                   "or the embedded database)").set_defaults(func=cmd_db_migrate)
+                   "or the embedded database: the running stack's, else started for this command)"
+                   ).set_defaults(func=cmd_db_migrate)
     dbp.add_parser("bootstrap", help="create roles and database (FLEET_DB_ADMIN_URL, FLEET_DB_PASSWORD, "
                    "FLEET_INGEST_DB_PASSWORD)").set_defaults(func=cmd_db_bootstrap)
     dbp.add_parser("status", help="list migrations and code files and whether they are applied"
                    ).set_defaults(func=cmd_db_status)
-    psql = dbp.add_parser("psql", help="open psql on the database")
+    psql = dbp.add_parser("psql", help="open psql on the database (DATABASE_URL, or the running stack's)")
     psql.add_argument("psql_args", nargs=argparse.REMAINDER)
     psql.set_defaults(func=cmd_db_psql)
     sub.add_parser("create-admin", help="create the operator 'admin' unless an admin exists, with the password "
@@ -267,10 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if passthrough:
         args.psql_args = passthrough
+    from fleetctl.postgres import PostgresError
+    from fleetctl.stack import StackError
     try:
         return args.func(args)
-    except (ConfigError, migrations.MigrationError) as exc:
+    except (ConfigError, migrations.MigrationError, CommandError, embedded.StateDirInUse, PostgresError,
+            StackError) as exc:
         _say(f"error: {exc}")
+        return 2
+    except psycopg2.OperationalError as exc:
+        _say(f"error: cannot use the database: {str(exc).strip().splitlines()[0]}")
         return 2
 
 

@@ -152,8 +152,27 @@ class EmbeddedPostgres:
             argv += ["-c", f"{key}={value}"]
         return argv
 
+    def running_pid(self) -> int | None:
+        """The process id in ``postmaster.pid`` if that process lives: a server already runs on this data
+        directory (normally the launcher's lock says so first; this catches a server left without one)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text(encoding="ascii").split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None          # stale file of a crashed server; PostgreSQL itself handles that
+        except PermissionError:
+            pass                 # alive, owned by another user
+        return pid
+
     def start(self, timeout: float = 30.0) -> None:
-        """Start the server and wait until it accepts connections."""
+        """Start the server and wait until it accepts connections; never a second one on a data directory."""
+        other = self.running_pid()
+        if other is not None:
+            raise PostgresError(f"PostgreSQL (pid {other}) is already running on {self.data_dir}; "
+                                f"stop it (kill {other}) or use the stack it belongs to")
         self.init()
         self._prepare_permissions()
         log_path = (self.log_dir / "postgres.log") if self.log_dir else None

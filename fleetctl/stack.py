@@ -6,6 +6,10 @@ is what a developer runs. Each component is a separate process that talks to the
 MQTT and PostgreSQL; the services receive their whole configuration as environment variables, the broker
 additionally reads ``emqx/emqx.conf`` with ``EMQX_*`` overrides exactly as EMQX does. Every component answers a
 health URL, which the launcher polls until it is up; its output goes to ``<state>/log/<component>.log``.
+
+While it runs, the stack holds ``<state>/stack.lock`` and describes itself in ``<state>/stack.json``, so other
+tools find it on its ports and nothing starts a second one on the same data directory (fleetcore/embedded.py);
+once up it writes the Postman environment ``<state>/postman.environment.json`` (fleetctl/postman.py).
 """
 from __future__ import annotations
 
@@ -25,32 +29,15 @@ from pathlib import Path
 
 from fleetcore import db, migrations, paths
 from fleetcore.config import ConfigError
-from fleetctl import dbadmin, localsecrets
+from fleetcore.embedded import Ports, RunningStack, StackLock
+from fleetctl import dbadmin, localsecrets, postman
 from fleetctl.postgres import EmbeddedPostgres
 from fleetctl.procs import ChildProcess
 
 API_KEY_NAME = "fleet"
+POSTMAN_ENVIRONMENT = "postman.environment.json"
 
-
-@dataclass
-class Ports:
-    mqtt: int = 1883
-    mqtt_ws: int = 8083
-    mqtt_tls: int = 8883
-    emqx_api: int = 18083
-    authsvc: int = 8081
-    api: int = 8080
-    worker: int = 8082             # the worker's /healthz
-    postgres: int = 15432
-
-    @classmethod
-    def from_env(cls) -> Ports:
-        ports = cls()
-        for name in ports.__dataclass_fields__:
-            raw = os.environ.get(f"FLEET_PORT_{name.upper()}")
-            if raw:
-                setattr(ports, name, int(raw))
-        return ports
+__all__ = ["API_KEY_NAME", "Ports", "Stack", "StackConfig", "StackError"]
 
 
 @dataclass
@@ -121,6 +108,7 @@ class Stack:
         self._stopped: dict[str, Component] = {}
         self._stop = threading.Event()
         self.stop_reason = ""
+        self.lock = StackLock(self.state_dir)
 
     # -- addresses ------------------------------------------------------------------------------------------
     def url(self, component: str) -> str:
@@ -218,11 +206,33 @@ class Stack:
                       f"{self.url('worker')}/healthz"),
         ]
 
+    # -- state files -----------------------------------------------------------------------------------------
+    def description(self, purpose: str = "stack") -> RunningStack:
+        """What ``<state>/stack.json`` says about this stack (fleetcore/embedded.py)."""
+        started = (["postgres"] if self.postgres else []) + [c.name for c in self.started]
+        return RunningStack(pid=os.getpid(), purpose=purpose, host=self.config.host, ports=self.config.ports,
+                            components=tuple(started), ready=purpose == "stack" and bool(self.started))
+
+    @property
+    def postman_environment(self) -> Path:
+        return self.state_dir / POSTMAN_ENVIRONMENT
+
+    def _write_postman_environment(self) -> None:
+        """The Postman/newman environment of this stack: its api URL and the initial admin password (mode 0600,
+        like secrets.env)."""
+        running = {c.name for c in self.started}
+        if "api" in running:
+            postman.write_environment(self.postman_environment, base_url=self.url("api"),
+                                      password=self.secrets["FLEET_ADMIN_PASSWORD"],
+                                      broker_available="broker" in running)
+
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
-        """Start everything and return once every component is healthy; raise (after cleaning up) if not."""
+        """Start everything and return once every component is healthy; raise (after cleaning up) if not.
+        StateDirInUse (fleetcore/embedded.py) when another process runs from the same state directory."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "emqx").mkdir(parents=True, exist_ok=True)
+        self.lock.acquire(self.description("starting"))
         try:
             self._start_database()
             self._write_api_keys()
@@ -233,6 +243,19 @@ class Stack:
                 self._create_first_admin()
             for component in components:
                 self._start_component(component, timeout)
+            self._write_postman_environment()
+            self.lock.publish(self.description("stack"))
+        except BaseException:
+            self.stop("start-up failed")
+            raise
+
+    def start_database(self, migrate: bool = True) -> None:
+        """Only the embedded PostgreSQL, for a ``fleetctl db …`` command while no stack runs: it holds the state
+        directory's lock like a stack, so ``make run`` says who has the data directory instead of failing on it."""
+        self.lock.acquire(self.description("starting"))
+        try:
+            self._start_database(migrate=migrate)
+            self.lock.publish(self.description("database"))
         except BaseException:
             self.stop("start-up failed")
             raise
@@ -363,3 +386,4 @@ class Stack:
         if self.postgres:
             self.postgres.stop()
             self.postgres = None
+        self.lock.release()

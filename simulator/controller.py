@@ -11,7 +11,9 @@ protocol logic pure makes every rule testable on its own:
   then ``completed`` (or ``failed`` when the fail fault triggers);
 * ``mission.cancel`` stops the mission and confirms with ``cancelled``; ``emergency.stop`` halts the vehicle
   (the mission is paused, not lost) until ``emergency.release``; ``config.update`` applies a newer config and
-  reports its version in status.
+  reports its version in status;
+* shutting down ends the mission honestly: ``failed`` with reason ``vehicle shut down`` (``shutdown``), so the
+  backend frees the vehicle's queue at once instead of waiting for the mission's timeout.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ LOW_BATTERY_PCT = 15.0       # below this the vehicle reports a warning and take
 CHARGE_BELOW_PCT = 20.0      # an idle vehicle below this parks and charges...
 CHARGE_UNTIL_PCT = 90.0      # ...until this
 RESERVE_PCT = 10.0           # battery that must be left after a mission for it to be accepted
+SHUTDOWN_REASON = "vehicle shut down"
 
 # Keys of config.update the simulator acts on; any other key is kept and reported back unchanged.
 CONFIG_KEYS = {"telemetry_interval_s": (0.1, 3600.0), "status_interval_s": (1.0, 86400.0),
@@ -156,8 +159,8 @@ class Controller:
         while len(self._seen) > SEEN_COMMANDS:
             self._seen.popitem(last=False)
         self.stats.commands += 1
-        log_event(log, "command.received", logging.DEBUG, vehicle=self.vehicle_id, msg_id=msg_id,
-                  type=command["type"])
+        log_event(log, "command.received", vehicle=self.vehicle_id, type=command["type"], msg_id=msg_id,
+                  **({"mission": command["data"]["mission_id"]} if "mission_id" in command["data"] else {}))
         handler = {
             "mission.dispatch": self._dispatch, "mission.cancel": self._cancel,
             "emergency.stop": self._emergency_stop, "emergency.release": self._emergency_release,
@@ -272,6 +275,17 @@ class Controller:
             self.status_every_s = value
         elif key == "cruise_speed_mps":
             self.motion.profile.cruise_mps = value
+
+    def shutdown(self) -> list[Outgoing]:
+        """The vehicle is being switched off: fail the mission it is running (docs/PROTOCOL.md, Mission
+        lifecycle) rather than leave the backend waiting for an event that will not come."""
+        if self.mission is None:
+            return []
+        mission_id = self.mission.mission_id
+        self._end_mission("failed")
+        log_event(log, "mission.failed", logging.WARNING, vehicle=self.vehicle_id, mission=mission_id,
+                  reason=SHUTDOWN_REASON)
+        return [self._mission_event(mission_id, "failed", reason=SHUTDOWN_REASON)]
 
     # -- time ---------------------------------------------------------------------------------------------
     def tick(self, wall_dt: float, now: float) -> list[Outgoing]:

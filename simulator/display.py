@@ -3,8 +3,11 @@ seconds (``--plain``, CI, pipes). Both read ``Fleet.snapshot()`` and compute rat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Group
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -56,6 +59,35 @@ def render(now: Snapshot, before: Snapshot | None, title: str) -> Group:
         parts.append(Text(f"failed ({count}): {reason}", style="red"))
     parts.append(Text("Ctrl-C stops cleanly (OFFLINE, then disconnect)", style="dim"))
     return Group(*parts)
+
+
+class _AboveLive(logging.Handler):
+    """Prints log lines through the live display's console, which draws them above the table and redraws the
+    table once. Written straight to stderr, a line lands inside the table and the next refresh repeats its
+    header below it."""
+
+    def __init__(self, live: Live, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.live = live
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.live.console.print(Text(self.format(record)), soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never break the display
+            self.handleError(record)
+
+
+@contextmanager
+def logs_above(live: Live) -> Iterator[None]:
+    """While the live display runs, log lines go through it (``_AboveLive``); afterwards to stderr again."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [_AboveLive(live, saved[0].formatter if saved else None)]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
 
 
 def log_snapshot(now: Snapshot, before: Snapshot | None) -> None:

@@ -14,7 +14,8 @@ Life of a vehicle:
 3. **Run**: telemetry on every tick (1 Hz with jitter), status on change and periodically, mission events as
    the controller decides; commands go to ``simulator.controller``.
 4. **Lose the connection**: keep ticking and buffering; reconnect with jittered exponential backoff.
-5. **Shut down cleanly**: publish retained ``OFFLINE`` (QoS 1, wait for the PUBACK), then DISCONNECT (no Will).
+5. **Shut down cleanly**: report the running mission ``failed`` (reason ``vehicle shut down``), publish retained
+   ``OFFLINE`` (QoS 1, wait for its PUBACK, which comes after the mission event's), then DISCONNECT (no Will).
 
 All of a vehicle's work runs on the thread of its ``IoWorker`` (see ``simulator.netloop``).
 """
@@ -59,6 +60,9 @@ RENEW_AFTER_REFUSALS = 8
 GATE_RETRY_S = (0.05, 0.3)   # wait before asking a full gate again
 TICK_JITTER = 0.05           # ± fraction of the interval
 STABLE_AFTER_S = 10.0        # a connection that lasted this long resets the reconnect backoff
+# Connections in a row the broker closed before they were stable: then say that another client may use this id
+# (two clients with one id take the session from each other in turn; simulator/claims.py).
+SHORT_LINKS_HINT = 3
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class SimVehicle:
         self._malformed_turn = 0
         self._connection_seq = 0
         self._online_since: float | None = None
+        self._short_links = 0
         self._subscriptions: dict[int, tuple[list, int]] = {}
 
     # -- public (thread-safe) -------------------------------------------------------------------------------
@@ -484,6 +489,7 @@ class SimVehicle:
         if self.client is client and self.state == State.ONLINE and self._online_since is not None \
                 and time.monotonic() - self._online_since >= STABLE_AFTER_S * 0.99:
             self.backoff.reset()
+            self._short_links = 0
 
     def _upload_buffer(self) -> None:
         if not len(self.buffer):
@@ -499,9 +505,11 @@ class SimVehicle:
         if self.client is not client:
             return
         was_online = self.state == State.ONLINE
+        lasted = time.monotonic() - self._online_since if self._online_since is not None else None
         self._online_since = None
         if was_online and not self._stopping:
             self.counters.disconnects += 1
+            self._note_short_link(lasted)
         if self._stopping:
             self.state = State.STOPPED
             self.worker.detach(client)
@@ -512,6 +520,16 @@ class SimVehicle:
                       reason=str(reason_code))
         if self.client is not None:
             self._schedule_reconnect(f"disconnected: {reason_code}")
+
+    def _note_short_link(self, lasted: float | None) -> None:
+        if lasted is None or lasted >= STABLE_AFTER_S or self.faults.drop_every_s:
+            return
+        self._short_links += 1
+        if self._short_links == SHORT_LINKS_HINT:
+            log_event(log, "vehicle.connection_unstable", logging.WARNING, vehicle=self.vehicle_id,
+                      short_connections=self._short_links,
+                      hint="is another client connected with this vehicle id? The broker gives the session to "
+                           "the newest connection, so two clients with one id disconnect each other in turn")
 
     def _drop_connection(self, client: mqtt.Client) -> None:
         """Fault: the link dies without a DISCONNECT (the broker publishes the Will)."""
@@ -627,6 +645,8 @@ class SimVehicle:
             if self.state != State.FAILED:
                 self.state = State.STOPPED
             return
+        for out in self.controller.shutdown():
+            self._publish_message(out)
         offline = self._message(Kind.CONNECTION, {"state": "OFFLINE"}, seq=self._connection_seq + 2)
         info = self._publish(Kind.CONNECTION, envelope.encode(offline), qos=1, retain=True)
         self._offline_mid = info.mid if info is not None else None

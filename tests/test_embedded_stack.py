@@ -12,7 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
-from fleetcore import db
+from fleetcore import db, embedded
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
 from tests.support.waiting import wait_until
@@ -29,7 +29,7 @@ def test_data_survives_a_restart(state_dirs):
     state_dir = state_dirs("restart")
     config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=True)
     first = Stack(config, out=lambda m: None)
-    first._start_database()
+    first.start_database()
     conn = db.connect(first.database_url)
     with conn.cursor() as cur:
         cur.execute("INSERT INTO fleets (id, name) VALUES ('survivor', 'Kept across restarts')")
@@ -39,7 +39,7 @@ def test_data_survives_a_restart(state_dirs):
     assert not first.postgres
 
     second = Stack(StackConfig(state_dir=state_dir, ports=free_ports(), durable=True), out=lambda m: None)
-    second._start_database()
+    second.start_database()
     try:
         conn = db.connect(second.database_url)
         with conn.cursor() as cur:
@@ -61,7 +61,7 @@ def _launch(state_dir):
     deadline = time.monotonic() + 90
     for line in proc.stdout:
         lines.append(line)
-        if "is up" in line:
+        if "Press Ctrl-C" in line:      # the summary's last line
             break
         if time.monotonic() > deadline:
             break
@@ -71,7 +71,8 @@ def _launch(state_dir):
 
 @pytest.mark.slow
 def test_sigkill_of_the_launcher_leaves_no_process_behind(state_dirs):
-    proc, _ = _launch(state_dirs("sigkill"))
+    state_dir = state_dirs("sigkill")
+    proc, _ = _launch(state_dir)
     children = psutil.Process(proc.pid).children(recursive=True)
     assert any("postgres" in " ".join(c.cmdline()) for c in children)
     os.kill(proc.pid, signal.SIGKILL)
@@ -81,15 +82,20 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(state_dirs):
         return all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     wait_until(all_gone, 30, message=lambda: f"processes outlived the launcher: "
                                            f"{[c.pid for c in children if c.is_running()]}")
+    assert embedded.running(state_dir) is None, "a dead launcher holds nothing: the next start works"
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_everything_cleanly_and_says_so(state_dirs):
-    proc, lines = _launch(state_dirs("ctrl-c"))
+    state_dir = state_dirs("ctrl-c")
+    proc, lines = _launch(state_dir)
     summary = "".join(lines)
     children = psutil.Process(proc.pid).children(recursive=True)
+    assert embedded.running(state_dir).pid == proc.pid
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
+    assert 'eval "$(.venv/bin/fleetctl env)"' in summary and "npx --yes newman@" in summary, "paste-able next steps"
+    assert embedded.running(state_dir) is None and not (state_dir / "stack.json").exists()
     assert proc.returncode == 0, summary + rest
     assert "stopping: received SIGINT" in rest
     assert "all components stopped" in rest

@@ -74,7 +74,7 @@ def list_missions(cur, visible: list[str] | None, args: dict, limit: int, offset
     if visible is not None:
         where.append("m.fleet_id = ANY(%s)")
         params.append(visible)
-    for column, key in (("m.vehicle_id", "vehicle"), ("m.fleet_id", "fleet"), ("m.state", "state")):
+    for column, key in (("m.vehicle_id", "vehicle_id"), ("m.fleet_id", "fleet_id"), ("m.state", "state")):
         if args.get(key):
             where.append(f"{column} = %s")
             params.append(args[key])

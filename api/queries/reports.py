@@ -9,7 +9,7 @@ def filters(visible: list[str] | None, args: dict, cursor: tuple[str, str] | Non
     if visible is not None:
         where.append("m.fleet_id = ANY(%(visible)s)")
         params["visible"] = visible
-    for column, key in (("m.vehicle_id", "vehicle"), ("m.fleet_id", "fleet"), ("m.state", "state")):
+    for column, key in (("m.vehicle_id", "vehicle_id"), ("m.fleet_id", "fleet_id"), ("m.state", "state")):
         if args.get(key):
             where.append(f"{column} = %({key})s")
             params[key] = args[key]

@@ -58,9 +58,9 @@ def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float,
     if visible is not None:
         where.append("v.fleet_id = ANY(%(visible)s)")
         params["visible"] = visible
-    if args.get("fleet"):
-        where.append("v.fleet_id = %(fleet)s")
-        params["fleet"] = args["fleet"]
+    if args.get("fleet_id"):
+        where.append("v.fleet_id = %(fleet_id)s")
+        params["fleet_id"] = args["fleet_id"]
     if args.get("status"):
         where.append("v.status = %(status)s")
         params["status"] = args["status"]

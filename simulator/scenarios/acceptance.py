@@ -222,7 +222,7 @@ class Acceptance:
 
     def step_report(self) -> None:
         assert self.mission is not None
-        report = self.api.get("/api/v1/reports/missions", params={"vehicle": self.vehicle_ids[0]})
+        report = self.api.get("/api/v1/reports/missions", params={"vehicle_id": self.vehicle_ids[0]})
         rows = [m for m in report["missions"] if str(m["id"]) == str(self.mission["id"])]
         check(len(rows) == 1, "the mission is missing from the report")
         row = rows[0]

@@ -53,10 +53,14 @@ BEGIN
         accepted_at = CASE WHEN target = 'accepted' THEN COALESCE(mi.accepted_at, now()) ELSE mi.accepted_at END,
         started_at = CASE WHEN target = 'in_progress' THEN COALESCE(mi.started_at, now()) ELSE mi.started_at END,
         finished_at = CASE WHEN is_terminal THEN now() ELSE mi.finished_at END,
-        -- progress_* is what the vehicle last reported; ending the mission does not rewrite it
-        progress_percent = COALESCE((d #>> '{progress,percent}')::real, mi.progress_percent),
-        progress_step = COALESCE(d #>> '{progress,step}', mi.progress_step),
-        progress_eta_s = COALESCE((d #>> '{progress,eta_s}')::integer, mi.progress_eta_s),
+        -- progress_* is what the vehicle last reported; a completed mission is done (100 %, nothing left),
+        -- any other ending keeps the last report (how far it got)
+        progress_percent = CASE WHEN target = 'completed' THEN 100
+                                ELSE COALESCE((d #>> '{progress,percent}')::real, mi.progress_percent) END,
+        progress_step = CASE WHEN target = 'completed' THEN 'completed'
+                             ELSE COALESCE(d #>> '{progress,step}', mi.progress_step) END,
+        progress_eta_s = CASE WHEN target = 'completed' THEN 0
+                              ELSE COALESCE((d #>> '{progress,eta_s}')::integer, mi.progress_eta_s) END,
         failure_reason = CASE WHEN target IN ('failed', 'rejected', 'cancelled', 'timed_out', 'expired')
                               THEN COALESCE(d ->> 'reason', p_event) ELSE mi.failure_reason END
      WHERE mi.id = p_mission;

@@ -88,7 +88,7 @@ def test_steps2_to_4_mission_request_response_and_progress(operator, enroll, sta
     assert all(e["server_time"] for e in events)
     assert all(e["device_time"] and e["actor_id"] == vehicle.vehicle_id for e in events if e["actor_type"] == "vehicle")
 
-    report = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id}).json()
+    report = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id}).json()
     [row] = report["missions"]
     assert row["id"] == mission["id"] and row["state"] == "completed"
     assert row["vehicle"]["id"] == vehicle.vehicle_id

@@ -45,10 +45,10 @@ def test_full_lifecycle_dispatch_accept_progress_complete(operator, enroll):
                            ("completed", "in_progress", "completed")]
     vehicle_events = [e for e in detail["timeline"] if e["actor_type"] == "vehicle"]
     assert all(e["device_time"] and e["server_time"] for e in vehicle_events)
-    assert detail["progress"]["percent"] == 50
+    assert detail["progress"] == {"percent": 100, "step": "completed", "eta_s": 0}, "done: nothing left"
     assert detail["finished_at"] and detail["accepted_at"] and detail["dispatched_at"]
 
-    report = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id}).json()
+    report = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id}).json()
     assert report["summary"]["by_state"] == {"completed": 1}
     row = report["missions"][0]
     assert row["vehicle"]["id"] == vehicle.vehicle_id and row["vehicle"]["fleet_id"] == operator.fleet
@@ -145,7 +145,7 @@ def test_idempotency_key_makes_retries_safe(operator, enroll):
     assert again.headers["Idempotent-Replayed"] == "true"
     other = operator.post("/api/v1/missions", json={**body, "name": "different"}, headers={"Idempotency-Key": key})
     assert other.status_code == 409
-    listed = operator.get("/api/v1/missions", params={"vehicle": vehicle.vehicle_id}).json()
+    listed = operator.get("/api/v1/missions", params={"vehicle_id": vehicle.vehicle_id}).json()
     assert listed["page"]["total"] == 1
 
 

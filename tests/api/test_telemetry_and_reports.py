@@ -55,7 +55,7 @@ def test_fleet_wide_latest_state_in_one_call(operator, enroll):
     second.telemetry(lat=11.0, lon=21.0, battery_pct=60.0)
 
     def latest():
-        items = operator.get("/api/v1/telemetry/latest", params={"fleet": operator.fleet}).json()["items"]
+        items = operator.get("/api/v1/telemetry/latest", params={"fleet_id": operator.fleet}).json()["items"]
         return {i["vehicle_id"]: i for i in items}
     found = wait_until(lambda: (d := latest()) and all(d[v.vehicle_id]["telemetry"]["lat"] for v in (first, second))
                        and d)
@@ -96,7 +96,7 @@ def test_mission_report_counts_durations_and_failure_reasons(operator, enroll):
     vehicle.mission_event(refused["id"], "rejected", reason="low_battery")
     wait_until(lambda: operator.get(f"/api/v1/missions/{refused['id']}").json()["state"] == "rejected")
 
-    report = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id}).json()
+    report = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id}).json()
     assert report["summary"]["total"] == 2
     assert report["summary"]["by_state"] == {"completed": 1, "rejected": 1}
     assert report["summary"]["by_vehicle"] == [{"vehicle_id": vehicle.vehicle_id, "total": 2,
@@ -107,10 +107,10 @@ def test_mission_report_counts_durations_and_failure_reasons(operator, enroll):
     assert rows["done"]["durations"]["total_s"] >= rows["done"]["durations"]["execution_s"] >= 0
     assert rows["refused"]["failure_reason"] == "low_battery"
 
-    only_rejected = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id,
+    only_rejected = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id,
                                                                      "state": "rejected"}).json()
     assert [m["name"] for m in only_rejected["missions"]] == ["refused"]
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    nothing = operator.get("/api/v1/reports/missions", params={"vehicle": vehicle.vehicle_id, "from": later}).json()
+    nothing = operator.get("/api/v1/reports/missions", params={"vehicle_id": vehicle.vehicle_id, "from": later}).json()
     assert nothing["missions"] == [] and nothing["summary"]["total"] == 0
 

@@ -110,8 +110,9 @@ def test_list_filters_sorts_pages_and_scopes(operator, admin, make_user, stack_d
     listed = operator.get("/api/v1/vehicles", params={"per_page": 500}).json()
     assert [v["id"] for v in listed["items"]] == ids and hidden not in str(listed)
     assert operator.get(f"/api/v1/vehicles/{hidden}").status_code == 404
-    assert operator.get("/api/v1/vehicles", params={"fleet": other_fleet}).json()["items"] == []
-    assert [v["id"] for v in admin.get("/api/v1/vehicles", params={"fleet": other_fleet}).json()["items"]] == [hidden]
+    assert operator.get("/api/v1/vehicles", params={"fleet_id": other_fleet}).json()["items"] == []
+    listed = admin.get("/api/v1/vehicles", params={"fleet_id": other_fleet}).json()["items"]
+    assert [v["id"] for v in listed] == [hidden]
 
     assert [v["id"] for v in operator.get("/api/v1/vehicles", params={"sort": "-id"}).json()["items"]] == ids[::-1]
     page = operator.get("/api/v1/vehicles", params={"per_page": 2, "page": 2}).json()

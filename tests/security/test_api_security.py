@@ -26,9 +26,9 @@ def test_injection_strings_are_data_never_sql(operator, stack, evil):
                                                        "waypoints": [{"lat": 1, "lon": 2, "name": evil}]})
     assert mission.status_code == 201, mission.text
     assert mission.json()["name"] == evil
-    for path, params in (("/api/v1/vehicles", {"fleet": evil}), ("/api/v1/vehicles", {"sort": evil}),
-                         ("/api/v1/missions", {"vehicle": evil}), ("/api/v1/missions", {"state": evil}),
-                         ("/api/v1/reports/missions", {"vehicle": evil}), ("/api/v1/vehicles", {"near": evil})):
+    for path, params in (("/api/v1/vehicles", {"fleet_id": evil}), ("/api/v1/vehicles", {"sort": evil}),
+                         ("/api/v1/missions", {"vehicle_id": evil}), ("/api/v1/missions", {"state": evil}),
+                         ("/api/v1/reports/missions", {"vehicle_id": evil}), ("/api/v1/vehicles", {"near": evil})):
         response = operator.get(path, params=params)
         assert response.status_code in (200, 404, 422), (path, params, response.status_code, response.text)
         assert response.headers["content-type"].startswith("application/json")
@@ -50,7 +50,7 @@ def test_other_fleets_are_invisible(operator, make_user, admin):
     assert foreign not in [v["id"] for v in operator.get("/api/v1/vehicles", params={"per_page": 100}).json()["items"]]
     created = operator.post("/api/v1/vehicles", json={"id": unique("veh"), "fleet_id": other_fleet})
     assert created.status_code in (403, 404)
-    report = operator.get("/api/v1/reports/missions", params={"vehicle": foreign})
+    report = operator.get("/api/v1/reports/missions", params={"vehicle_id": foreign})
     assert report.status_code in (200, 404) and (report.status_code == 404 or report.json()["missions"] == [])
 
 

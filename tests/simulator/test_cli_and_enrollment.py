@@ -6,7 +6,7 @@ import json
 import pytest
 
 from simulator import cli
-from simulator.arguments import UsageError
+from simulator.arguments import UsageError, resolve_backend
 from simulator.credentials_store import CredentialsStore
 from simulator.enrollment import load_csv_tokens, read_enrollment_csv
 from simulator.faults import EXPECTED_REASON, MALFORMED_KINDS, FaultConfig, malformed_payload
@@ -17,10 +17,16 @@ def parse(*argv: str):
     return cli.build_parser().parse_args(list(argv))
 
 
-def test_defaults_match_the_embedded_stack():
+def test_defaults_match_the_embedded_stack(tmp_path, monkeypatch):
+    """Without a running stack or FLEET_PORT_*: the default ports (tests/test_stack_discovery.py has the rest)."""
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("FLEET_PORT_API", raising=False)
+    monkeypatch.delenv("FLEET_PORT_MQTT", raising=False)
     args = parse("run")
+    assert args.api is None and args.broker is None, "resolved when the command runs, not when it is parsed"
+    resolve_backend(args)
     assert args.api == "http://127.0.0.1:8080" and args.broker == "mqtt://127.0.0.1:1883"
-    assert args.vehicles is None and args.time_scale == 1.0 and args.rate == 1.0
+    assert args.vehicles is None and args.time_scale == 1.0 and args.rate == 1.0 and not args.takeover
     assert cli.fault_config(args).active == []
 
 
@@ -135,3 +141,24 @@ def test_the_live_view_and_the_plain_line_render_a_snapshot():
     for expected in ("online", "msg/s out", "completed", "duplicate=4", "token_used", "Ctrl-C"):
         assert expected in text
     display.log_snapshot(now, before)
+
+
+def test_log_lines_go_through_the_live_display_while_it_runs(capsys):
+    """Printed beside a live table, a log line lands inside it and the next refresh repeats the table's header."""
+    import io
+    import logging
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from fleetcore import logs
+    from simulator import display
+    logs.configure("simulator", level="INFO")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with Live("the table", console=console, auto_refresh=False) as live, display.logs_above(live):
+        logging.getLogger("simulator.vehicle").warning("link lost", extra={"event": "vehicle.disconnected"})
+    assert "event=vehicle.disconnected" in screen.getvalue()
+    assert "vehicle.disconnected" not in capsys.readouterr().err, "not written past the display"
+    logging.getLogger("simulator.vehicle").warning("after", extra={"event": "vehicle.after"})
+    assert "event=vehicle.after" in capsys.readouterr().err, "stderr again once the display is gone"

@@ -232,3 +232,22 @@ def test_idle_vehicle_low_on_battery_charges():
     assert controller.motion.charging
     status = controller.status()
     assert status.data["charging"] is True
+
+
+def test_shutting_down_fails_the_running_mission_once():
+    controller = make_controller()
+    controller.handle_command(dispatch("m-9"), now=0.0)
+    controller.tick(1.0, 1.0)
+    assert events(controller.shutdown()) == [("failed", "vehicle shut down")]
+    assert controller.mission is None and controller.stats.missions["failed"] == 1
+    assert controller.shutdown() == [], "nothing more to end"
+    assert controller.handle_command(dispatch("m-9"), now=2.0) == [], "an ended mission is not started again"
+
+
+def test_received_commands_are_logged_with_their_mission(caplog):
+    controller = make_controller()
+    with caplog.at_level("INFO", logger="simulator.controller"):
+        controller.handle_command(dispatch("m-7"), now=0.0)
+    [received] = [r for r in caplog.records if getattr(r, "event", None) == "command.received"]
+    assert received.levelname == "INFO"
+    assert (received.type, received.mission, received.vehicle) == ("mission.dispatch", "m-7", "veh-1")

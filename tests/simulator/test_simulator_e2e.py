@@ -314,3 +314,37 @@ def test_a_fleet_wide_emergency_stop_reaches_every_vehicle(stack, run_fleet, ope
     finally:
         operator_api.post("/api/v1/emergency-release", {"reason": "e2e: done"})
     wait_until(lambda: modes() == {("AUTO", False)}, 20, message=lambda: f"modes: {modes()}")
+
+
+def test_stopping_the_simulator_fails_its_running_missions_so_the_queue_moves_on(stack, run_fleet, operator_api):
+    sim = run_fleet(1, time_scale=1.0)
+    vehicle_id = next(iter(sim.vehicles))
+    running = create_mission(operator_api, vehicle_id, meters=2000.0)
+    wait_until(lambda: mission_state(operator_api, running["id"]) == "in_progress", 20)
+    waiting = create_mission(operator_api, vehicle_id)
+    assert waiting["state"] == "queued", "one mission at a time"
+    assert sim.stop() is True
+    detail = wait_until(lambda: (d := operator_api.get(f"/api/v1/missions/{running['id']}"))["state"] == "failed"
+                        and d, 10, message="the interrupted mission ends at once, not after its timeout")
+    assert detail["failure_reason"] == "vehicle shut down"
+    assert detail["timeline"][-1]["actor_type"] == "vehicle"
+    restarted = run_fleet(1, state_dir=sim.options.state_dir, enroll=False, vehicle_ids=[vehicle_id],
+                          time_scale=20.0)
+    wait_until(lambda: mission_state(operator_api, waiting["id"]) in TERMINAL, 60,
+               message="the queued mission is dispatched when the vehicle is back")
+    assert mission_state(operator_api, waiting["id"]) == "completed"
+    assert restarted.snapshot().missions["completed"] == 1
+
+
+def test_a_vehicle_connected_elsewhere_is_not_driven_twice(stack, run_fleet, api_url, admin_password, fleet,
+                                                           tmp_path):
+    prefix = unique("dup").lower() + "-"
+    first = run_fleet(1, vehicle_ids=[f"{prefix}0001"])
+    env = dict(os.environ, FLEET_SIM_PASSWORD=admin_password)
+    argv = [sys.executable, "-m", "simulator", "run", "--vehicles", "1", "--fleet", fleet, "--prefix", prefix,
+            "--api", api_url, "--user", "admin", "--broker", f"mqtt://127.0.0.1:{stack.config.ports.mqtt}",
+            "--state-dir", str(tmp_path / "elsewhere"), "--plain", "--duration", "1"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"{prefix}0001 is already connected (another simulator or a vehicle uses this id)" in result.stderr
+    assert first.snapshot().disconnects == 0, "the vehicle kept its connection"
