@@ -97,9 +97,25 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import audit, emergency, events, fleets, health, missions, reports, telemetry, tokens, users, vehicles
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, events, audit):
+    from api import (
+        alarms,
+        audit,
+        emergency,
+        events,
+        fleets,
+        health,
+        missions,
+        reports,
+        telemetry,
+        tokens,
+        users,
+        vehicles,
+    )
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms, events,
+                   audit):
         smorest.register_blueprint(module.blp)
+    from api import webui
+    app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document
     return app
 
 

@@ -23,8 +23,11 @@ class ApiConfig(ServiceConfig):
     enrollment_token_ttl_s: int = setting("API_ENROLLMENT_TOKEN_TTL_S", 24 * 3600)
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
-    swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/")
-    events_keepalive_s: float = setting("API_EVENTS_KEEPALIVE_S", 15.0)  # a comment line on every event stream
+    swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "/docs/swagger-ui/")  # served by the api (api/webui.py)
+    events_keepalive_s: float = setting("API_EVENTS_KEEPALIVE_S", 15.0)  # a comment line on every idle stream
+    events_recheck_s: float = setting("API_EVENTS_RECHECK_S", 30.0)      # a stream checks its login session
+    console_tile_url: str = setting("CONSOLE_TILE_URL", "")        # the console map's tiles ({z}/{x}/{y}); "": grid
+    console_tile_attribution: str = setting("CONSOLE_TILE_ATTRIBUTION", "")
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,8 @@ class WorkerConfig(ServiceConfig):
     maintenance_interval_s: float = setting("WORKER_MAINTENANCE_INTERVAL_S", 60.0)
     bind: str = setting("WORKER_BIND", "127.0.0.1:8082")               # its health endpoint, GET /healthz
     stall_after_s: float = setting("WORKER_STALL_AFTER_S", 120.0)      # /healthz fails when the loop is stuck
+    alarm_evaluate_interval_s: float = setting("ALARM_EVALUATE_INTERVAL_S", 2.0)   # the alarm rules' pace
+    webhook_timeout_s: float = setting("WEBHOOK_TIMEOUT_S", 5.0)        # a receiver must answer within this
+    webhook_max_attempts: int = setting("WEBHOOK_MAX_ATTEMPTS", 10)     # then the delivery is 'failed'
+    webhook_backoff_s: float = setting("WEBHOOK_BACKOFF_S", 2.0)        # before the 2nd attempt; doubles each time …
+    webhook_backoff_max_s: float = setting("WEBHOOK_BACKOFF_MAX_S", 600.0)   # … up to this

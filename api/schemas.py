@@ -662,6 +662,123 @@ class MissionReportSchema(Schema):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Alarms and their webhooks
+# --------------------------------------------------------------------------------------------------------------
+ALARM_KINDS = ("vehicle_offline", "battery_low", "health", "estop_active", "mission_failed", "mission_timed_out",
+               "mission_stalled", "dead_letter_spike")
+SEVERITIES = ("info", "warning", "critical")
+
+
+class AlarmSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String(metadata={"description": ", ".join(ALARM_KINDS)})
+    subject = fields.String(metadata={"description": "what it is about: the vehicle id, or the mission id"})
+    fleet_id = fields.String()
+    vehicle_id = fields.String(allow_none=True)
+    mission_id = fields.String(allow_none=True)
+    severity = fields.String(metadata={"description": "info, warning or critical"})
+    state = fields.String(metadata={"description": "active → acknowledged → cleared"})
+    in_condition = fields.Boolean(metadata={"description": "whether its condition still holds; an alarm is cleared "
+                                                           "once it is over and acknowledged"})
+    count = fields.Integer(metadata={"description": "how often it was raised before it was cleared"})
+    message = fields.String()
+    details = fields.Dict()
+    first_raised_at = fields.String()
+    last_raised_at = fields.String()
+    condition_ended_at = fields.String(allow_none=True)
+    acknowledged_at = fields.String(allow_none=True)
+    acknowledged_by = fields.String(allow_none=True)
+    cleared_at = fields.String(allow_none=True)
+    cleared_by = fields.String(allow_none=True, metadata={"description": "an operator, or `system`"})
+    updated_at = fields.String()
+
+
+class AlarmEventSchema(Schema):
+    id = fields.Integer()
+    event = fields.String(metadata={"description": "raised, repeated, escalated, condition_ended, acknowledged, "
+                                                   "cleared"})
+    at = fields.DateTime()
+    actor = fields.String()
+    detail = fields.Dict()
+
+
+class AlarmDetailSchema(AlarmSchema):
+    history = fields.List(fields.Nested(AlarmEventSchema))
+
+
+class AlarmListQuerySchema(PageQuerySchema):
+    state = fields.String(validate=validate.OneOf(("active", "acknowledged", "cleared", "open")),
+                          metadata={"description": "`open`: active or acknowledged"})
+    severity = fields.String(validate=validate.OneOf(SEVERITIES))
+    kind = fields.String(validate=validate.OneOf(ALARM_KINDS))
+    fleet_id = fields.String(validate=FLEET_ID)
+    vehicle_id = fields.String(validate=VEHICLE_ID)
+    mission_id = fields.UUID()
+    since = fields.DateTime(metadata={"description": "last raised at or after"})
+
+
+class AcknowledgeSchema(StrictSchema):
+    comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class AlarmSettingsSchema(StrictSchema):
+    offline_after_s = fields.Float(validate=validate.Range(min=1, max=30 * 86400),
+                                   metadata={"description": "offline longer than this raises vehicle_offline"})
+    battery_low_pct = fields.Float(validate=validate.Range(min=0, max=100))
+    battery_clear_pct = fields.Float(validate=validate.Range(min=0, max=100),
+                                     metadata={"description": "battery_low is over above this (≥ battery_low_pct)"})
+    mission_stalled_after_s = fields.Float(validate=validate.Range(min=1, max=30 * 86400))
+    dead_letter_window_s = fields.Float(validate=validate.Range(min=1, max=86400))
+    dead_letter_threshold = fields.Integer(validate=validate.Range(min=1, max=1_000_000))
+
+
+class WebhookCreateSchema(StrictSchema):
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+                     validate=validate.Length(max=2000))
+    fleet_id = fields.String(load_default=None, allow_none=True, validate=FLEET_ID,
+                             metadata={"description": "only this fleet's alarms; null: every fleet"})
+    min_severity = fields.String(load_default="info", validate=validate.OneOf(SEVERITIES))
+
+
+class WebhookSchema(Schema):
+    id = fields.Integer()
+    url = fields.String()
+    fleet_id = fields.String(allow_none=True)
+    min_severity = fields.String()
+    active = fields.Boolean()
+    created_at = fields.DateTime()
+    created_by = fields.String()
+    pending = fields.Integer(metadata={"description": "deliveries waiting for their next attempt"})
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = fields.String(metadata={"description": "signs every delivery (X-Fleet-Signature); shown only here"})
+
+
+class WebhookListSchema(Schema):
+    items = fields.List(fields.Nested(WebhookSchema))
+
+
+class DeliveryQuerySchema(PageQuerySchema):
+    state = fields.String(validate=validate.OneOf(("pending", "delivered", "failed")))
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer()
+    alarm_event_id = fields.Integer()
+    alarm_id = fields.Integer()
+    event = fields.String()
+    state = fields.String(metadata={"description": "pending (retrying), delivered, or failed (gave up)"})
+    attempts = fields.Integer()
+    next_attempt_at = fields.DateTime()
+    last_attempt_at = fields.DateTime(allow_none=True)
+    last_status = fields.Integer(allow_none=True, metadata={"description": "the receiver's HTTP status"})
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Audit log
 # --------------------------------------------------------------------------------------------------------------
 class AuditQuerySchema(StrictSchema):

@@ -34,6 +34,7 @@ import psycopg2.extensions
 from api.config import WorkerConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
+from api.notifier import Notifier
 from fleetcore import logs
 from fleetcore import missions as mission_states
 from fleetcore.config import ConfigError
@@ -61,6 +62,7 @@ class Worker:
         self.stopping = threading.Event()
         self.role = "starting"
         self.last_turn = time.monotonic()
+        self.notifier = Notifier(config, self.stopping)   # alarms and webhooks, on a thread of their own
 
     def _turned(self, role: str | None = None) -> None:
         self.last_turn = time.monotonic()
@@ -69,16 +71,25 @@ class Worker:
 
     def health(self) -> tuple[int, dict]:
         age = time.monotonic() - self.last_turn
-        if age > self.config.stall_after_s:
+        notifier = self.notifier.health()
+        if max(age, notifier["last_turn_s_ago"]) > self.config.stall_after_s:
             status = "stalled"
-        elif self.role in ("leader", "standby"):
+        elif self.role in ("leader", "standby") and notifier["role"] in ("leader", "standby"):
             status = "ok"
         else:  # starting, waiting_for_database, restarting
             status = "not_working"
         return (200 if status == "ok" else 503), {"status": status, "role": self.role,
-                                                  "last_turn_s_ago": round(age, 1)}
+                                                  "last_turn_s_ago": round(age, 1), "alarms": notifier}
 
     def run(self) -> None:
+        """The dispatcher loop on this thread; alarms and webhooks on the notifier's."""
+        self.notifier.start()
+        try:
+            self._run_dispatcher()
+        finally:
+            self.notifier.join(timeout=10)
+
+    def _run_dispatcher(self) -> None:
         backoff = 1.0
         while not self.stopping.is_set():
             try:

@@ -9,7 +9,7 @@ import time
 
 from bench import report
 
-BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatch", "queries")
+BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatch", "queries", "console")
 
 
 def main(argv: list[str]) -> int:

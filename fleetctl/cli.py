@@ -57,6 +57,7 @@ def _summary(stack) -> str:
     rows = ["", "Fleet backend (embedded mode) is up:"]
     if "api" in running:
         rows.append(f"  Operator API   {stack.url('api')}/api/v1   (Swagger UI: {stack.url('api')}/docs)")
+        rows.append(f"  Console        {stack.url('api')}/console/   (operators log in; works offline)")
         if "FLEET_ADMIN_PASSWORD" in stack.created_secrets:
             rows.append(f"  Log in         user 'admin', password '{stack.secrets['FLEET_ADMIN_PASSWORD']}'"
                         f"  (shown once; kept in {secrets_file})")
@@ -67,8 +68,11 @@ def _summary(stack) -> str:
                     + (f"   mqtts://{h}:{p.mqtt_tls}" if (stack.tls_dir / "server.pem").exists() else ""))
         rows.append(f"  Broker API     {stack.url('emqx_api')}/api/v5   (basic auth: key '{API_KEY_NAME}', "
                     f"secret FLEET_EMQX_API_SECRET in {secrets_file})")
+        rows.append(f"  Dashboard      {stack.url('emqx_api')}/   (user 'admin', password "
+                    f"FLEET_EMQX_DASHBOARD_PASSWORD in {secrets_file})")
     if "worker" in running:
-        rows.append(f"  Worker         mission dispatch and maintenance   (health: {stack.url('worker')}/healthz)")
+        rows.append(f"  Worker         missions, maintenance, alarms, webhooks   "
+                    f"(health: {stack.url('worker')}/healthz)")
     if "authsvc" in running:
         rows.append(f"  authsvc        {stack.url('authsvc')}   (/healthz)")
     host, port, database = stack.database_server

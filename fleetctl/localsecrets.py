@@ -19,6 +19,7 @@ SECRETS = {
     "FLEET_INGEST_DB_PASSWORD": "database role 'fleet_ingest' used by the broker's rule actions",
     "FLEET_BROKER_TOKEN": "shared secret the broker sends to authsvc (x-fleet-broker-token header)",
     "FLEET_EMQX_API_SECRET": "secret of the broker REST API key (publish, kick)",
+    "FLEET_EMQX_DASHBOARD_PASSWORD": "password of the broker dashboard's user 'admin' (port 18083, read-only)",
     "FLEET_DEVICE_SECRET_KEY": "HMAC key for device secrets and enrollment tokens",
     "FLEET_JWT_SECRET": "signing key of operator access tokens",
     "FLEET_ADMIN_PASSWORD": "initial password of the operator account 'admin'",

@@ -164,6 +164,7 @@ class Stack:
             "EMQX_NODE__DATA_DIR": str(self.state_dir / "emqx"),
             "EMQX_API_KEY__BOOTSTRAP_FILE": str(self.state_dir / "emqx" / "api_keys.txt"),
             "EMQX_DASHBOARD__LISTENERS__HTTP__BIND": f'"{h}:{ports.emqx_api}"',
+            "EMQX_DASHBOARD__DEFAULT_PASSWORD": self.secrets["FLEET_EMQX_DASHBOARD_PASSWORD"],
             "EMQX_LISTENERS__TCP__DEFAULT__BIND": f'"{h}:{ports.mqtt}"',
             "EMQX_LISTENERS__WS__DEFAULT__BIND": f'"{h}:{ports.mqtt_ws}"',
             "EMQX_AUTHENTICATION__1__URL": f"{authsvc}/mqtt/authn",

@@ -71,7 +71,9 @@ def stack(state_dirs):
     state_dir = state_dirs("stack")
     config = StackConfig(state_dir=state_dir, ports=free_ports(), durable=False,
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO"),
-                                    "API_EVENTS_KEEPALIVE_S": "1"})   # tests/api/test_events.py
+                                    "API_EVENTS_KEEPALIVE_S": "1", "API_EVENTS_RECHECK_S": "1",  # api/test_events.py
+                                    "ALARM_EVALUATE_INTERVAL_S": "0.5", "WEBHOOK_BACKOFF_S": "0.2",  # test_alarms.py
+                                    "WEBHOOK_TIMEOUT_S": "2", "WEBHOOK_MAX_ATTEMPTS": "5"})
     the_stack = Stack(config, out=messages.append)
     the_stack.start()
     the_stack.messages = messages

@@ -394,6 +394,8 @@ class BrokerConfig:
     data_dir: str = "data"
     dashboard_host: str = "0.0.0.0"  # noqa: S104 - EMQX's default
     dashboard_port: int = 0        # 0 = disabled (EMQX 5.x schema default)
+    dashboard_username: str = "admin"    # EMQX's defaults; the embedded stack sets the password
+    dashboard_password: str = "public"  # noqa: S105 - EMQX's documented default, replaced by every deployment
     api_key_bootstrap_file: str = ""
     listeners: list[ListenerConfig] = field(default_factory=list)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -858,6 +860,8 @@ def build_config(conf: dict, *, source_path: str = "", env_overrides: list[str] 
                     strict=False)
     cfg.dashboard_host, cfg.dashboard_port = _host_port(http.get("bind", 0), http.key("bind"))
     http.done()
+    cfg.dashboard_username = _str(dash.get("default_username", cfg.dashboard_username), dash.key("default_username"))
+    cfg.dashboard_password = _str(dash.get("default_password", cfg.dashboard_password), dash.key("default_password"))
     for other in dash.raw.get("listeners", {}) or {}:
         if other != "http":
             cfg.unimplemented.append(f"dashboard.listeners.{other}")

@@ -227,6 +227,7 @@ class Connection:
             self._refuse(_CONNACK_FOR_REASON.get(reason, codec.CONNACK_NOT_AUTHORIZED), reason or "not_authorized",
                          clientid)
             return
+        broker.metrics["client.auth.success"] += 1
         client.client_attrs = dict(result.client_attrs or {})
         client.is_superuser = bool(result.is_superuser)     # read by the authorizer
         client.acl = list(result.acl or [])                  # the client_info authz source

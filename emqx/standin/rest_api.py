@@ -1,4 +1,5 @@
-"""EMQX's REST API subset on the dashboard listener (docs/EMQX.md §6): status, publish, clients, authz cache, stats.
+"""EMQX's REST API subset on the dashboard listener (docs/EMQX.md §6): status, publish, clients, subscriptions,
+authz cache, stats, rules; and the read-only dashboard page (dashboard.py), whose login token may GET.
 
 ``GET /status`` (no auth) answers like EMQX. Everything under ``/api/v5`` needs HTTP Basic auth with an API key
 from ``api_key.bootstrap_file`` (``key:secret[:role]`` lines); a bad key gets 401 ``BAD_API_KEY_OR_SECRET``,
@@ -22,6 +23,7 @@ from fleetcore.logs import log_event
 
 from .broker import Broker
 from .config import BrokerConfig
+from .dashboard import Dashboard
 from .hooks import AuthzHooks, RuleHooks
 from .session import Session
 from .topics import valid_topic_name
@@ -73,6 +75,7 @@ class RestApi:
         self.running = False
         self.runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
+        self.dashboard = Dashboard(config.dashboard_username, config.dashboard_password)
 
     # -- app --------------------------------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -85,6 +88,7 @@ class RestApi:
         r.add_get("/api/v5/clients/{clientid}", self.get_client)
         r.add_delete("/api/v5/clients/{clientid}", self.kick_client)
         r.add_get("/api/v5/clients/{clientid}/subscriptions", self.client_subscriptions)
+        r.add_get("/api/v5/subscriptions", self.list_subscriptions)
         r.add_get("/api/v5/clients/{clientid}/authorization/cache", self.get_client_cache)
         r.add_delete("/api/v5/clients/{clientid}/authorization/cache", self.clear_client_cache)
         r.add_delete("/api/v5/authorization/cache", self.clear_all_cache)
@@ -94,6 +98,7 @@ class RestApi:
         r.add_get("/api/v5/rules/{rule_id}", self.get_rule)
         r.add_get("/api/v5/rules/{rule_id}/metrics", self.rule_metrics)
         r.add_get("/api/v5/actions/{action_id}/metrics", self.action_metrics)
+        self.dashboard.install(app)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -114,7 +119,7 @@ class RestApi:
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if not path.startswith("/api/v5/") or path == "/api/v5/status":
+        if not path.startswith("/api/v5/") or path in ("/api/v5/status", "/api/v5/login", "/api/v5/logout"):
             return await handler(request)
         role = self._authenticate(request.headers.get("Authorization", ""))
         if role is None:
@@ -128,6 +133,8 @@ class RestApi:
 
     def _authenticate(self, header: str) -> str | None:
         scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value:
+            return self.dashboard.role_of(value.strip())
         if scheme.lower() != "basic" or not value:
             return None
         try:
@@ -236,6 +243,22 @@ class RestApi:
             return _error(404, "CLIENTID_NOT_FOUND", "Client ID not found")
         return web.json_response([{"topic": t, "qos": q, "clientid": session.clientid, "node": self.config.node_name}
                                   for t, q in session.subscriptions.items()])
+
+    async def list_subscriptions(self, request: web.Request) -> web.Response:
+        """GET /api/v5/subscriptions (emqx_mgmt_api_subscriptions.erl): every subscription, paged."""
+        try:
+            page = max(1, int(request.query.get("page", 1)))
+            limit = min(10000, max(1, int(request.query.get("limit", 100))))
+        except ValueError:
+            return _error(400, "INVALID_PARAMETER", "page and limit must be integers")
+        items = [{"clientid": s.clientid, "topic": t, "qos": q, "node": self.config.node_name}
+                 for s in self.broker.sessions.values() for t, q in s.subscriptions.items()]
+        if "clientid" in request.query:
+            items = [i for i in items if i["clientid"] == request.query["clientid"]]
+        start = (page - 1) * limit
+        return web.json_response({"data": items[start:start + limit],
+                                  "meta": {"page": page, "limit": limit, "count": len(items),
+                                           "hasnext": start + limit < len(items)}})
 
     async def get_client_cache(self, request: web.Request) -> web.Response:
         session = self._session(request)

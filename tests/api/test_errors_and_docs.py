@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from flask import Flask
@@ -76,11 +77,20 @@ def test_openapi_document_covers_the_endpoints_and_errors(anonymous):
     assert set(error["properties"]) == {"code", "message", "details"}
 
 
-@pytest.mark.parametrize("path", ["/docs"])
-def test_swagger_ui_page_is_served(anonymous, path):
+@pytest.mark.parametrize("path", ["/docs", "/console/"])
+def test_pages_load_every_file_from_the_api_itself(anonymous, path):
+    """Swagger UI and the console work offline: every script and style they load is served by the api."""
     response = anonymous.get(path)
     assert response.status_code == 200
-    assert "swagger" in response.text.lower()
+    assert "<html" in response.text.lower()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert assets, response.text[:500]
+    for asset in assets:
+        assert not re.match(r"^(https?:)?//", asset), f"{path} loads {asset} from outside the api"
+        url = asset if asset.startswith("/") else path.rstrip("/") + "/" + asset
+        loaded = anonymous.get(url)
+        assert loaded.status_code == 200, (asset, loaded.status_code)
+        assert loaded.content, asset
 
 
 # -- inputs that used to answer 500 ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def idle_worker():
     config = WorkerConfig(database_url="postgresql://unused", emqx_api_url="http://unused", emqx_api_key="k",
                           emqx_api_secret="s" * 16, bind=f"127.0.0.1:{free_port()}", stall_after_s=30.0)
     worker = Worker(config, dispatcher=None, emergency=None)
-    worker.role = "standby"
+    worker.role = worker.notifier.role = "standby"
     server = serve_health(worker, config.bind)
     yield worker, f"http://{config.bind}"
     server.shutdown()
@@ -48,6 +48,17 @@ def test_health_fails_once_the_loop_stops_turning(idle_worker):
     worker.last_turn -= 31.0
     status, body = get(f"{url}/healthz")
     assert status == 503 and body["status"] == "stalled" and body["last_turn_s_ago"] >= 31.0
+
+
+def test_health_fails_once_the_alarm_thread_stops_turning(idle_worker):
+    worker, url = idle_worker
+    assert get(f"{url}/healthz")[1]["alarms"]["role"] == "standby"
+    worker.notifier.last_turn -= 31.0
+    status, body = get(f"{url}/healthz")
+    assert (status, body["status"]) == (503, "stalled") and body["alarms"]["last_turn_s_ago"] >= 31.0
+    worker.notifier.last_turn += 31.0
+    worker.notifier.role = "waiting_for_database"
+    assert get(f"{url}/healthz")[:1] == (503,)
 
 
 @pytest.mark.parametrize("role", ["starting", "waiting_for_database", "restarting"])
