@@ -52,7 +52,7 @@ def test_a_last_event_id_that_is_not_ours_is_a_400(api_url, admin):
 def test_a_stream_starts_with_a_snapshot_then_keepalives(api_url, operator, enroll):
     vehicle = enroll()
     vehicle.telemetry(lat=48.2, lon=11.6, heading_deg=90.0, battery_pct=77.0)
-    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["telemetry"],
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["telemetry"]["ts"],
                message="telemetry never stored")
     with EventStream(api_url, operator.tokens["access_token"]) as stream:
         assert stream.response.headers["Cache-Control"].startswith("no-store")
@@ -61,9 +61,13 @@ def test_a_stream_starts_with_a_snapshot_then_keepalives(api_url, operator, enro
         body = snapshot.json()
         assert body["columns"] == list(live.sql.VEHICLE_COLUMNS)
         [row] = vehicle_rows(snapshot)
-        assert (row["id"], row["fleet_id"], row["lat"], row["lon"], row["battery_pct"], row["online"]) == (
-            vehicle.vehicle_id, operator.fleet, 48.2, 11.6, 77.0, True)
+        assert (row["id"], row["fleet_id"], row["online"]) == (vehicle.vehicle_id, operator.fleet, True)
         assert body["missions"] == [] and body["alarms"] == []
+        # The hub's copy follows the database by one notification: the snapshot shows the stored point, or the
+        # event right behind it does.
+        if (row["lat"], row["lon"], row["battery_pct"]) != (48.2, 11.6, 77.0):
+            stream.wait_for(_has_vehicle(vehicle.vehicle_id, lat=48.2, lon=11.6, battery_pct=77.0),
+                            what="the stored point after the snapshot")
         wait_until(lambda: stream.comments.count("keepalive") >= 2, timeout=5, message="no keepalives")
         assert stream.comments[0] == "connected"
 
