@@ -20,6 +20,7 @@ from flask_smorest import Api
 from api import metrics, parameters
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
+from api.emergency_commands import EmergencyCommands
 from api.schemas import ErrorSchema
 from fleetcore import errors, logs
 from fleetcore.db import Database
@@ -77,6 +78,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
     # worker process (api/worker.py).
     app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
+    app.extensions["fleet.emergency_commands"] = EmergencyCommands(app.extensions["fleet.db"],
+                                                                   app.extensions["fleet.emqx"])
 
     smorest = FleetApi(app)
     errors.register(app, "api")  # after flask-smorest, so our handlers win
@@ -94,8 +97,22 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
 
-    from api import alarms, emergency, events, fleets, health, missions, reports, telemetry, tokens, users, vehicles
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms, events):
+    from api import (
+        alarms,
+        audit,
+        emergency,
+        events,
+        fleets,
+        health,
+        missions,
+        reports,
+        telemetry,
+        tokens,
+        users,
+        vehicles,
+    )
+    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms, events,
+                   audit):
         smorest.register_blueprint(module.blp)
     from api import webui
     app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document

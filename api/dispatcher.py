@@ -1,10 +1,15 @@
-"""Mission dispatch: queued missions go to their vehicle when it is online and idle, by priority, then age.
+"""Mission dispatch: queued missions go to their vehicle when it is online, idle and not blocked, by priority, then
+age.
 
 ``MissionDispatcher.dispatch_next(vehicle)`` is the one way a mission is sent. It runs inside the request that
 creates a mission (so an online, idle vehicle gets it at once) and in the worker process (api/worker.py), which
 reacts to PostgreSQL notifications (a vehicle came online, a mission finished) and sweeps every second: expiry
-(TTL), timeouts, retries after "no subscriber", and the periodic database maintenance (partitions, retention,
-liveness).
+(TTL), timeouts, retries after "no subscriber", operator commands the vehicle has not confirmed, and the periodic
+database maintenance (partitions, retention, liveness).
+
+Gating: a vehicle that is e-stopped (by an operator's stop or by itself), in MANUAL or SERVICE mode, FATAL, or below
+its fleet's battery threshold gets nothing; its missions stay `queued` and show why (``dispatch_blocker`` in
+sql/code/31_dispatch_gating.sql, the one definition). The sweep tries it again once the condition clears.
 
 Ordering that makes it safe: the mission is committed as `dispatched` *before* the command is published, so
 the vehicle's `accepted` can never arrive for a mission the database still calls `queued`; if the broker
@@ -52,6 +57,8 @@ def mission_command(mission: dict, msg_id: str) -> dict:
 
 class MissionDispatcher:
     CONFIG_RETRIES_S = (2.0, 5.0, 15.0)
+    COMMAND_RETRIES_S = (2.0, 4.0, 8.0, 16.0, 30.0)   # an unconfirmed cancel/pause/resume, after each send
+    MAX_COMMAND_SENDS = 10                           # pause and resume; a cancel goes on until the mission ends
 
     def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
@@ -72,6 +79,8 @@ class MissionDispatcher:
         vehicle = missions.lock_vehicle(cur, vehicle_id)
         if vehicle is None or vehicle["status"] != "active":
             return DispatchResult(None, None, False, "vehicle_not_active")
+        if vehicle["blocked"]:
+            return DispatchResult(None, None, False, vehicle["blocked"])
         if not vehicle["online"]:
             return DispatchResult(None, None, False, "vehicle_offline")
         if vehicle["busy"]:
@@ -110,14 +119,32 @@ class MissionDispatcher:
         log_event(log, "mission.requeued", logging.WARNING, mission=mission_id, vehicle=vehicle_id, reason=reason)
         return DispatchResult(mission_id, mission_states.QUEUED, False, reason)
 
-    def publish_cancel(self, mission: dict, reason: str | None) -> bool:
-        command = envelope.command("mission.cancel", {"mission_id": str(mission["id"]), "reason": reason})
+    def send_mission_command(self, mission_id: str, vehicle_id: str, command: str, reason: str | None,
+                             sends: int = 0) -> bool:
+        """Publish an operator's ``mission.cancel`` / ``.pause`` / ``.resume`` and record the send; until the vehicle
+        confirms, ``resend_commands`` sends it again with back-off. Returns whether a session received it."""
+        message = envelope.command(f"mission.{command}", {"mission_id": mission_id, "reason": reason})
         try:
-            return self.emqx.publish(topics.vehicle_topic(mission["vehicle_id"], topics.Kind.CMD), command,
-                                     qos=1).delivered
+            delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), message, qos=1).delivered
         except EmqxApiError as exc:
-            log_event(log, "mission.cancel_not_sent", logging.WARNING, mission=str(mission["id"]), error=str(exc))
-            return False
+            log_event(log, f"mission.{command}_not_sent", logging.WARNING, mission=mission_id, error=str(exc))
+            delivered = False
+        with self.db.transaction() as cur:
+            missions.record_command_send(cur, mission_id, command, self.COMMAND_RETRIES_S[
+                min(sends, len(self.COMMAND_RETRIES_S) - 1)])
+        log_event(log, f"mission.{command}_sent", mission=mission_id, vehicle=vehicle_id, delivered=delivered,
+                  attempt=sends + 1)
+        return delivered
+
+    def resend_commands(self) -> int:
+        """Send again every unconfirmed cancel, pause or resume that is due (a cancel until the mission ends or
+        times out; a pause or resume at most ``MAX_COMMAND_SENDS`` times). Returns how many were sent."""
+        with self.db.transaction() as cur:
+            due = missions.commands_due(cur, self.MAX_COMMAND_SENDS)
+        for row in due:
+            self.send_mission_command(str(row["id"]), row["vehicle_id"], row["pending_command"],
+                                      row["reason"], row["command_sends"])
+        return len(due)
 
     def resend_config(self, vehicle_id: str, attempt: int = 0) -> bool:
         """A vehicle that comes online behind its desired configuration gets ``config.update`` again (the one
@@ -162,6 +189,7 @@ class MissionDispatcher:
     def sweep(self) -> None:
         self.expire_and_time_out()
         self.retry_configs()
+        self.resend_commands()
         with self.db.transaction() as cur:
             waiting = missions.vehicles_waiting_for_dispatch(cur)
         for vehicle_id in waiting:

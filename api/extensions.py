@@ -23,3 +23,8 @@ def broker() -> EmqxApi:
 def dispatcher():
     """The mission dispatcher (api/dispatcher.py)."""
     return current_app.extensions["fleet.dispatcher"]
+
+
+def emergency_commands():
+    """The emergency command sender (api/emergency_commands.py)."""
+    return current_app.extensions["fleet.emergency_commands"]

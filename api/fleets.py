@@ -58,10 +58,10 @@ def get_fleet(fleet_id: str):
 @blp.arguments(FleetUpdateSchema)
 @blp.response(200, FleetSchema)
 @blp.alt_response(404, response="NOT_FOUND")
-def rename_fleet(body: dict, fleet_id: str):
-    """Rename a fleet (admins)."""
+def update_fleet(body: dict, fleet_id: str):
+    """Rename a fleet and/or set its dispatch battery threshold (admins)."""
     with database().transaction() as cur:
-        if not fleets.rename_fleet(cur, fleet_id, body["name"]):
+        if not fleets.update_fleet(cur, fleet_id, body):
             raise HttpError(404, "no such fleet")
-        audit.record(cur, "operator", auth.current_user().username, "fleet.rename", "fleet", fleet_id, body)
+        audit.record(cur, "operator", auth.current_user().username, "fleet.update", "fleet", fleet_id, body)
         return fleets.get_fleet(cur, fleet_id)

@@ -78,8 +78,30 @@ def database_gauges(cur) -> list[str]:
     lines += ["# HELP fleet_vehicles_online Vehicles currently online.", "# TYPE fleet_vehicles_online gauge"]
     cur.execute("SELECT count(*) AS n FROM vehicle_state WHERE online")
     lines.append(f"fleet_vehicles_online {cur.fetchone()['n']}")
+    # Counted as rejects are written (sql/code/45_ingest_totals.sql): never lowered by retention, one row per reason.
     lines += ["# HELP fleet_ingest_rejected_total Inbound MQTT messages dead-lettered, by reason.",
               "# TYPE fleet_ingest_rejected_total counter"]
-    cur.execute("SELECT reason, count(*) AS n FROM rejected_messages GROUP BY reason ORDER BY reason")
-    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["n"]}' for row in cur.fetchall()]
+    cur.execute("SELECT reason, total FROM ingest_rejected_totals ORDER BY reason")
+    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in cur.fetchall()]
+    lines += ["# HELP fleet_dispatch_queue_depth Missions queued for dispatch.",
+              "# TYPE fleet_dispatch_queue_depth gauge"]
+    cur.execute("SELECT dispatch_blocker(vehicle_id) AS reason, count(*) AS n FROM missions WHERE state = 'queued' "
+                "GROUP BY 1 ORDER BY 1")
+    blocked = cur.fetchall()
+    lines.append(f"fleet_dispatch_queue_depth {sum(row['n'] for row in blocked)}")
+    lines += ["# HELP fleet_dispatch_blocked Queued missions held back by dispatch gating, by blocked reason.",
+              "# TYPE fleet_dispatch_blocked gauge"]
+    lines += [f'fleet_dispatch_blocked{{reason="{row["reason"]}"}} {row["n"]}' for row in blocked if row["reason"]]
+    lines += ["# HELP fleet_emergency_stops_active Emergency stops in force, by scope.",
+              "# TYPE fleet_emergency_stops_active gauge"]
+    cur.execute("SELECT s.scope, count(e.id) AS n FROM unnest(ARRAY['vehicle', 'fleet', 'all']) AS s(scope) "
+                "LEFT JOIN emergency_stops e ON e.scope = s.scope AND e.released_at IS NULL GROUP BY 1 ORDER BY 1")
+    lines += [f'fleet_emergency_stops_active{{scope="{row["scope"]}"}} {row["n"]}' for row in cur.fetchall()]
+    lines += ["# HELP fleet_emergency_commands_unacknowledged Vehicles that have not confirmed their emergency "
+              "command yet, by command.", "# TYPE fleet_emergency_commands_unacknowledged gauge"]
+    cur.execute("SELECT c.command, count(v.vehicle_id) AS n FROM unnest(ARRAY['stop', 'release']) AS c(command) "
+                "LEFT JOIN vehicle_estop_commands v ON v.command = c.command AND v.acknowledged_at IS NULL "
+                "GROUP BY 1 ORDER BY 1")
+    lines += [f'fleet_emergency_commands_unacknowledged{{command="{row["command"]}"}} {row["n"]}'
+              for row in cur.fetchall()]
     return lines

@@ -4,8 +4,9 @@
   schema, and none without one. Anything else is a 400 naming the parameter (and the one meant, for a near
   miss), never silently ignored: ``?vehicle=`` for ``?vehicle_id=`` would otherwise return every mission
   unfiltered. The allowed names are read once from the routes' own schemas, so the rule has one source.
-* **Ids in the path.** ``<mission_id:…>`` and ``<user_id:…>`` accept any path segment and answer a malformed id
-  with the same JSON 404 as an unknown one, saying why, instead of Werkzeug's generic "URL not found".
+* **Ids in the path.** ``<mission_id:…>``, ``<user_id:…>`` and ``<stop_id:…>`` accept any path segment and answer
+  a malformed id with the same JSON 404 as an unknown one, saying why, instead of Werkzeug's generic "URL not
+  found".
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _query_names(view: Callable) -> frozenset[str]:
 def install(app: Flask, smorest: Api) -> None:
     """Register the id converters (before the blueprints that use them) and the query check."""
     for converter, schema in ((MissionIdConverter, {"type": "string", "format": "uuid"}),
-                              (UserIdConverter, {"type": "integer", "minimum": 1})):
+                              (UserIdConverter, {"type": "integer", "minimum": 1}),
+                              (StopIdConverter, {"type": "integer", "minimum": 1})):
         app.url_map.converters[converter.name] = converter
         smorest.register_converter(converter, lambda _converter, schema=schema: schema)
     allowed: dict[str, frozenset[str]] = {}
@@ -101,3 +103,8 @@ class UserIdConverter(_IdConverter):
         if not value.isdigit() or int(value) < 1 or len(value) > 18:
             raise ValueError(value)
         return int(value)
+
+
+class StopIdConverter(UserIdConverter):
+    name = "stop_id"
+    noun, shape = "emergency stop", "a positive whole number"

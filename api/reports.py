@@ -26,6 +26,9 @@ def _report_item(row: dict) -> dict:
         "id": row["id"], "name": row["name"], "state": row["state"], "priority": row["priority"],
         "vehicle": row["vehicle"], "created_by": row["created_by"],
         "state_timestamps": row["state_timestamps"] or {},
+        "device_timestamps": row["device_timestamps"] or {},
+        "attempt": row["attempt"], "max_attempts": row["max_attempts"],
+        "attempts": row["attempts"] or [],
         "durations": {
             "queue_wait_s": _seconds(row["dispatched_at"], row["created_at"]),
             "time_to_accept_s": _seconds(row["accepted_at"], row["dispatched_at"]),
@@ -44,8 +47,9 @@ def _report_item(row: dict) -> dict:
 @blp.response(200, MissionReportSchema)
 def mission_report(args: dict):
     """Mission report: each mission with its vehicle (the object, not just an id), the first time it entered
-    each state, durations (queue wait, time to accept, execution, total), failure reasons, and summary counts
-    per state and per vehicle over every matching mission.
+    each state by the server's clock (`state_timestamps`) and by the vehicle's (`device_timestamps`, for the states
+    a vehicle event reached), every attempt of the retry policy (`attempts`), durations (queue wait, time to accept,
+    execution, total), failure reasons, and summary counts per state and per vehicle over every matching mission.
 
     Filter by creation time (`from`, `to`), `vehicle_id`, `fleet_id` and `state`. Missions come oldest first, `limit`
     per page; the summary always covers all of them. Pass `next_cursor` as `cursor` for the next page.
@@ -55,7 +59,8 @@ def mission_report(args: dict):
         try:
             cursor = mission_queries.decode_cursor(args["cursor"])
         except (ValueError, UnicodeDecodeError):
-            raise HttpError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
+            raise HttpError(400, "invalid cursor; pass next_cursor from the previous page unchanged",
+                            code="invalid_cursor") from None
     if args.get("fleet_id"):
         visibility.require_fleet(args["fleet_id"])
     visible = auth.current_user().visible_fleets()

@@ -163,6 +163,8 @@ class FleetSchema(Schema):
     name = fields.String()
     created_at = fields.DateTime()
     vehicle_count = fields.Integer()
+    dispatch_min_battery_pct = fields.Float(metadata={
+        "description": "no mission is dispatched to a vehicle of this fleet whose battery is below this"})
 
 
 class FleetCreateSchema(StrictSchema):
@@ -171,7 +173,14 @@ class FleetCreateSchema(StrictSchema):
 
 
 class FleetUpdateSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    dispatch_min_battery_pct = fields.Float(validate=validate.Range(min=0, max=100), metadata={
+        "description": "dispatch gating: the least battery a vehicle needs to be sent a mission"})
+
+    @validates_schema
+    def _something(self, data: dict, **_kwargs) -> None:
+        if not data:
+            raise ValidationError("give name and/or dispatch_min_battery_pct", "name")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -246,6 +255,28 @@ class VehicleSchema(Schema):
     distance_m = fields.Float(metadata={"description": "only with near=lat,lon"})
 
 
+class CapabilitySheetSchema(Schema):
+    version = fields.Integer()
+    document = fields.Dict(metadata={"description": "the sheet as the vehicle sent it"})
+    task_types = fields.List(fields.String(), allow_none=True, metadata={"description": "null: not stated"})
+    max_payload_kg = fields.Float(allow_none=True)
+    max_speed_mps = fields.Float(allow_none=True)
+    battery_capacity_wh = fields.Float(allow_none=True)
+    source = fields.String(metadata={"description": "how it was reported, e.g. registration"})
+    reported_at = fields.DateTime()
+
+
+class VehicleCapabilitiesSchema(Schema):
+    vehicle_id = fields.String()
+    current = fields.Nested(CapabilitySheetSchema, allow_none=True)
+    history = fields.List(fields.Nested(CapabilitySheetSchema), metadata={"description": "newest first"})
+
+
+class EnrollmentRequestSchema(StrictSchema):
+    readmit = fields.Boolean(load_default=False, metadata={
+        "description": "true to re-admit a revoked vehicle (without it, a revoked vehicle gets 409 vehicle_revoked)"})
+
+
 class EnrollmentSchema(Schema):
     token = fields.String(metadata={"description": "one-time enrollment token; shown only here"})
     expires_at = fields.DateTime()
@@ -301,8 +332,54 @@ class ReasonSchema(StrictSchema):
     reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
 
-class EmergencyStopSchema(StrictSchema):
+class EmergencyStopRequestSchema(StrictSchema):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+class EmergencyStopSchema(Schema):
+    id = fields.Integer()
+    scope = fields.String(metadata={"enum": ["vehicle", "fleet", "all"]})
+    vehicle_id = fields.String(allow_none=True)
+    fleet_id = fields.String(allow_none=True)
+    reason = fields.String()
+    set_by = fields.String(metadata={"description": "who set it"})
+    set_at = fields.DateTime()
+    released_by = fields.String(allow_none=True)
+    released_at = fields.DateTime(allow_none=True, metadata={"description": "null while the stop applies"})
+    release_reason = fields.String(allow_none=True)
+    vehicles = fields.Integer(metadata={"description": "vehicles whose command comes from this stop"})
+    acknowledged = fields.Integer(metadata={"description": "… of which confirmed it with a status report"})
+
+
+class EmergencyCommandStateSchema(Schema):
+    vehicle_id = fields.String()
+    command = fields.String(metadata={"enum": ["stop", "release"]})
+    since = fields.DateTime(metadata={"description": "when this command became the one the vehicle should have"})
+    sends = fields.Integer()
+    last_sent_at = fields.DateTime(allow_none=True)
+    last_delivered = fields.Boolean(allow_none=True, metadata={"description": "false: no session was subscribed"})
+    acknowledged_at = fields.DateTime(allow_none=True, metadata={
+        "description": "when a status report confirmed it (estop true for a stop, false for a release)"})
+    online = fields.Boolean()
+
+
+class EmergencyStopDetailSchema(EmergencyStopSchema):
+    commands = fields.List(fields.Nested(EmergencyCommandStateSchema))
+
+
+class EmergencyActionSchema(Schema):
+    stop = fields.Nested(EmergencyStopSchema)
+    changed = fields.Boolean(metadata={"description": "false: this target was already stopped"})
+    command = fields.String(metadata={"enum": ["emergency.stop", "emergency.release"]})
+    vehicles = fields.Integer(metadata={"description": "vehicles that carry this command now"})
+    delivered = fields.Boolean(metadata={"description": "at least one vehicle received it now"})
+    delivered_to = fields.List(fields.String(), metadata={"description": "vehicles that received it now"})
+    still_stopped_by = fields.List(fields.Nested(EmergencyStopSchema), metadata={
+        "description": "release of one vehicle: the fleet or all-fleets stops that still hold it"})
+
+
+class EmergencyStopListQuerySchema(PageQuerySchema):
+    active = fields.Boolean(load_default=True, metadata={"description": "false: released stops too"})
 
 
 class CommandResultSchema(Schema):
@@ -422,11 +499,23 @@ class MissionCreateSchema(StrictSchema):
                                metadata={"description": "timed_out when no event arrives for this long"})
     ttl_s = fields.Integer(validate=validate.Range(min=1, max=30 * 86400),
                            metadata={"description": "expired when not dispatched within this time"})
+    payload_kg = fields.Float(validate=validate.Range(min=0, max=100_000), metadata={
+        "description": "what the vehicle will carry; refused (422) above its capability sheet's max_payload_kg"})
+    max_attempts = fields.Integer(load_default=1, validate=validate.Range(min=1, max=20), metadata={
+        "description": "attempts in all: an outcome listed in `retry_on` re-queues the mission until this many"})
+    retry_on = fields.List(fields.String(validate=validate.OneOf(mission_states.RETRYABLE)),
+                           load_default=lambda: list(mission_states.RETRYABLE), metadata={
+                               "description": "outcomes that are retried (a cancel never is)"})
 
     @validates_schema
     def _something_to_do(self, data: dict, **_kwargs) -> None:
         if not data.get("waypoints") and not data.get("tasks"):
             raise ValidationError("give at least one waypoint or task", "waypoints")
+
+
+class MissionUpdateSchema(StrictSchema):
+    priority = fields.Integer(required=True, validate=validate.Range(min=-100, max=100),
+                              metadata={"description": "higher first; only while queued"})
 
 
 class ProgressSchema(Schema):
@@ -445,6 +534,7 @@ class MissionEventSchema(Schema):
     server_time = fields.DateTime()
     device_time = fields.DateTime(allow_none=True)
     detail = fields.Dict()
+    attempt = fields.Integer(metadata={"description": "the attempt this event belongs to"})
 
 
 class MissionSchema(Schema):
@@ -468,7 +558,18 @@ class MissionSchema(Schema):
     accepted_at = fields.DateTime(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    dispatch_attempts = fields.Integer()
+    dispatch_attempts = fields.Integer(metadata={"description": "times the dispatch command was published"})
+    attempt = fields.Integer(metadata={"description": "the current attempt (retry policy)"})
+    max_attempts = fields.Integer()
+    retry_on = fields.List(fields.String())
+    payload_kg = fields.Float(allow_none=True)
+    blocked_reason = fields.String(allow_none=True, metadata={
+        "description": "queued and held back: emergency_stop, vehicle_estop, mode_manual, mode_service, "
+                       "health_fatal, battery_low, vehicle_pending, vehicle_revoked, vehicle_decommissioned"})
+    pending_command = fields.String(allow_none=True, metadata={
+        "description": "cancel, pause or resume sent to the vehicle and not confirmed yet (re-sent until it is)"})
+    pending_command_since = fields.DateTime(allow_none=True)
+    command_sends = fields.Integer()
 
 
 class MissionDetailSchema(MissionSchema):
@@ -520,10 +621,29 @@ class ReportMissionSchema(Schema):
     vehicle = fields.Nested(ReportVehicleSchema)
     created_by = fields.String(allow_none=True)
     state_timestamps = fields.Dict(keys=fields.String(), values=fields.String(),
-                                   metadata={"description": "first time (ISO 8601) the mission entered each state"})
+                                   metadata={"description": "first time (ISO 8601, server clock) the mission entered "
+                                                            "each state"})
+    device_timestamps = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "the same by the vehicle's clock (`ts`), for the states a vehicle event reached"})
+    attempt = fields.Integer()
+    max_attempts = fields.Integer()
+    attempts = fields.List(fields.Nested(lambda: ReportAttemptSchema()), metadata={
+        "description": "every attempt: dispatched, accepted (server and device time), outcome and its reason"})
     durations = fields.Nested(DurationsSchema)
     failure_reason = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema)
+
+
+class ReportAttemptSchema(Schema):
+    attempt = fields.Integer()
+    dispatched_at = fields.String(allow_none=True)
+    accepted_at = fields.String(allow_none=True)
+    accepted_device_time = fields.String(allow_none=True)
+    outcome = fields.String(allow_none=True, metadata={"description": "the terminal state this attempt reached; "
+                                                                      "null while it runs"})
+    finished_at = fields.String(allow_none=True)
+    finished_device_time = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
 
 
 class ReportSummarySchema(Schema):
@@ -656,3 +776,33 @@ class DeliverySchema(Schema):
     last_error = fields.String(allow_none=True)
     delivered_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Audit log
+# --------------------------------------------------------------------------------------------------------------
+class AuditQuerySchema(StrictSchema):
+    actor = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "who (actor_id)"})
+    action = fields.String(validate=validate.Length(min=1, max=100), metadata={"example": "emergency.stop"})
+    target_type = fields.String(validate=validate.Length(min=1, max=50), metadata={"example": "vehicle"})
+    target_id = fields.String(validate=validate.Length(min=1, max=200))
+    from_ = fields.DateTime(data_key="from", metadata={"description": "at or after"})
+    to = fields.DateTime(metadata={"description": "before"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(metadata={"description": "next_cursor of the previous page"})
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    actor_type = fields.String(metadata={"enum": ["operator", "vehicle", "system"]})
+    actor_id = fields.String(allow_none=True)
+    action = fields.String()
+    target_type = fields.String(allow_none=True)
+    target_id = fields.String(allow_none=True)
+    detail = fields.Dict()
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEntrySchema))
+    next_cursor = fields.String(allow_none=True)

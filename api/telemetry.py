@@ -37,13 +37,14 @@ def _window(args: dict) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _cursor(args: dict, *kinds) -> list | None:
+def _cursor(args: dict, kinds: tuple[str, ...]) -> list | None:
     if not args.get("cursor"):
         return None
     try:
-        return telemetry.decode_cursor(args["cursor"], *kinds)
+        return telemetry.decode_cursor(args["cursor"], kinds)
     except (ValueError, UnicodeDecodeError, OverflowError):
-        raise HttpError(422, "invalid cursor; pass next_cursor from the previous page unchanged") from None
+        raise HttpError(400, "invalid cursor; pass next_cursor from the previous page unchanged",
+                        code="invalid_cursor") from None
 
 
 @blp.route("/telemetry/latest", methods=["GET"])
@@ -77,13 +78,12 @@ def telemetry_history(args: dict, vehicle_id: str):
             interval_s = int(args["interval"][:-1]) * _UNIT_SECONDS[args["interval"][-1]]
             if (end - start).total_seconds() / interval_s > MAX_BUCKETS_SPAN:
                 raise HttpError(422, "this interval makes too many buckets for the time range; choose a coarser one")
-            after = _cursor(args, datetime.fromisoformat)
+            after = _cursor(args, ("time",))
             rows = telemetry.buckets(cur, vehicle_id, start, end, interval_s, after[0] if after else None, limit)
             items = TelemetryBucketSchema(many=True).dump(rows[:limit])
             next_cursor = telemetry.encode_cursor(rows[limit - 1]["bucket"]) if len(rows) > limit else None
         else:
-            after = _cursor(args, datetime.fromisoformat, str)
-            rows = telemetry.raw_points(cur, vehicle_id, start, end, after, limit)
+            rows = telemetry.raw_points(cur, vehicle_id, start, end, _cursor(args, ("time", "text")), limit)
             items = TelemetryPointSchema(many=True).dump(rows[:limit])
             last = rows[limit - 1] if len(rows) > limit else None
             next_cursor = telemetry.encode_cursor(last["ts"], last["msg_id"]) if last else None
@@ -103,8 +103,7 @@ def status_history(args: dict, vehicle_id: str):
     limit = args["limit"]
     with database().transaction() as cur:
         visibility.vehicle(cur, vehicle_id)
-        after = _cursor(args, datetime.fromisoformat, int)
-        rows = telemetry.status_points(cur, vehicle_id, start, end, after, limit)
+        rows = telemetry.status_points(cur, vehicle_id, start, end, _cursor(args, ("time", "int")), limit)
     last = rows[limit - 1] if len(rows) > limit else None
     return {"vehicle_id": vehicle_id, "items": rows[:limit],   # serialised once, by StatusHistorySchema
             "next_cursor": telemetry.encode_cursor(last["ts"], last["id"]) if last else None}

@@ -14,8 +14,10 @@ from api.queries import audit, missions, vehicles
 from api.schemas import (
     ConfigUpdateResultSchema,
     DesiredConfigSchema,
+    EnrollmentRequestSchema,
     EnrollmentSchema,
     ReasonSchema,
+    VehicleCapabilitiesSchema,
     VehicleCreatedSchema,
     VehicleCreateSchema,
     VehicleListQuerySchema,
@@ -25,7 +27,7 @@ from api.schemas import (
     list_of,
     parse_lat_lon,
 )
-from fleetcore import envelope, registry, topics
+from fleetcore import capabilities, envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -110,6 +112,20 @@ def get_vehicle(vehicle_id: str):
         return _shape(cur, vehicle_id)
 
 
+@blp.route("/<vehicle_id>/capabilities", methods=["GET"])
+@auth.requires("viewer")
+@blp.response(200, VehicleCapabilitiesSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def get_capabilities(vehicle_id: str):
+    """What the vehicle says it can do: its current capability sheet (task types, max payload, max speed, battery
+    capacity, and the whole document it sent) and every earlier version. `current` is null until it reports one;
+    missions it cannot do are refused at creation (422 `beyond_capability`)."""
+    with database().transaction() as cur:
+        visibility.vehicle(cur, vehicle_id)
+        return {"vehicle_id": vehicle_id, "current": capabilities.current(cur, vehicle_id),
+                "history": capabilities.history(cur, vehicle_id)}
+
+
 @blp.route("/<vehicle_id>", methods=["PATCH"])
 @auth.requires("operator")
 @blp.arguments(VehicleUpdateSchema)
@@ -127,14 +143,18 @@ def update_vehicle(body: dict, vehicle_id: str):
 
 @blp.route("/<vehicle_id>/enrollment", methods=["POST"])
 @auth.requires("operator")
+@blp.arguments(EnrollmentRequestSchema, required=False)
 @blp.response(201, EnrollmentSchema, description="a fresh one-time token, shown only here")
 @blp.alt_response(404, response="NOT_FOUND")
 @blp.alt_response(409, response="CONFLICT")
-def issue_enrollment(vehicle_id: str):
+def issue_enrollment(body: dict | None, vehicle_id: str):
     """Issue a fresh enrollment token: the vehicle registers again and gets a new device secret (rotation).
 
     The old secret keeps working until that registration, then stops at once. Earlier unused tokens stop
-    working now. For a revoked vehicle this is how it is re-admitted. Decommissioned vehicles get none (409).
+    working now. A revoked vehicle gets one only with `{"readmit": true}` — that is how it is re-admitted; without
+    it the answer is 409 `vehicle_revoked` (naming who revoked it), so a client whose connections are refused can
+    tell "revoked" from "refused" and never undoes a revocation by enrolling again. Decommissioned vehicles get
+    none (409).
     """
     user = auth.current_user()
     try:
@@ -142,7 +162,8 @@ def issue_enrollment(vehicle_id: str):
             visibility.vehicle(cur, vehicle_id)
             enrollment = registry.issue_enrollment_token(cur, config().device_secret_key, vehicle_id,
                                                          actor_type="operator", actor_id=user.username,
-                                                         token_ttl_s=config().enrollment_token_ttl_s)
+                                                         token_ttl_s=config().enrollment_token_ttl_s,
+                                                         readmit=bool((body or {}).get("readmit")))
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
     log_event(log, "vehicle.enrollment_issued", vehicle=vehicle_id, user=user.username)
@@ -200,17 +221,27 @@ def _disconnect(vehicle_id: str, action: str) -> dict:
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def revoke_vehicle(body: dict | None, vehicle_id: str):
     """Revoke the vehicle's credentials: its device secret and unused tokens stop working, its live MQTT session
-    is kicked and its authorization cache cleared. Idempotent. A new enrollment token re-admits it later."""
+    is kicked and its authorization cache cleared; the missions it was working on fail (reason `vehicle_revoked`),
+    queued ones wait (blocked: `vehicle_revoked`). Idempotent. A new enrollment token re-admits it later."""
     user = auth.current_user()
     reason = (body or {}).get("reason")
     try:
         with database().transaction() as cur:
             visibility.vehicle(cur, vehicle_id)
             registry.revoke_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+            _, active = vehicles.open_missions(cur, vehicle_id)
+            _abort(cur, active, user.username, "vehicle_revoked")
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
-    log_event(log, "vehicle.revoked", logging.WARNING, vehicle=vehicle_id, user=user.username, reason=reason)
+    log_event(log, "vehicle.revoked", logging.WARNING, vehicle=vehicle_id, user=user.username, reason=reason,
+              missions_failed=len(active))
     return _disconnect(vehicle_id, "revoked")
+
+
+def _abort(cur, mission_ids: list[str], username: str, reason: str) -> None:
+    """The vehicle can no longer connect as itself: the missions it had fail, with that reason."""
+    for mission_id in mission_ids:
+        missions.apply_event(cur, mission_id, "abort", "operator", username, {"reason": reason})
 
 
 @blp.route("/<vehicle_id>/decommission", methods=["POST"])
@@ -221,20 +252,22 @@ def revoke_vehicle(body: dict | None, vehicle_id: str):
 @blp.alt_response(409, response="CONFLICT")
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def decommission_vehicle(body: dict | None, vehicle_id: str):
-    """Retire the vehicle for good: credentials withdrawn, session kicked, queued missions cancelled; it can
-    never be enrolled again. Refused (409) while it is working on a mission: cancel that first."""
+    """Retire the vehicle for good: credentials withdrawn, session kicked, queued missions cancelled and the one it
+    was working on failed (reason `vehicle_decommissioned`); it can never be enrolled again."""
     user = auth.current_user()
     reason = (body or {}).get("reason")
-    with database().transaction() as cur:
-        visibility.vehicle(cur, vehicle_id)
-        queued, active = vehicles.queued_missions(cur, vehicle_id)
-        if active:
-            raise HttpError(409, f"vehicle {vehicle_id} is working on a mission; cancel it first",
-                            code="vehicle_busy")
-        for mission_id in queued:
-            missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
-                                 {"reason": "vehicle decommissioned"})
-        registry.decommission_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username, reason=reason)
+    try:
+        with database().transaction() as cur:
+            visibility.vehicle(cur, vehicle_id)
+            queued, active = vehicles.open_missions(cur, vehicle_id)
+            for mission_id in queued:
+                missions.apply_event(cur, mission_id, "cancel", "operator", user.username,
+                                     {"reason": "vehicle_decommissioned"})
+            _abort(cur, active, user.username, "vehicle_decommissioned")
+            registry.decommission_vehicle(cur, vehicle_id, actor_type="operator", actor_id=user.username,
+                                          reason=reason)
+    except registry.RegistryError as exc:
+        raise _conflict(exc) from None
     log_event(log, "vehicle.decommissioned", logging.WARNING, vehicle=vehicle_id, user=user.username,
-              missions_cancelled=len(queued))
+              missions_cancelled=len(queued), missions_failed=len(active))
     return _disconnect(vehicle_id, "decommissioned")

@@ -1,10 +1,14 @@
 """The api's background work, in its own process: ``python -m api.worker``.
 
-It drives the mission dispatcher (api/dispatcher.py) without any request: a queued mission goes out when its
-vehicle comes online or finishes its current mission (PostgreSQL notifications); every ``WORKER_TICK_S`` a sweep
-expires missions past their TTL, times out silent ones, retries dispatches that found no subscriber and re-sends
-``config.update`` to vehicles that came online behind their desired configuration; every
-``WORKER_MAINTENANCE_INTERVAL_S`` it runs ``fleet_maintenance()`` (partitions, retention, liveness).
+It drives the mission dispatcher (api/dispatcher.py) and the emergency commands (api/emergency_commands.py) without
+any request. A vehicle that connects is sent the emergency stop that applies to it first, then its configuration,
+then its next mission (PostgreSQL notifications); a queued mission also goes out when its vehicle finishes its
+current one. Every loop turn it re-sends the emergency commands that no vehicle confirmed yet and that are due (the
+loop wakes up for them, a fraction of a second after a vehicle connects). Every ``WORKER_TICK_S`` a sweep expires
+missions past their TTL, times out silent ones, retries dispatches that found no subscriber, re-sends unconfirmed
+cancel/pause/resume commands and ``config.update`` to vehicles that came online behind their desired
+configuration; every ``WORKER_MAINTENANCE_INTERVAL_S`` it runs ``fleet_maintenance()`` (partitions, retention,
+liveness).
 
 Any number of workers may run (replicas, or a new one starting before the old one is gone): only the holder of a
 PostgreSQL advisory lock works, the others wait as standbys and take over when its session ends.
@@ -29,6 +33,7 @@ import psycopg2.extensions
 
 from api.config import WorkerConfig
 from api.dispatcher import MissionDispatcher
+from api.emergency_commands import EmergencyCommands
 from api.notifier import Notifier
 from fleetcore import logs
 from fleetcore import missions as mission_states
@@ -50,9 +55,10 @@ class Worker:
     """The loop: become leader, then react to notifications and sweep until stopped. Survives database
     outages (it backs off and starts over) and anything else (logged, then it starts over)."""
 
-    def __init__(self, config: WorkerConfig, dispatcher: MissionDispatcher) -> None:
+    def __init__(self, config: WorkerConfig, dispatcher: MissionDispatcher, emergency: EmergencyCommands) -> None:
         self.config = config
         self.dispatcher = dispatcher
+        self.emergency = emergency
         self.stopping = threading.Event()
         self.role = "starting"
         self.last_turn = time.monotonic()
@@ -122,9 +128,10 @@ class Worker:
     def _loop(self, conn: psycopg2.extensions.connection) -> None:
         next_sweep = 0.0
         next_maintenance = time.monotonic() + 2.0
+        wait_s = 0.0
         while not self.stopping.is_set():
             self._turned()
-            readable, _, _ = select.select([conn], [], [], self.config.tick_s)
+            readable, _, _ = select.select([conn], [], [], min(self.config.tick_s, wait_s))
             vehicles: set[str] = set()
             came_online: set[str] = set()
             if readable:
@@ -135,6 +142,8 @@ class Worker:
                     vehicles |= found
                     if notify.channel == "fleet_vehicle_online":
                         came_online |= found
+            # a stop first: nothing else matters to a vehicle that must not move
+            self.emergency.send_to(sorted(came_online))
             for vehicle_id in sorted(came_online):
                 self.dispatcher.resend_config(vehicle_id)
             for vehicle_id in sorted(vehicles):
@@ -148,6 +157,8 @@ class Worker:
                 if summary:
                     log_event(log, "maintenance.ran", logging.DEBUG, summary=summary)
                 next_maintenance = now + self.config.maintenance_interval_s
+            next_emergency = self.emergency.send_due()
+            wait_s = self.config.tick_s if next_emergency is None else max(0.05, next_emergency)
 
 
 def _vehicles_to_try(notify) -> set[str]:
@@ -203,8 +214,8 @@ def main() -> int:
         log_event(log, "worker.config_error", logging.ERROR, error=str(exc))
         return 2
     database = Database(config.database_url, max_connections=2, application_name="api-worker")
-    worker = Worker(config, MissionDispatcher(database, EmqxApi(config.emqx_api_url, config.emqx_api_key,
-                                                                config.emqx_api_secret)))
+    emqx = EmqxApi(config.emqx_api_url, config.emqx_api_key, config.emqx_api_secret)
+    worker = Worker(config, MissionDispatcher(database, emqx), EmergencyCommands(database, emqx))
     server = serve_health(worker, config.bind)
 
     def stop(signum: int, _frame) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flask import Flask
 
-from authsvc.broker_request import BrokerCallouts
 from authsvc.config import AuthsvcConfig
 from fleetcore import errors, logs
 from fleetcore.db import Database
@@ -27,8 +26,11 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
                                              timeout=cfg.emqx_timeout_s)
     errors.register(app, "authsvc")
 
-    from authsvc import authn, authz, health, registration
-    for module in (health, registration):
+    # Imported here, not at the top: authsvc/server.py imports this package before it sets PROMETHEUS_MULTIPROC_DIR,
+    # and prometheus_client chooses its value store on import.
+    from authsvc import authn, authz, health, metrics, registration
+    from authsvc.broker_request import BrokerCallouts
+    for module in (health, metrics, registration):
         app.register_blueprint(module.blp)
     # The two callouts on the broker's hot path skip Flask's per-request machinery (broker_request.BrokerCallouts).
     routes = {authn.PATH: authn.Authenticator(app.extensions["authsvc.db"], cfg.device_secret_key),

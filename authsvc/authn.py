@@ -14,7 +14,7 @@ import logging
 
 import psycopg2
 
-from authsvc import acl
+from authsvc import acl, metrics
 from authsvc.broker_request import DENY_BODY, CalloutUnavailable, MalformedRequest, string_fields_of
 from fleetcore import registry
 from fleetcore.db import Database
@@ -37,6 +37,7 @@ class Authenticator:
             body = string_fields_of(data, ("clientid", "username", "password"), ("peerhost",))
         except MalformedRequest as exc:
             log_event(log, "authn.deny", logging.WARNING, reason=f"malformed:{exc.reason}")
+            metrics.decided("authn", False, f"malformed:{exc.reason}")
             return DENY_BODY
         clientid, peer = body["clientid"][:100], body.get("peerhost", "")[:64]
         try:
@@ -46,6 +47,7 @@ class Authenticator:
         except psycopg2.Error as exc:
             log_unavailable("authsvc", "database", exc, vehicle=clientid)
             raise CalloutUnavailable("the credential store is unavailable") from None
+        metrics.decided("authn", decision.allow, decision.reason)
         if not decision.allow or decision.role is None:
             log_event(log, "authn.deny", logging.WARNING, vehicle=clientid, username=body["username"][:100],
                       reason=decision.reason, peer=peer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from authsvc import acl
+from authsvc import acl, metrics
 from authsvc.broker_request import ALLOW_BODY, DENY_BODY, MalformedRequest, string_fields_of
 from fleetcore.logs import log_event
 
@@ -23,8 +23,10 @@ def authorize(data: bytes) -> bytes:
         body = string_fields_of(data, ("clientid", "username", "topic", "action"), ("role", "qos", "retain"))
     except MalformedRequest as exc:
         log_event(log, "authz.deny", logging.WARNING, reason=f"malformed:{exc.reason}")
+        metrics.decided("authz", False, f"malformed:{exc.reason}")
         return DENY_BODY
     decision = acl.decide(body.get("role", ""), body["clientid"], body["username"], body["action"], body["topic"])
+    metrics.decided("authz", decision.allow, decision.reason)
     if decision.allow:
         log_event(log, "authz.allow", logging.DEBUG, vehicle=body["clientid"], action=body["action"],
                   topic=body["topic"], reason=decision.reason)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 
 from flask import current_app, request
 
+from authsvc import metrics
 from fleetcore.errors import HttpError, unexpected, wsgi_response
 from fleetcore.logs import log_event
 
@@ -111,6 +113,13 @@ class BrokerCallouts:
         decide = self.routes.get(path)
         if decide is None:
             return self.app(environ, start_response)
+        started = time.perf_counter()
+        try:
+            return self._callout(environ, start_response, path, decide)
+        finally:
+            metrics.CALLOUT_SECONDS.labels(path.rsplit("/", 1)[-1]).observe(time.perf_counter() - started)
+
+    def _callout(self, environ, start_response, path: str, decide):
         if environ.get("REQUEST_METHOD") != "POST":
             return wsgi_response(start_response, HttpError(405, "The method is not allowed for the requested URL.",
                                                            headers={"Allow": "POST"}))
@@ -121,12 +130,14 @@ class BrokerCallouts:
             length = int(environ["CONTENT_LENGTH"]) if environ.get("CONTENT_LENGTH") else None
             data = read_limited(environ["wsgi.input"], length, self.max_body_bytes)
         except (MalformedRequest, ValueError) as exc:
-            log_event(log, "callout.deny", logging.WARNING, path=path,
-                      reason=f"malformed:{getattr(exc, 'reason', 'bad_content_length')}")
+            reason = f"malformed:{getattr(exc, 'reason', 'bad_content_length')}"
+            log_event(log, "callout.deny", logging.WARNING, path=path, reason=reason)
+            metrics.decided(path.rsplit("/", 1)[-1], False, reason)
             return _decision(start_response, DENY_BODY)
         try:
             return _decision(start_response, decide(data))
         except CalloutUnavailable as exc:
+            metrics.unavailable(path.rsplit("/", 1)[-1], "database")
             return wsgi_response(start_response, HttpError(503, str(exc)))
         except Exception:  # noqa: BLE001 - a bug must still answer JSON (EMQX: "ignore" → not authorized)
             return wsgi_response(start_response, unexpected("authsvc", path=path))

@@ -45,7 +45,7 @@ from flask import Blueprint, jsonify
 
 from authsvc.broker_request import MalformedRequest, json_object, read_body, require_broker_token
 from authsvc.extensions import broker, config, database
-from fleetcore import envelope, registry, topics
+from fleetcore import capabilities, envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError, log_unavailable
 from fleetcore.logs import log_event
@@ -95,7 +95,14 @@ def _request_envelope(payload_b64: str) -> dict:
         value = data.get(name)
         if value is not None and (not _text(value) or len(value) > 200):
             raise _Malformed(f"data.{name} must be a string of at most 200 characters", msg_id)
-    return {"msg_id": msg_id, "token": token, "model": data.get("model"), "sw_version": data.get("sw_version")}
+    sheet = None
+    if data.get("capabilities") is not None:
+        try:
+            sheet = capabilities.parse(data["capabilities"])
+        except capabilities.InvalidSheet as exc:
+            raise _Malformed(f"data.{exc}", msg_id) from None
+    return {"msg_id": msg_id, "token": token, "model": data.get("model"), "sw_version": data.get("sw_version"),
+            "sheet": sheet}
 
 
 def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> dict:
@@ -129,7 +136,7 @@ def _decide(body: dict, clientid: str) -> tuple[registry.RegistrationOutcome, st
         outcome = registry.register(cur, cfg.device_secret_key, vehicle_id=clientid,
                                     enrollment_token=request["token"], request_msg_id=request["msg_id"],
                                     model=request["model"], sw_version=request["sw_version"],
-                                    replay_window_s=cfg.replay_window_s)
+                                    sheet=request["sheet"], replay_window_s=cfg.replay_window_s)
     return outcome, request["msg_id"]
 
 

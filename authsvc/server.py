@@ -4,11 +4,29 @@ runs it, so the broker callouts' plain-WSGI fast path (authsvc/broker_request.py
 Settings: ``AuthsvcServerConfig`` in authsvc/config.py; what each protects: docs/OPERATIONS.md (HTTP servers)."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 from authsvc.config import AuthsvcServerConfig
 from fleetcore import http_server
 
 
+def metrics_directory() -> None:
+    """The worker processes share their metrics through files (authsvc/metrics.py): a fresh directory for this
+    server (a stale file would add an earlier run's figures to the new ones), set before any worker starts and
+    before prometheus_client is imported, which picks its value store once, on import."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        shutil.rmtree(given, ignore_errors=True)
+        Path(given).mkdir(parents=True, exist_ok=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
+
+
 def main() -> None:
+    metrics_directory()
     http_server.serve("authsvc", "authsvc:create_app", "wsgi", AuthsvcServerConfig.from_env())
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 VERSION = 1
 
-COMMAND_TYPES = ("mission.dispatch", "mission.cancel", "emergency.stop", "emergency.release", "config.update")
+COMMAND_TYPES = ("mission.dispatch", "mission.cancel", "mission.pause", "mission.resume", "emergency.stop",
+                 "emergency.release", "config.update")
 
 
 def now_ms() -> int:

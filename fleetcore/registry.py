@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetcore import credentials, topics
+from fleetcore import capabilities, credentials, topics
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
 from fleetcore.logs import log_event
 
@@ -58,6 +58,12 @@ class VehicleExists(RegistryError):
 
 class VehicleStateConflict(RegistryError):
     code = "vehicle_state_conflict"
+
+
+class VehicleRevoked(RegistryError):
+    """An operator revoked the vehicle: only an explicit re-admission gives it a new token, never a routine
+    renewal (a client that was refused must not undo the revocation by enrolling again)."""
+    code = "vehicle_revoked"
 
 
 @dataclass(frozen=True)
@@ -143,14 +149,26 @@ def create_vehicles_bulk(cur, key: str, *, fleet_id: str, vehicle_ids: list[str]
 
 
 def issue_enrollment_token(cur, key: str, vehicle_id: str, *, actor_type: str = "operator",
-                           actor_id: str | None = None, token_ttl_s: int = DEFAULT_TOKEN_TTL_S) -> Enrollment:
-    """A fresh token for re-registration (secret rotation) or for re-admitting a revoked vehicle.
+                           actor_id: str | None = None, token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
+                           readmit: bool = False) -> Enrollment:
+    """A fresh token for re-registration (secret rotation) or, with ``readmit``, for re-admitting a revoked vehicle.
 
-    The vehicle's other unused tokens stop working. A decommissioned vehicle gets none.
+    The vehicle's other unused tokens stop working. A decommissioned vehicle gets none; a revoked one only when
+    ``readmit`` says so (VehicleRevoked otherwise, naming who revoked it and why).
     """
     vehicle = _lock_vehicle(cur, vehicle_id)
     if vehicle["status"] == "decommissioned":
         raise VehicleStateConflict(f"vehicle {vehicle_id} is decommissioned; it cannot be enrolled again")
+    if vehicle["status"] == "revoked" and not readmit:
+        # the revocation that made it revoked (a repeated revoke is audited too, maybe without a reason)
+        cur.execute("SELECT actor_id, detail ->> 'reason' AS reason FROM audit_log "
+                    "WHERE target_type = 'vehicle' AND target_id = %s AND action = 'vehicle.revoke' "
+                    "AND detail ->> 'previous_status' IS DISTINCT FROM 'revoked' "
+                    "ORDER BY id DESC LIMIT 1", (vehicle_id,))
+        revocation = cur.fetchone() or {"actor_id": None, "reason": None}
+        raise VehicleRevoked(f"vehicle {vehicle_id} was revoked by {revocation['actor_id'] or 'an operator'}"
+                             f"{' (' + revocation['reason'] + ')' if revocation['reason'] else ''}; "
+                             "only an explicit re-admission (readmit) issues it a new token")
     superseded = _withdraw_open_tokens(cur, vehicle_id, "superseded")
     token, expires_at = _insert_token(cur, key, vehicle_id, actor_id, token_ttl_s)
     _audit(cur, actor_type, actor_id, "vehicle.enrollment_token_issue", vehicle_id,
@@ -215,6 +233,7 @@ def rejected(vehicle_id: str, reason: str, message: str | None = None) -> Regist
 
 def register(cur, key: str, *, vehicle_id: str, enrollment_token: str, request_msg_id: str,
              model: str | None = None, sw_version: str | None = None,
+             sheet: capabilities.Sheet | None = None,
              replay_window_s: int = DEFAULT_REPLAY_WINDOW_S) -> RegistrationOutcome:
     """Turn an enrollment token into the vehicle's device secret — atomically.
 
@@ -262,9 +281,11 @@ def register(cur, key: str, *, vehicle_id: str, enrollment_token: str, request_m
                metadata = CASE WHEN %s::text IS NULL THEN metadata
                                ELSE metadata || jsonb_build_object('sw_version', %s::text) END
          WHERE id = %s""", (model, sw_version, sw_version, vehicle_id))
+    capabilities_version = capabilities.store(cur, vehicle_id, sheet, "registration") if sheet else None
     _audit(cur, "vehicle", vehicle_id, "vehicle.register", vehicle_id,
            {"request_msg_id": request_msg_id, "previous_status": vehicle["status"], "rotated": rotated,
-            "credential_id": credential_id, "model": model, "sw_version": sw_version})
+            "credential_id": credential_id, "model": model, "sw_version": sw_version,
+            "capabilities_version": capabilities_version})
     return RegistrationOutcome(True, None, "registered", vehicle_id, vehicle["fleet_id"], secret, False, rotated)
 
 

@@ -9,14 +9,22 @@ import requests
 
 class ApiError(RuntimeError):
     def __init__(self, method: str, path: str, response: requests.Response) -> None:
+        code = None
         try:
             body = response.json()
             detail = body.get("message") or body
-        except ValueError:
+            code = body.get("code")
+        except (ValueError, AttributeError):
             detail = response.text[:200]
         super().__init__(f"{method} {path} → {response.status_code}: {detail}")
         self.status = response.status_code
+        self.code = code            # the api's machine-readable error code, e.g. vehicle_revoked
+        self.detail = detail
         self.response = response
+
+
+class VehicleRevoked(RuntimeError):
+    """An operator revoked the vehicle: it must not enroll again by itself (only an operator re-admits it)."""
 
 
 class OperatorApi:

@@ -9,9 +9,13 @@ protocol logic pure makes every rule testable on its own:
   ``invalid_mission`` (or ``fault_injected``);
 * an accepted mission drives its waypoints, then runs its tasks, sending ``progress`` {percent, step, eta_s},
   then ``completed`` (or ``failed`` when the fail fault triggers);
-* ``mission.cancel`` stops the mission and confirms with ``cancelled``; ``emergency.stop`` halts the vehicle
-  (the mission is paused, not lost) until ``emergency.release``; ``config.update`` applies a newer config and
-  reports its version in status;
+* ``mission.cancel`` stops the mission and confirms with ``cancelled`` (the backend repeats the command until that
+  confirmation arrives; a repeat for a mission that already ended here needs nothing: the QoS 1 confirmation is on
+  its way); ``mission.pause`` holds the vehicle where it is and confirms with ``paused``, ``mission.resume`` drives
+  on and confirms with ``resumed``;
+* ``emergency.stop`` halts the vehicle (the mission is held, not lost) until ``emergency.release``, and reports
+  status ``estop: true`` at once — every time it is sent, as the backend re-sends it until it sees that status;
+* ``config.update`` applies a newer config and reports its version in status;
 * shutting down ends the mission honestly: ``failed`` with reason ``vehicle shut down`` (``shutdown``), so the
   backend frees the vehicle's queue at once instead of waiting for the mission's timeout.
 """
@@ -41,6 +45,13 @@ CHARGE_UNTIL_PCT = 90.0      # ...until this
 RESERVE_PCT = 10.0           # battery that must be left after a mission for it to be accepted
 SHUTDOWN_REASON = "vehicle shut down"
 
+# What a simulated vehicle says it can do (docs/PROTOCOL.md, Capability sheet), sent with its registration. Its
+# tasks just take their `duration_s`, so it names the usual warehouse ones.
+TASK_TYPES = ("pick", "drop", "load", "unload", "scan", "inspect", "charge", "wait")
+MAX_PAYLOAD_KG = 500.0
+MAX_SPEED_MPS = 20.0
+BATTERY_CAPACITY_WH = 2400.0
+
 # Keys of config.update the simulator acts on; any other key is kept and reported back unchanged.
 CONFIG_KEYS = {"telemetry_interval_s": (0.1, 3600.0), "status_interval_s": (1.0, 86400.0),
                "cruise_speed_mps": (0.1, 60.0)}
@@ -66,6 +77,7 @@ class ActiveMission:
     last_progress_at: float = float("-inf")
     last_leg: int = -1
     cancelled: bool = False
+    paused: bool = False
 
 
 @dataclass
@@ -93,6 +105,7 @@ class Controller:
         self.status_every_s = status_every_s
         self.estop = False
         self.estop_reason: str | None = None
+        self.estop_at: float | None = None   # monotonic time the current stop was engaged
         self.mission: ActiveMission | None = None
         self.config_version = 0
         self.config: dict[str, Any] = {}
@@ -105,6 +118,11 @@ class Controller:
         self._last_status: tuple | None = None
 
     # -- status -------------------------------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        """The capability sheet reported with registration."""
+        return {"task_types": list(TASK_TYPES), "max_payload_kg": MAX_PAYLOAD_KG, "max_speed_mps": MAX_SPEED_MPS,
+                "battery_capacity_wh": BATTERY_CAPACITY_WH, "model": "fleet-sim"}
+
     @property
     def mode(self) -> str:
         return "ESTOP" if self.estop else "AUTO"
@@ -163,6 +181,7 @@ class Controller:
                   **({"mission": command["data"]["mission_id"]} if "mission_id" in command["data"] else {}))
         handler = {
             "mission.dispatch": self._dispatch, "mission.cancel": self._cancel,
+            "mission.pause": self._pause, "mission.resume": self._resume,
             "emergency.stop": self._emergency_stop, "emergency.release": self._emergency_release,
             "config.update": self._config_update,
         }[command["type"]]
@@ -236,7 +255,27 @@ class Controller:
             return [self._mission_event(mission_id, "cancelled", reason=reason)]
         return []
 
+    def _pause(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        mission = self.mission
+        if mission is None or mission.mission_id != data.get("mission_id"):
+            return []
+        mission.paused = True
+        self.motion.halted = True
+        log_event(log, "mission.paused", vehicle=self.vehicle_id, mission=mission.mission_id)
+        return [self._mission_event(mission.mission_id, "paused")]
+
+    def _resume(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        mission = self.mission
+        if mission is None or mission.mission_id != data.get("mission_id"):
+            return []
+        mission.paused = False
+        self.motion.halted = self.estop
+        log_event(log, "mission.resumed", vehicle=self.vehicle_id, mission=mission.mission_id)
+        return [self._mission_event(mission.mission_id, "resumed")]
+
     def _emergency_stop(self, data: dict[str, Any], now: float) -> list[Outgoing]:
+        if not self.estop:
+            self.estop_at = now
         self.estop = True
         self.estop_reason = data.get("reason")
         self.motion.halted = True
@@ -248,7 +287,7 @@ class Controller:
             return [self.status_now(now)]
         self.estop = False
         self.estop_reason = None
-        self.motion.halted = False
+        self.motion.halted = self.mission is not None and self.mission.paused
         log_event(log, "estop.released", vehicle=self.vehicle_id)
         return [self.status_now(now)]
 
@@ -328,6 +367,8 @@ class Controller:
         if self.estop:
             if now - mission.last_progress_at >= self.progress_every_s:
                 return [self._progress(now, step="halted: emergency stop")]
+            return []
+        if mission.paused:
             return []
         if self.motion.arrived and mission.task_index < len(mission.tasks):
             mission.task_elapsed_s += sim_dt

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fleetcore import topics
 from fleetcore.logs import log_event
-from simulator.api_client import ApiError, OperatorApi
+from simulator.api_client import ApiError, OperatorApi, VehicleRevoked
 from simulator.credentials_store import CredentialsStore
 
 log = logging.getLogger("simulator.enrollment")
@@ -79,7 +79,8 @@ class ApiEnroller:
             log_event(log, "fleet.created", fleet=self.fleet_id)
 
     def new_token(self, vehicle_id: str) -> str:
-        """Create the vehicle with a token, or (it exists) issue it a fresh token."""
+        """Create the vehicle with a token, or (it exists) issue it a fresh token. Never re-admits a vehicle an
+        operator revoked: that raises VehicleRevoked with the api's explanation (who revoked it, why)."""
         try:
             answer = self.api.post("/api/v1/vehicles", {"id": vehicle_id, "fleet_id": self.fleet_id,
                                                         "name": f"simulated {vehicle_id}", "model": self.model},
@@ -88,7 +89,12 @@ class ApiEnroller:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        return self.api.post(f"/api/v1/vehicles/{vehicle_id}/enrollment", expect=(200, 201))["token"]
+        try:
+            return self.api.post(f"/api/v1/vehicles/{vehicle_id}/enrollment", expect=(200, 201))["token"]
+        except ApiError as exc:
+            if exc.code == "vehicle_revoked":
+                raise VehicleRevoked(str(exc.detail)) from None
+            raise
 
     def prepare(self, store: CredentialsStore, vehicle_ids: list[str], parallel: int = 8) -> int:
         """Get tokens for every vehicle that has neither a device secret nor a token; returns how many."""

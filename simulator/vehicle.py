@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleetcore import envelope, topics
 from fleetcore.logs import log_event
 from fleetcore.topics import Kind
+from simulator.api_client import VehicleRevoked
 from simulator.backoff import Backoff
 from simulator.controller import Controller, Outgoing
 from simulator.credentials_store import CredentialsStore
@@ -173,6 +174,11 @@ class SimVehicle:
 
     def stop(self) -> None:
         self.worker.call_soon_threadsafe(self._shutdown)
+
+    @property
+    def online_since(self) -> float | None:
+        """Monotonic time of the current connection's CONNACK, None while not connected."""
+        return self._online_since
 
     @property
     def done(self) -> bool:
@@ -318,7 +324,8 @@ class SimVehicle:
             self._retry_registration("subscription to register/response denied")
             return
         request = self._message(Kind.REGISTER_REQUEST, {"enrollment_token": token, "model": self.options.model,
-                                                        "sw_version": "fleet-sim/1.0"})
+                                                        "sw_version": "fleet-sim/1.0",
+                                                        "capabilities": self.controller.capabilities()})
         if self._register_request_id is None:
             self._register_request_id = request["msg_id"]
         request["msg_id"] = self._register_request_id
@@ -374,6 +381,10 @@ class SimVehicle:
         if self.renew_token is not None:
             try:
                 token = self.renew_token(self.vehicle_id)
+            except VehicleRevoked as exc:
+                # The refusals were a revocation: stop, and say so. Enrolling again would undo the operator's act.
+                self._fail(f"revoked by an operator, not enrolling again: {exc}")
+                return
             except Exception as exc:  # noqa: BLE001 - the api may be down; report and give up on this vehicle
                 reason = f"{reason}; could not get a new enrollment token: {exc}"
         if not token:

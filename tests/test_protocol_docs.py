@@ -277,7 +277,8 @@ INBOX = {"telemetry": "telemetry_inbox", "telemetry-batch": "telemetry_inbox", "
 TOPIC_KIND = {"telemetry": "telemetry", "telemetry-batch": "telemetry", "status": "status",
               "mission-event": "mission", "connection": "connection"}
 # mission state each mission-event example starts from
-MISSION_FROM = {"accepted": "dispatched", "progress": "accepted", "completed": "in_progress", "rejected": "dispatched"}
+MISSION_FROM = {"accepted": "dispatched", "progress": "accepted", "completed": "in_progress", "rejected": "dispatched",
+                "paused": "in_progress"}
 VEHICLE = "amr-0042"
 
 
@@ -296,7 +297,14 @@ def _ingest(cur, path: Path) -> list[tuple]:
     return cur.fetchall()
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if schema_name(p) in INBOX], ids=lambda p: p.name)
+# mission-event.paused.json waits for the ingest side of pause/resume (sql/code/22_mission.sql, after the inbox
+# redesign): until then the ingest refuses the event, and this test says so.
+_PENDING_INGEST = {"mission-event.paused.json"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="ingest side pending"))
+                                  if p.name in _PENDING_INGEST else p
+                                  for p in EXAMPLE_FILES if schema_name(p) in INBOX], ids=lambda p: p.name)
 def test_example_is_accepted_by_the_ingest(conn, path):
     with conn.cursor() as cur:
         cur.execute("INSERT INTO fleets (id, name) VALUES ('warehouse-1', 'Warehouse 1')")
@@ -320,3 +328,21 @@ def test_authsvc_registration_answers_validate():
     assert errors("register-accepted", registration._answer(accepted, "a5b6c7d8")) == []
     for reason in registry._REASON_TEXT:
         assert errors("register-rejected", registration._answer(registry.rejected(VEHICLE, reason), None)) == []
+
+
+def test_the_emergency_commands_the_backend_sends_validate():
+    from api.emergency_commands import command_message
+    row = {"vehicle_id": VEHICLE, "stop_id": 17, "scope": "fleet", "reason": "person in the aisle", "set_by": "alice",
+           "release_reason": None, "released_by": "bob"}
+    assert errors("command-emergency-stop", command_message({**row, "command": "stop"})) == []
+    assert errors("command-emergency-release", command_message({**row, "command": "release"})) == []
+
+
+def test_the_simulators_capability_sheet_validates():
+    import random
+
+    from simulator.controller import Controller
+    from simulator.motion import Motion
+    sheet = Controller(VEHICLE, Motion(48.1, 11.5), rng=random.Random(1)).capabilities()
+    request = envelope.message({"enrollment_token": "enr_x", "capabilities": sheet}, seq=0)
+    assert errors("register-request", request) == []

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 _SELECT = """
-SELECT f.id, f.name, f.created_at, (SELECT count(*) FROM vehicles v WHERE v.fleet_id = f.id) AS vehicle_count
+SELECT f.id, f.name, f.created_at, f.dispatch_min_battery_pct,
+       (SELECT count(*) FROM vehicles v WHERE v.fleet_id = f.id) AS vehicle_count
   FROM fleets f
 """
 
@@ -25,6 +26,9 @@ def create_fleet(cur, fleet_id: str, name: str) -> bool:
     return cur.rowcount == 1
 
 
-def rename_fleet(cur, fleet_id: str, name: str) -> bool:
-    cur.execute("UPDATE fleets SET name = %s WHERE id = %s", (name, fleet_id))
+def update_fleet(cur, fleet_id: str, changes: dict) -> bool:
+    """Set the name and/or the dispatch battery threshold (the keys present in ``changes``)."""
+    cur.execute("UPDATE fleets SET name = COALESCE(%(name)s, name), "
+                "dispatch_min_battery_pct = COALESCE(%(battery)s, dispatch_min_battery_pct) WHERE id = %(id)s",
+                {"name": changes.get("name"), "battery": changes.get("dispatch_min_battery_pct"), "id": fleet_id})
     return cur.rowcount == 1

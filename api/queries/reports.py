@@ -52,9 +52,26 @@ def page(cur, clause: str, params: dict, limit: int) -> list[dict]:
                m.progress_eta_s,
                json_build_object('id', v.id, 'fleet_id', v.fleet_id, 'name', v.name, 'model', v.model,
                                  'status', v.status) AS vehicle,
+               m.attempt, m.max_attempts,
                (SELECT jsonb_object_agg(t.to_state, t.first_at)
                   FROM (SELECT e.to_state, min(e.server_time) AS first_at FROM mission_events e
-                         WHERE e.mission_id = m.id GROUP BY e.to_state) t) AS state_timestamps
+                         WHERE e.mission_id = m.id GROUP BY e.to_state) t) AS state_timestamps,
+               (SELECT jsonb_object_agg(t.to_state, t.first_at)
+                  FROM (SELECT e.to_state, min(e.device_time) AS first_at FROM mission_events e
+                         WHERE e.mission_id = m.id AND e.device_time IS NOT NULL GROUP BY e.to_state) t)
+                 AS device_timestamps,
+               (SELECT jsonb_agg(a ORDER BY a.attempt) FROM (
+                    SELECT e.attempt,
+                           min(e.server_time) FILTER (WHERE e.event = 'dispatch') AS dispatched_at,
+                           min(e.server_time) FILTER (WHERE e.to_state = 'accepted') AS accepted_at,
+                           min(e.device_time) FILTER (WHERE e.to_state = 'accepted') AS accepted_device_time,
+                           (array_agg(e.to_state ORDER BY e.id DESC) FILTER (WHERE s.terminal))[1] AS outcome,
+                           max(e.server_time) FILTER (WHERE s.terminal) AS finished_at,
+                           max(e.device_time) FILTER (WHERE s.terminal) AS finished_device_time,
+                           (array_agg(e.detail ->> 'reason' ORDER BY e.id DESC) FILTER (WHERE s.terminal))[1]
+                             AS reason
+                      FROM mission_events e JOIN mission_states s ON s.state = e.to_state
+                     WHERE e.mission_id = m.id GROUP BY e.attempt) a) AS attempts
           FROM missions m JOIN vehicles v ON v.id = m.vehicle_id
          WHERE {clause}
          ORDER BY m.created_at, m.id

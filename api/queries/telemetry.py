@@ -12,17 +12,32 @@ def encode_cursor(*parts: object) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, *kinds) -> list:
-    """The parts of ``cursor``, each checked by its kind (e.g. ``datetime.fromisoformat``, ``int``, ``str``), so a
-    tampered cursor is a ValueError here and not a database error later."""
+def decode_cursor(cursor: str, kinds: tuple[str, ...]) -> list:
+    """The parts of a cursor made by ``encode_cursor``, each checked and converted by its kind (``time``: an ISO
+    8601 time with a zone → datetime; ``int``; ``text``), so that nothing crafted reaches the query: ValueError."""
     text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     parts = text.split("|", len(kinds) - 1)
     if len(parts) != len(kinds) or "\x00" in text:
         raise ValueError("bad cursor")
-    return [kind(part) for kind, part in zip(kinds, parts, strict=True)]
+    return [cursor_part(part, kind) for part, kind in zip(parts, kinds, strict=True)]
 
 
-def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list | None,
+def cursor_part(part: str, kind: str) -> datetime | int | str:
+    if kind == "time":
+        moment = datetime.fromisoformat(part)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        return moment
+    if kind == "int":
+        if not part.isascii() or not part.isdigit() or len(part) > 18:
+            raise ValueError("cursor id is not a number")
+        return int(part)
+    if len(part) > 200:
+        raise ValueError("cursor text")
+    return part
+
+
+def raw_points(cur, vehicle_id: str, start: datetime, end: datetime, after: list[str] | None,
                limit: int) -> list[dict]:
     cur.execute("""
         SELECT ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps, battery_pct, odometer_m, extra,

@@ -134,10 +134,10 @@ def set_desired_config(cur, vehicle_id: str, config: dict) -> int:
     return cur.fetchone()["desired_config_version"]
 
 
-def queued_missions(cur, vehicle_id: str) -> tuple[list[str], int]:
-    """(ids of queued missions, number of missions the vehicle is working on)."""
-    cur.execute("SELECT id::text, state FROM missions WHERE vehicle_id = %s AND state = ANY(%s) FOR UPDATE",
-                (vehicle_id, list(mission_states.OPEN)))
+def open_missions(cur, vehicle_id: str) -> tuple[list[str], list[str]]:
+    """(ids of its queued missions, ids of the missions it is working on), locked."""
+    cur.execute("SELECT id::text, state FROM missions WHERE vehicle_id = %s AND state = ANY(%s) ORDER BY created_at "
+                "FOR UPDATE", (vehicle_id, list(mission_states.OPEN)))
     rows = cur.fetchall()
-    queued = [r["id"] for r in rows if r["state"] == mission_states.QUEUED]
-    return queued, len(rows) - len(queued)
+    return ([r["id"] for r in rows if r["state"] == mission_states.QUEUED],
+            [r["id"] for r in rows if r["state"] != mission_states.QUEUED])

@@ -156,7 +156,7 @@ def _cursor(text: str) -> str:
     ("not-base64!", True), (_cursor("no separator"), True), (_cursor("yesterday|1"), True),
     (_cursor("2026-01-01T00:00:00+00:00|1\x00"), True),
     (_cursor("2026-01-01T00:00:00+00:00|x"), False)])   # a fine cursor for raw telemetry (its id is text)
-def test_tampered_cursors_are_422(operator, cursor, everywhere):
+def test_tampered_cursors_are_400(operator, cursor, everywhere):
     vehicle_id = unique("veh")
     assert operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet}).status_code == 201
     paths = [(f"/api/v1/vehicles/{vehicle_id}/status", {}), ("/api/v1/reports/missions", {}),
@@ -164,7 +164,7 @@ def test_tampered_cursors_are_422(operator, cursor, everywhere):
     if everywhere:
         paths.append((f"/api/v1/vehicles/{vehicle_id}/telemetry", {}))
     for path, params in paths:
-        _is_json_error(operator.get(path, params={"cursor": cursor, **params}), 422, "validation_error")
+        _is_json_error(operator.get(path, params={"cursor": cursor, **params}), 400, "invalid_cursor")
 
 
 def test_a_value_the_database_refuses_is_422_not_500(stack):

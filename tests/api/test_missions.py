@@ -94,7 +94,8 @@ def test_cancel_a_queued_mission_is_immediate(operator, enroll):
     response = operator.post(f"/api/v1/missions/{mission['id']}/cancel", json={"reason": "not needed"})
     assert response.status_code == 200
     assert response.json()["state"] == "cancelled"
-    assert operator.post(f"/api/v1/missions/{mission['id']}/cancel").status_code == 409
+    again = operator.post(f"/api/v1/missions/{mission['id']}/cancel")
+    assert again.status_code == 200 and again.json()["state"] == "cancelled", "a repeated cancel is idempotent"
 
 
 def test_cancel_a_running_mission_is_confirmed_by_the_vehicle(operator, enroll):

@@ -46,7 +46,7 @@ def test_history_pages_raw_points_and_averages_per_interval(operator, enroll):
 
     bad = operator.get(path, params={**window, "interval": "0s"})
     assert bad.status_code == 422
-    assert operator.get(path, params={**window, "cursor": "garbage"}).status_code == 422
+    assert operator.get(path, params={**window, "cursor": "garbage"}).status_code == 400
 
 
 def test_fleet_wide_latest_state_in_one_call(operator, enroll):

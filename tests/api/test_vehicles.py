@@ -197,7 +197,10 @@ def test_revoke_stops_the_secret_and_a_new_token_readmits(operator, authsvc, sta
     again = operator.post(f"/api/v1/vehicles/{vehicle_id}/revoke")
     assert again.status_code == (200 if broker_running else 503), "idempotent"
 
-    token = operator.post(f"/api/v1/vehicles/{vehicle_id}/enrollment").json()["token"]
+    refused = operator.post(f"/api/v1/vehicles/{vehicle_id}/enrollment")
+    assert refused.status_code == 409 and refused.json()["code"] == "vehicle_revoked", refused.text
+    assert operator.username in refused.json()["message"] and "stolen" in refused.json()["message"]
+    token = operator.post(f"/api/v1/vehicles/{vehicle_id}/enrollment", json={"readmit": True}).json()["token"]
     new_secret = register(authsvc, stack, vehicle_id, token, broker_running)
     assert operator.get(f"/api/v1/vehicles/{vehicle_id}").json()["status"] == "active"
     assert authsvc.authn_result(vehicle_id, new_secret)["result"] == "allow"

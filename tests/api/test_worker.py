@@ -34,7 +34,7 @@ def idle_worker():
     """A standby worker whose loop is not running, with its health endpoint on a free port."""
     config = WorkerConfig(database_url="postgresql://unused", emqx_api_url="http://unused", emqx_api_key="k",
                           emqx_api_secret="s" * 16, bind=f"127.0.0.1:{free_port()}", stall_after_s=30.0)
-    worker = Worker(config, dispatcher=None)
+    worker = Worker(config, dispatcher=None, emergency=None)
     worker.role = worker.notifier.role = "standby"
     server = serve_health(worker, config.bind)
     yield worker, f"http://{config.bind}"

@@ -122,7 +122,7 @@ def test_tokens_issued_before_a_revocation_are_withdrawn_but_a_new_one_readmits(
         registry.revoke_vehicle(cur, vehicle.id, actor_type="operator", actor_id="tests")
     assert broker.authn_result(vehicle.id, vehicle.token) == {"result": "deny"}
     with stack_db.transaction() as cur:
-        fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests")
+        fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests", readmit=True)
     assert broker.authn_result(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
 
 

@@ -139,16 +139,71 @@ def test_cancel_and_emergency_stop_are_obeyed(stack, run_fleet, operator_api):
     wait_until(lambda: mission_state(operator_api, mission["id"]) == "cancelled", 20, message="cancel confirmed")
     assert sim.vehicle(vehicle_id).controller.mission is None
 
-    operator_api.post(f"/api/v1/vehicles/{vehicle_id}/emergency-stop", {"reason": "e2e test"})
+    stop = operator_api.post(f"/api/v1/vehicles/{vehicle_id}/emergency-stop", {"reason": "e2e test"})["stop"]
     wait_until(lambda: db(stack, "SELECT estop, mode FROM vehicle_state WHERE vehicle_id = %s", vehicle_id)[0]
                == {"estop": True, "mode": "ESTOP"}, 20, message="e-stop reported in status")
-    refused = create_mission(operator_api, vehicle_id)
-    wait_until(lambda: mission_state(operator_api, refused["id"]) == "rejected", 20)
-    assert operator_api.get(f"/api/v1/missions/{refused['id']}")["failure_reason"] == "emergency_stop"
+    wait_until(lambda: operator_api.get(f"/api/v1/emergency-stops/{stop['id']}")["acknowledged"] == 1, 20,
+               message="the status report acknowledges the stop")
+    held = create_mission(operator_api, vehicle_id)
+    assert (held["state"], held["blocked_reason"]) == ("queued", "emergency_stop"), "never sent to a stopped vehicle"
 
     operator_api.post(f"/api/v1/vehicles/{vehicle_id}/emergency-release", {"reason": "clear"})
     wait_until(lambda: db(stack, "SELECT estop FROM vehicle_state WHERE vehicle_id = %s", vehicle_id)[0]["estop"]
                is False, 20, message="release reported in status")
+    wait_until(lambda: mission_state(operator_api, held["id"]) in ("accepted", "in_progress", "completed"), 20,
+               message="the held mission goes out once the stop is released")
+
+
+@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/22_mission.sql) does not accept paused/resumed yet")
+def test_pause_and_resume_are_obeyed(stack, run_fleet, operator_api):
+    sim = run_fleet(1, time_scale=1.0)
+    vehicle_id = next(iter(sim.vehicles))
+    controller = sim.vehicle(vehicle_id).controller
+    mission = create_mission(operator_api, vehicle_id, meters=2000.0)
+    wait_until(lambda: mission_state(operator_api, mission["id"]) == "in_progress", 20)
+    paused = operator_api.post(f"/api/v1/missions/{mission['id']}/pause", {"reason": "forklift crossing"})
+    assert paused["state"] == "paused"
+    wait_until(lambda: controller.mission is not None and controller.mission.paused and controller.motion.halted, 20)
+    wait_until(lambda: operator_api.get(f"/api/v1/missions/{mission['id']}")["pending_command"] is None, 20,
+               message="the vehicle confirms the pause")
+    resumed = operator_api.post(f"/api/v1/missions/{mission['id']}/resume", {"reason": "clear"})
+    assert resumed["state"] == "in_progress"
+    wait_until(lambda: not controller.motion.halted, 20)
+    wait_until(lambda: operator_api.get(f"/api/v1/missions/{mission['id']}")["pending_command"] is None, 20,
+               message="the vehicle confirms the resume")
+    events = [e["event"] for e in operator_api.get(f"/api/v1/missions/{mission['id']}")["timeline"]]
+    assert events.index("pause") < events.index("paused") < events.index("resume") < events.index("resumed")
+
+
+def test_a_vehicle_connecting_after_a_fleet_stop_stops_within_a_second(stack, run_fleet, operator_api, fleet,
+                                                                      tmp_path):
+    stop = operator_api.post(f"/api/v1/fleets/{fleet}/emergency-stop", {"reason": "e2e: stop before connect"})
+    try:
+        sim = run_fleet(1)   # returns once the vehicle is online
+        vehicle = next(iter(sim.vehicles.values()))
+        wait_until(lambda: vehicle.controller.estop, 5, message="the stop reached the vehicle")
+        assert vehicle.controller.estop_at - vehicle.online_since <= 1.0, "stopped within 1 s of connecting"
+        wait_until(lambda: db(stack, "SELECT estop FROM vehicle_state WHERE vehicle_id = %s",
+                              vehicle.vehicle_id)[0]["estop"] is True, 20, message="status estop: true")
+        detail = wait_until(lambda: (d := operator_api.get(f"/api/v1/emergency-stops/{stop['stop']['id']}"))
+                            ["acknowledged"] == 1 and d, 20, message="acknowledged")
+        assert [c["vehicle_id"] for c in detail["commands"]] == [vehicle.vehicle_id]
+    finally:
+        operator_api.post(f"/api/v1/fleets/{fleet}/emergency-release", {"reason": "e2e: done"})
+    wait_until(lambda: not vehicle.controller.estop, 20, message="released")
+
+
+def test_a_revoked_vehicle_stops_and_says_why_instead_of_enrolling_again(stack, run_fleet, operator_api):
+    sim = run_fleet(1, backoff_base_s=0.05, backoff_cap_s=0.2)
+    vehicle = next(iter(sim.vehicles.values()))
+    operator_api.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/revoke", {"reason": "lost in the field"})
+    wait_until(lambda: vehicle.state.value == "failed", 60,
+               message=lambda: f"state {vehicle.state}, last error {vehicle.last_error}")
+    assert "revoked" in vehicle.last_error and "lost in the field" in vehicle.last_error
+    assert operator_api.get(f"/api/v1/vehicles/{vehicle.vehicle_id}")["status"] == "revoked", "still revoked"
+    issued = db(stack, "SELECT count(*) AS n FROM audit_log WHERE target_id = %s "
+                       "AND action = 'vehicle.enrollment_token_issue'", vehicle.vehicle_id)[0]["n"]
+    assert issued == 0, "the simulator did not ask for a new enrollment token"
 
 
 def test_config_update_is_applied_and_reported(stack, run_fleet, operator_api):

@@ -5,8 +5,8 @@ import pytest
 
 from tests.sql.conftest import FLEET, OTHER_VEHICLE, VEHICLE, envelope, now_ms
 
-STATES = ["queued", "dispatched", "accepted", "in_progress", "cancel_requested", "completed", "failed", "rejected",
-          "cancelled", "timed_out", "expired"]
+STATES = ["queued", "dispatched", "accepted", "in_progress", "cancel_requested", "paused", "completed", "failed",
+          "rejected", "cancelled", "timed_out", "expired"]
 VEHICLE_EVENTS = ["accepted", "rejected", "progress", "completed", "failed", "cancelled"]
 # The allowed vehicle moves, written out independently of mission_transitions so a change there shows up here.
 ALLOWED = {
@@ -19,6 +19,11 @@ ALLOWED = {
     ("cancel_requested", "accepted"): "cancel_requested", ("cancel_requested", "progress"): "cancel_requested",
     ("cancel_requested", "cancelled"): "cancelled", ("cancel_requested", "rejected"): "rejected",
     ("cancel_requested", "completed"): "completed", ("cancel_requested", "failed"): "failed",
+    ("accepted", "paused"): "paused", ("in_progress", "paused"): "paused", ("paused", "paused"): "paused",
+    ("paused", "resumed"): "in_progress", ("in_progress", "resumed"): "in_progress",
+    ("paused", "progress"): "paused", ("paused", "completed"): "completed", ("paused", "failed"): "failed",
+    ("paused", "cancelled"): "cancelled",
+    ("cancel_requested", "paused"): "cancel_requested", ("cancel_requested", "resumed"): "cancel_requested",
 }
 
 
