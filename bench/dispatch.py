@@ -5,8 +5,9 @@ then throughput: missions/s created and delivered with several operators posting
 
 Latency is measured from the moment the POST is sent to the moment the vehicle receives the command (the command
 usually arrives before the POST's response, so "response → receive" would be negative); the POST round trip is
-shown beside it. Each vehicle answers ``accepted`` then ``completed`` (QoS 1, one after the other's PUBACK, which
-the stand-in sends after commit), so it is idle again for its next mission.
+shown beside it. Each vehicle answers ``accepted`` then ``completed`` (QoS 1, one after the other's PUBACK); the
+broker writes them in that order (one client, one buffer worker), and the vehicle is idle again for its next
+mission once ``completed`` is stored — the next dispatch waits for that.
 
 Baseline in the same run: the raw broker path the api uses — ``POST /api/v5/publish`` of a command-sized message
 to the same vehicles' cmd topics → paho receive — sequential and with the same concurrency.

@@ -1,8 +1,9 @@
 """QoS 1 telemetry load from N vehicles, spread over worker processes, each keeping a window of messages in flight.
 
 Every vehicle publishes ``messages`` telemetry envelopes to its own topic as fast as PUBACKs return, with at most
-``window`` unacknowledged. Per message it records publish → PUBACK latency. Against the stand-in broker a PUBACK
-means the row is committed (ack after commit); against mosquitto it only means the broker has the message.
+``window`` unacknowledged. Per message it records publish → PUBACK latency. A PUBACK only means the broker has the
+message — against the stand-in as against EMQX, which write the row later from their rule actions, and against
+mosquitto; whoever counts stored rows waits for the writes (bench/stackutil.py ``wait_actions_processed``).
 """
 from __future__ import annotations
 

@@ -4,12 +4,14 @@ dir), and per-component process accounting with psutil: CPU seconds and peak RSS
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import psutil
 
 from bench.fleet import free_port
-from fleetctl.stack import Ports, Stack, StackConfig
+from fleetcore.emqx_api import EmqxApi
+from fleetctl.stack import API_KEY_NAME, Ports, Stack, StackConfig
 
 
 def start_stack(state_dir: Path, components: tuple[str, ...], extra_env: dict[str, str] | None = None) -> Stack:
@@ -19,6 +21,18 @@ def start_stack(state_dir: Path, components: tuple[str, ...], extra_env: dict[st
     stack = Stack(config, out=lambda line: None)
     stack.start()
     return stack
+
+
+def wait_actions_processed(stack: Stack, timeout: float) -> None:
+    """Until the broker's rule actions have answered everything they were given (a PUBACK does not wait for them:
+    docs/BROKER_STANDIN.md); raises TimeoutError with what is left after ``timeout`` s."""
+    api = EmqxApi(stack.url("emqx_api"), API_KEY_NAME, stack.secrets["FLEET_EMQX_API_SECRET"])
+    actions = api.rule_action_ids()
+    deadline = time.monotonic() + timeout
+    while left := api.unanswered(actions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rule actions still busy after {timeout:.0f} s: {left}")
+        time.sleep(0.05)
 
 
 def component_roots(stack: Stack) -> dict[str, int]:

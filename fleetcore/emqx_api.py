@@ -1,7 +1,9 @@
 """Client for the broker's REST API (EMQX ``/api/v5``; the stand-in serves the same endpoints).
 
 The services use it to publish commands (``POST /api/v5/publish``), kick a client, and clear its authorization
-cache. Authentication is HTTP Basic with an API key from the broker's bootstrap file (docs/EMQX.md §6).
+cache; tests and benchmarks read the rule actions' metrics (``unanswered``: what the actions have not yet stored,
+failed or dropped — a PUBACK does not wait for them, docs/BROKER_STANDIN.md). Authentication is HTTP Basic with an
+API key from the broker's bootstrap file (docs/EMQX.md §6).
 """
 from __future__ import annotations
 
@@ -101,3 +103,33 @@ class EmqxApi:
             return self._request("GET", "/api/v5/status").status_code == 200
         except EmqxUnavailable:
             return False
+
+    def _get_json(self, path: str) -> Any:
+        response = self._request("GET", path)
+        if response.status_code != 200:
+            raise EmqxApiError(f"GET {path}: {response.status_code} {response.text[:200]}", response.status_code)
+        return response.json()
+
+    def rule_action_ids(self) -> list[str]:
+        """Every action an enabled rule sends to (``GET /api/v5/rules``)."""
+        rules = self._get_json("/api/v5/rules?limit=1000")["data"]
+        return sorted({a for rule in rules if rule.get("enable", True) for a in rule.get("actions", [])
+                       if isinstance(a, str)})
+
+    def action_metrics(self, action_id: str) -> dict[str, Any]:
+        """``GET /api/v5/actions/{type:name}/metrics`` → its ``metrics`` (matched, success, failed, dropped…)."""
+        return self._get_json(f"/api/v5/actions/{quote(action_id, safe=':')}/metrics")["metrics"]
+
+    def rule_metrics(self, rule_id: str) -> dict[str, Any]:
+        return self._get_json(f"/api/v5/rules/{quote(rule_id, safe='')}/metrics")["metrics"]
+
+    def unanswered(self, action_ids: list[str]) -> dict[str, int]:
+        """Requests each action was given and has not answered yet (neither success, failed nor dropped), for the
+        actions that have some. Empty: everything the broker acknowledged so far has been processed."""
+        left = {}
+        for action_id in action_ids:
+            m = self.action_metrics(action_id)
+            pending = max(m["matched"] - m["success"] - m["failed"] - m["dropped"], m["queuing"] + m["inflight"])
+            if pending:
+                left[action_id] = pending
+        return left

@@ -21,6 +21,7 @@ from fleetcore import db, migrations, paths
 from fleetctl import dbadmin
 from fleetctl.ports import free_port
 from fleetctl.stack import Ports, Stack, StackConfig
+from tests.support.delivery import RuleActions
 from tests.support.fleet_fixtures import (  # noqa: F401 - fixtures for every package
     admin,
     admin_password,
@@ -32,6 +33,7 @@ from tests.support.fleet_fixtures import (  # noqa: F401 - fixtures for every pa
     operator,
 )
 from tests.support.required import in_ci
+from tests.support.vehicle import wait_for_actions_on
 
 TEMPLATE_DB = "fleet_template"
 _counter = itertools.count(1)
@@ -77,8 +79,18 @@ def stack(state_dirs):
     the_stack = Stack(config, out=messages.append)
     the_stack.start()
     the_stack.messages = messages
+    track_rule_actions(the_stack)
     yield the_stack
     the_stack.stop("test session finished")
+
+
+def track_rule_actions(stack: Stack) -> RuleActions:
+    """Vehicles publishing to this stack's broker wait for its rule actions after a PUBACK (tests/support/
+    delivery.py); ``stack.actions`` is that view of the broker for tests that wait on it themselves."""
+    stack.actions = RuleActions.of_stack(stack)
+    ports = stack.config.ports
+    wait_for_actions_on((ports.mqtt, ports.mqtt_tls, ports.mqtt_ws), stack.actions.wait_processed)
+    return stack.actions
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,7 @@ class StandinApp:
 
 
 async def _drain_connections(broker: Broker, timeout: float) -> None:
-    """Stop reading from every client and wait (bounded) until messages already read are committed and acked."""
+    """Stop reading from every client and wait (bounded) until messages already read are processed and acked."""
     conns = [s.conn for s in broker.sessions.values() if s.conn is not None and s.conn.open]
     for conn in conns:
         conn.pause_reading()

@@ -248,9 +248,7 @@ class Broker:
         self.metrics["messages.received"] += 1
         log_event(log, "mqtt.last_will_published", clientid=client.clientid, topic=will.topic)
         self.dispatch(msg)
-        task = self.start_rules(msg)
-        if task is not None:
-            await task
+        self.run_rules(msg)
 
     def kick(self, clientid: str) -> bool:
         session = self.sessions.get(clientid)
@@ -291,12 +289,12 @@ class Broker:
         self.metrics["messages.sent"] += len(subscribers)
         return len(subscribers)
 
-    def start_rules(self, msg: Message) -> asyncio.Task[None] | None:
-        """RuleEngine.on_publish as a task, or None when no rule selects the topic (no task per message then)."""
-        rules = self.rules
-        if rules is None or not rules.rules_for_topic(msg.topic):
-            return None
-        return self.loop.create_task(rules.on_publish(msg))
+    def run_rules(self, msg: Message) -> None:
+        """The ``message.publish`` hook: the rule engine evaluates its rules and queues their outputs on the
+        actions' buffer workers, without waiting for them (EMQX emqx_broker:publish → emqx_rule_events). What an
+        action does with the message later is in its metrics, not in the PUBACK."""
+        if self.rules is not None:
+            self.rules.publish(msg)
 
     def publish_from_api(self, topic: str, payload: bytes, qos: int, retain: bool) -> tuple[str, int]:
         """A message from POST /api/v5/publish (trusted: no authz); rules see it with clientid ``http_api``."""
@@ -304,16 +302,8 @@ class Broker:
                       "127.0.0.1", {})
         self.metrics["messages.received"] += 1
         delivered = self.dispatch(msg)
-        task = self.start_rules(msg)
-        if task is not None:
-            self._background.add(task)
-            task.add_done_callback(self._api_rules_done)
+        self.run_rules(msg)
         return msg.id, delivered
-
-    def _api_rules_done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log_event(log, "broker.api_publish_rules_failed", logging.ERROR, error=repr(task.exception()))
 
     # -- info for the REST API --------------------------------------------------------------------------------
     def client_info(self, session: Session) -> dict[str, Any]:
@@ -366,7 +356,7 @@ class Broker:
 # The counters GET /api/v5/metrics always lists (EMQX lists its counters from boot, at 0).
 METRIC_NAMES = ("client.auth.failure", "client.authenticate", "client.connected", "client.disconnected",
                 "messages.dropped", "messages.dropped.no_subscribers", "messages.received", "messages.retried",
-                "messages.rules_failed", "messages.sent", "packets.received", "packets.sent", "session.created",
+                "messages.sent", "packets.received", "packets.sent", "session.created",
                 "session.resumed")
 
 

@@ -7,14 +7,13 @@ see it only as a ``session.ClientConnection``.
 
 Inbound PUBLISH path (per connection, never blocking the socket reader):
 
-    frames ─► inbound FIFO ─► processor task: authorize → route → start RuleEngine.on_publish (a task)
-                                                                    │
-    PUBACK/PUBREC written in PUBLISH order  ◄── ack FIFO ◄──────────┘ (an ack leaves only when its rules are done)
+    frames ─► inbound FIFO ─► processor task: authorize → route → rules (evaluate, queue on the actions) → PUBACK
 
-so a QoS 1 PUBACK means every rule action for that message has committed (ack after commit), acks keep the
-order of the PUBLISHes (MQTT-4.6.0-2), and many messages of one client are committed concurrently (batched by
-the rule engine). When inbound + pending acks reach ``PIPELINE_LIMIT`` the transport stops reading: a slow
-database slows the client down instead of growing memory.
+as EMQX's emqx_channel ``do_publish`` does: the PUBACK (PUBREC for QoS 2) is sent once ``emqx_broker:publish``
+returned — the message routed and its rule outputs handed to the actions' buffer workers — never after the
+actions ran. A PUBACK therefore does not mean "stored": what an action fails or drops afterwards is counted in the
+rule and action metrics (rules/actions/base.py). Acks keep the order of the PUBLISHes (MQTT-4.6.0-2). When
+``PIPELINE_LIMIT`` messages wait in the inbound FIFO (authorization callouts pending) the transport stops reading.
 
 As in aiohttp's web_protocol.py: the inbound FIFO is consumed by one stored task, timers are ``call_at`` handles
 cancelled on close, and every task the connection starts is kept — while the connection lives by the connection,
@@ -41,7 +40,7 @@ from .topics import valid_topic_filter, valid_topic_name
 
 log = logging.getLogger("emqx.standin.connection")
 
-# Inbound messages + unsent acks per connection before the socket stops being read.
+# Inbound messages per connection before the socket stops being read.
 PIPELINE_LIMIT = 256
 
 IDLE, CONNECTING, CONNECTED, CLOSED = 0, 1, 2, 3
@@ -88,8 +87,6 @@ class Connection:
         self._connecting: asyncio.Task[None] | None = None
         # (_PUBLISH, topic, qos, packet id, retain, dup, payload) | (_SUBSCRIBE | _UNSUBSCRIBE, packet id, list)
         self._inbound: deque[tuple[Any, ...]] = deque()
-        # (ack packet type or 0 for none, packet id, the task running the message's rules or None)
-        self._acks: deque[tuple[int, int, asyncio.Task[None] | None]] = deque()
         self._processor: asyncio.Task[None] | None = None
         self._paused = False
         self._last_recv = self._loop.time()
@@ -106,8 +103,8 @@ class Connection:
 
     @property
     def busy(self) -> bool:
-        """Messages were read that are not yet committed and acknowledged."""
-        return bool(self._inbound or self._acks)
+        """Messages were read that are not yet processed and acknowledged."""
+        return bool(self._inbound)
 
     # -- transport callbacks ----------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -140,7 +137,7 @@ class Connection:
                 self._early.append((ptype, flags, body))
             else:
                 return
-        if self.state != CLOSED and len(self._inbound) + len(self._acks) >= PIPELINE_LIMIT:
+        if self.state != CLOSED and len(self._inbound) >= PIPELINE_LIMIT:
             self.pause_reading()
 
     def connection_lost(self) -> None:
@@ -341,7 +338,7 @@ class Connection:
         client = self.client
         assert session is not None and client is not None      # CONNECTED
         if qos == 2 and pid in session.awaiting_rel:
-            self._push_ack(codec.PUBREC, pid, None)          # a resent QoS 2 PUBLISH: not routed twice
+            self._ack(codec.PUBREC, pid)          # a resent QoS 2 PUBLISH: not routed twice
             return
         if not await broker.authz.authorize(client, "publish", topic, qos, retain):
             metrics["authorization.deny"] += 1
@@ -353,57 +350,24 @@ class Connection:
             if qos:
                 if qos == 2:
                     session.awaiting_rel.add(pid)
-                self._push_ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid, None)
+                self._ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
             return
         msg = Message(broker.next_message_id(), client.clientid, client.username, topic, payload, qos, retain,
                       now_ms(), client.peerhost, client.client_attrs)
         broker.dispatch(msg)
-        task = broker.start_rules(msg)
+        broker.run_rules(msg)               # queued on the actions, not waited for (EMQX acks on receipt)
         if qos == 2:
             session.awaiting_rel.add(pid)
-        if qos or task is not None:
-            self._push_ack(0 if qos == 0 else codec.PUBACK if qos == 1 else codec.PUBREC, pid, task)
+        if qos:
+            self._ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
 
-    def _push_ack(self, ack_type: int, pid: int, task: asyncio.Task[None] | None) -> None:
-        self._acks.append((ack_type, pid, task))
-        if task is None:
-            if len(self._acks) == 1:
-                self._flush_acks()
-        else:
-            task.add_done_callback(self._rules_done)
-
-    def _rules_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
-            task.exception()                # mark retrieved; the failure is handled in _flush_acks
-        self._flush_acks()
-
-    def _flush_acks(self) -> None:
-        acks = self._acks
-        while acks:
-            ack_type, pid, task = acks[0]
-            if task is not None:
-                if not task.done():
-                    break
-                error = None if not task.cancelled() else "cancelled"
-                if error is None and task.exception() is not None:
-                    error = repr(task.exception())
-                if error is not None:
-                    # never acknowledge what was not committed: close, the client resends it
-                    self.broker.metrics["messages.rules_failed"] += 1
-                    log_event(log, "mqtt.rule_delivery_failed", logging.ERROR, clientid=self._clientid(),
-                              packet_id=pid, error=error)
-                    acks.clear()
-                    self.close("internal_error")
-                    return
-            acks.popleft()
-            if ack_type and self.open:
-                self.send(codec.encode_ack(ack_type, pid))
-        if self._paused:
-            self._maybe_resume()
+    def _ack(self, ack_type: int, pid: int) -> None:
+        if self.open:
+            self.send(codec.encode_ack(ack_type, pid))
 
     def _maybe_resume(self) -> None:
         if self._paused and self.state != CLOSED and \
-                len(self._inbound) + len(self._acks) <= PIPELINE_LIMIT // 2:
+                len(self._inbound) <= PIPELINE_LIMIT // 2:
             self._paused = False
             assert self.transport is not None           # not CLOSED
             self.transport.resume_reading()
@@ -495,7 +459,7 @@ class Connection:
         broker = self.broker
         broker.connection_count -= 1
         # what the client started goes on without it (and is awaited by Broker.stop)
-        for task in (self._connecting, self._processor, *(ack[2] for ack in self._acks)):
+        for task in (self._connecting, self._processor):
             if task is not None and not task.done():
                 broker.keep(task)
         if previous == CONNECTED:

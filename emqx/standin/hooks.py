@@ -45,11 +45,12 @@ class RuleHooks(Protocol):
     """The rule engine (``rules.RuleEngine``) as the broker and the REST API use it."""
 
     def rules_for_topic(self, topic: str) -> Sequence[object]:
-        """The rules selecting messages on ``topic`` (empty: no rule task is started for them)."""
+        """The rules selecting messages on ``topic``."""
         ...
 
-    async def on_publish(self, msg: Message) -> None:
-        """Returns once every action of every matching rule delivered ``msg``; raises RuleDeliveryError if not."""
+    def publish(self, msg: Message) -> Sequence[object]:
+        """Evaluate the rules selecting ``msg`` and queue their outputs on the actions; returns without waiting
+        for the actions (EMQX's ``message.publish`` hook), never raises for an action."""
         ...
 
     def client_connected(self, client: ClientInfo, *, sockname: str, expiry_interval: int) -> None: ...

@@ -98,6 +98,7 @@ class RestApi:
         r.add_get("/api/v5/rules/{rule_id}", self.get_rule)
         r.add_get("/api/v5/rules/{rule_id}/metrics", self.rule_metrics)
         r.add_get("/api/v5/actions/{action_id}/metrics", self.action_metrics)
+        r.add_get("/api/v5/actions/{action_id}", self.get_action)
         self.dashboard.install(app)
         return app
 
@@ -312,23 +313,55 @@ class RestApi:
         return web.json_response(rule)
 
     async def rule_metrics(self, request: web.Request) -> web.Response:
+        """GET /api/v5/rules/{id}/metrics: EMQX's shape and counters (emqx_rule_engine_api ``format_metrics``)."""
         rule_id = request.match_info["rule_id"]
         if rule_id not in self.config.rules:
             return _error(404, "NOT_FOUND", "Rule not found")
         all_metrics = self.rules.metrics() if self.rules is not None else {}
-        rule_metrics = (all_metrics.get("rules", all_metrics) or {}).get(rule_id, {})
+        counters = (all_metrics.get("rules") or {}).get(rule_id) or dict.fromkeys(RULE_METRICS, 0)
+        # Rates are not measured by the stand-in (docs/BROKER_STANDIN.md): reported as 0.0.
+        rule_metrics = {**counters, "matched.rate": 0.0, "matched.rate.max": 0.0, "matched.rate.last5m": 0.0}
         return web.json_response({"id": rule_id, "metrics": rule_metrics,
                                   "node_metrics": [{"node": self.config.node_name, "metrics": rule_metrics}]})
 
-    async def action_metrics(self, request: web.Request) -> web.Response:
-        """GET /api/v5/actions/pgsql:{name}/metrics (EMQX 5.x bridge v2 API)."""
-        action_id = request.match_info["action_id"]
+    def _action_metrics(self, action_id: str) -> dict[str, Any] | None:
         all_metrics = self.rules.metrics() if self.rules is not None else {}
         metrics = (all_metrics.get("actions") or {}).get(action_id)
+        if metrics is None:
+            return None
+        # emqx_bridge_v2_api format_metrics: these keys and no others (retried.success/failed are left out).
+        shown = {key: metrics.get(key, 0) for key in ACTION_METRICS}
+        shown.update(rate=0.0, rate_last5m=0.0, rate_max=0.0)
+        return shown
+
+    async def action_metrics(self, request: web.Request) -> web.Response:
+        """GET /api/v5/actions/{type:name}/metrics (EMQX 5.x bridge v2 API, emqx_bridge_v2_api)."""
+        metrics = self._action_metrics(request.match_info["action_id"])
         if metrics is None:
             return _error(404, "NOT_FOUND", "Action not found")
         return web.json_response({"metrics": metrics,
                                   "node_metrics": [{"node": self.config.node_name, "metrics": metrics}]})
+
+    async def get_action(self, request: web.Request) -> web.Response:
+        """GET /api/v5/actions/{type:name}: what the action is and its status (a subset of EMQX's answer)."""
+        action_id = request.match_info["action_id"]
+        action = self.config.actions.get(action_id)
+        all_metrics = self.rules.metrics() if self.rules is not None else {}
+        status = (all_metrics.get("action_status") or {}).get(action_id)
+        if action is None or status is None:
+            return _error(404, "NOT_FOUND", "Action not found")
+        return web.json_response({"type": action.type, "name": action_id.split(":", 1)[1],
+                                  "enable": action.enable, "connector": action.connector, "status": status,
+                                  "node_status": [{"node": self.config.node_name, "status": status}]})
+
+
+# The counters of EMQX's rule and action metrics APIs, listed even when no rule engine runs.
+RULE_METRICS = ("matched", "passed", "failed", "failed.exception", "failed.no_result", "actions.total",
+                "actions.failed", "actions.failed.out_of_service", "actions.failed.unknown", "actions.success",
+                "actions.discarded")
+ACTION_METRICS = ("dropped", "dropped.other", "dropped.expired", "dropped.queue_full", "dropped.resource_not_found",
+                  "dropped.resource_stopped", "matched", "queuing", "queuing_bytes", "retried", "late_reply",
+                  "failed", "inflight", "success", "received")
 
 
 def _rule_from(sql: str) -> list[str]:

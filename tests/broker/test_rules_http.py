@@ -56,10 +56,12 @@ def test_registration_request_is_posted_as_rule_output_json_and_acked_after_200(
     assert metrics["actions"]["http:registration"]["success"] == 1
 
 
-def test_5xx_and_connection_errors_are_retried_until_2xx():
+def test_503_and_429_are_retried_until_2xx():
+    """emqx_bridge_http_connector transform_result: 429 and 503 are recoverable — max_retries at once, then the
+    buffer worker retries until request_ttl."""
     async def scenario():
         async with FakeAuthService() as svc:
-            answers = iter([503, 500, 502, 500, 200])
+            answers = iter([503, 429, 503, 503, 200])
             svc.reply = lambda r: web.json_response({}, status=next(answers))
             engine = RuleEngine(production_rules(svc.port))       # max_retries = 2, then buffer retries
             await engine.start()
@@ -70,8 +72,29 @@ def test_5xx_and_connection_errors_are_retried_until_2xx():
 
     calls, metrics = asyncio.run(scenario())
     assert calls == 5
-    assert metrics["actions"]["http:registration"]["retried"] >= 1
-    assert metrics["actions"]["http:registration"]["success"] == 1
+    action = metrics["actions"]["http:registration"]
+    assert (action["success"], action["retried"], action["retried.success"], action["failed"]) == (1, 1, 1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_other_5xx_fail_the_message_at_once_without_a_retry(status):
+    """Any status but 2xx, 429 and 503 is an unrecoverable error for EMQX: counted failed, never sent again."""
+    async def scenario():
+        async with FakeAuthService() as svc:
+            svc.reply = lambda r: web.json_response({}, status=status)
+            engine = RuleEngine(production_rules(svc.port))
+            await engine.start()
+            with pytest.raises(RuleDeliveryError, match=f"HTTP {status}"):
+                await engine.on_publish(registration_request())
+            metrics = engine.metrics()
+            await engine.stop()
+            return len(svc.requests), metrics
+
+    calls, metrics = asyncio.run(scenario())
+    assert calls == 1
+    action = metrics["actions"]["http:registration"]
+    assert (action["failed"], action["success"], action["retried"]) == (1, 0, 0)
+    assert metrics["rules"]["fleet_registration"]["actions.failed.unknown"] == 1
 
 
 def test_4xx_fails_the_message():

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from fleetctl.stack import Stack, StackConfig
-from tests.conftest import free_ports
+from tests.conftest import free_ports, track_rule_actions
 from tests.support.operators import ApiClient, unique
 from tests.support.required import require_components
 from tests.support.vehicle import MqttVehicle
@@ -25,6 +25,7 @@ def own_stack(state_dirs):
     except (pytest.skip.Exception, pytest.fail.Exception):
         stack.stop("components missing")
         raise
+    track_rule_actions(stack)
     yield stack
     stack.stop("outage tests finished")
 

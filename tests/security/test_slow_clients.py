@@ -16,7 +16,7 @@ import time
 import pytest
 
 from fleetctl.stack import Stack, StackConfig
-from tests.conftest import free_ports
+from tests.conftest import free_ports, track_rule_actions
 from tests.support.operators import ApiClient, unique
 from tests.support.reliability import record
 from tests.support.slow_clients import SlowClients
@@ -41,6 +41,7 @@ def slow_stack(tmp_path_factory):
                                     "AUTHSVC_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S)})
     stack = Stack(config, out=lambda line: None)
     stack.start()
+    track_rule_actions(stack)
     yield stack
     stack.stop("slow-client tests finished")
 

@@ -3,6 +3,12 @@
 It does exactly what a test tells it, nothing on its own: connect (with an enrollment token or a device secret),
 register, publish envelopes on its own topics (or any raw bytes anywhere, to probe the ACL), and collect every
 message it receives so tests can wait for a command.
+
+A QoS 1 ``publish`` returns once the broker's PUBACK came *and* the broker's rule actions have processed it
+(stored, dead-lettered or counted as failed): EMQX acknowledges on receipt, before its actions write to the
+database, so a test that read the database right after a PUBACK would race. The wait is on the broker's action
+metrics (tests/support/delivery.py), registered per broker port with ``wait_for_actions_on``;
+``publish_nowait`` does not wait for anything.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +27,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetcore import envelope, topics
 from tests.support.waiting import wait_until
+
+# MQTT port → "wait until the broker's rule actions have processed everything acknowledged so far"
+_ACTIONS_BY_PORT: dict[int, Callable[[], None]] = {}
+
+
+def wait_for_actions_on(ports: Iterable[int], wait_processed: Callable[[], None]) -> None:
+    """Make every vehicle publishing through these broker ports wait for the broker's actions after a PUBACK."""
+    for port in ports:
+        _ACTIONS_BY_PORT[port] = wait_processed
 
 
 @dataclass
@@ -139,6 +155,13 @@ class MqttVehicle:
         if qos > 0:
             info.wait_for_publish(timeout)
             assert info.is_published(), f"no PUBACK for {topic}"
+            self.wait_processed()
+
+    def wait_processed(self) -> None:
+        """Wait until the broker's rule actions have processed what it acknowledged (see the module doc)."""
+        wait = _ACTIONS_BY_PORT.get(self.port)
+        if wait is not None:
+            wait()
 
     def publish(self, kind: topics.Kind, data: dict, *, qos: int = 1, seq: int | None = None,
                 msg_id: str | None = None, ts: int | None = None) -> dict:

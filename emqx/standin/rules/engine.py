@@ -1,8 +1,12 @@
 """The rule engine: match each message/event against the rules, evaluate their SQL, hand outputs to actions.
 
-``on_publish`` is the broker's hot path: it returns only when every action of every matching rule has
-delivered the message (PostgreSQL committed / HTTP 2xx), so the broker can send PUBACK after that — an
-acknowledged message is never lost. Concurrent calls are coalesced by the actions' batching.
+``publish`` is the broker's hot path, and it does what EMQX's ``message.publish`` hook does inside
+``emqx_broker:publish``: evaluate the matching rules and hand each output to its actions' buffer workers, then
+return without waiting for them (emqx_rule_runtime ``do_handle_action2`` casts to the buffer worker). The broker
+acknowledges the message right after (emqx_channel ``do_publish``: PUBACK once ``emqx_broker:publish`` returned),
+so a PUBACK means "the broker has it", not "it is stored": what an action later fails or drops is counted in the
+rule and action metrics (``GET /api/v5/rules/{id}/metrics``, ``GET /api/v5/actions/{id}/metrics``), not told to
+the client. ``on_publish`` awaits the actions' replies as well — for tests that need to know the outcome.
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from .sql import EVENT_TOPICS, RuleSql, parse_rule_sql
 log = logging.getLogger("emqx.standin.rules")
 
 _TOPIC_CACHE_MAX = 50_000
+# The counters of GET /api/v5/rules/{id}/metrics (emqx_rule_engine_api format_metrics).
 _RULE_COUNTERS = ("matched", "passed", "failed", "failed.exception", "failed.no_result", "actions.total",
-                  "actions.success", "actions.failed")
+                  "actions.failed", "actions.failed.out_of_service", "actions.failed.unknown", "actions.success",
+                  "actions.discarded")
 
 
 class Rule:
@@ -58,8 +64,13 @@ class Rule:
         future.add_done_callback(self._action_done)
 
     def _action_done(self, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None:
+        # emqx_rule_runtime do_inc_action_metrics: a stopped action is out_of_service, any other failure
+        # (unrecoverable error, expired, buffer overflow) is unknown.
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
             self.counters["actions.failed"] += 1
+            out_of_service = future.cancelled() or getattr(error, "out_of_service", False)
+            self.counters["actions.failed.out_of_service" if out_of_service else "actions.failed.unknown"] += 1
         else:
             self.counters["actions.success"] += 1
 
@@ -150,11 +161,12 @@ class RuleEngine:
             "node": self.node,
         }
 
-    async def on_publish(self, msg: Message) -> None:
-        """Run the matching rules; return once every action delivered. Raises RuleDeliveryError otherwise."""
+    def publish(self, msg: Message) -> list[asyncio.Future]:
+        """Run the matching rules and queue their outputs on the actions; never waits, never raises for an
+        action. Returns the actions' replies (futures), which the broker does not wait for."""
         rules = self.rules_for_topic(msg.topic)
         if not rules:
-            return
+            return []
         env = self.message_columns(msg)
         futures: list[asyncio.Future] = []
         for rule in rules:
@@ -165,10 +177,12 @@ class RuleEngine:
                 future = action.submit(output, msg.clientid)
                 rule.track(future)
                 futures.append(future)
+        return futures
+
+    async def on_publish(self, msg: Message) -> None:
+        """``publish``, then wait for every action's reply; raises RuleDeliveryError if one gave up."""
+        futures = self.publish(msg)
         if not futures:
-            return
-        if len(futures) == 1:
-            await futures[0]
             return
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
@@ -221,6 +235,7 @@ class RuleEngine:
         return {
             "rules": {r.id: dict(r.counters) for r in self.rules},
             "actions": {a.id: a.metrics() for a in self.actions.values()},
+            "action_status": {a.id: a.status for a in self.actions.values()},
             "connectors": {**{f"pgsql:{n}": c.status for n, c in self.pg_connectors.items()},
                            **{f"http:{n}": c.status for n, c in self.http_connectors.items()}},
             "events": dict(self.event_counters),

@@ -1,18 +1,29 @@
 """The buffer worker every action runs on (EMQX emqx_resource_buffer_worker semantics, in asyncio).
 
-``submit()`` queues one rendered request and returns a future that resolves when the request succeeded
-(PostgreSQL committed / HTTP 2xx) or raises ``RuleDeliveryError`` when it was given up: unrecoverable error,
-older than ``request_ttl`` (dropped.expired), buffer overflow (dropped.queue_full) or shutdown.
+``submit()`` queues one rendered request and returns at once, as EMQX's rule engine does: it casts the request to a
+buffer worker and goes on (emqx_rule_runtime ``do_handle_action2`` → ``emqx_bridge_v2:send_message`` →
+emqx_resource_buffer_worker ``async_query``/``pick_cast``), so the broker acknowledges a message without waiting
+for its actions. The future ``submit()`` returns plays the part of EMQX's ``reply_to`` callback: it resolves when
+the request succeeded (PostgreSQL committed / HTTP 2xx) or raises ``RuleDeliveryError`` when it was given up —
+unrecoverable error (``failed``), older than ``request_ttl`` (``dropped.expired``), buffer overflow
+(``dropped.queue_full``) or shutdown (``dropped.resource_stopped``). Only the rule metrics and tests look at it.
 
 Lanes: one per buffer worker (``worker_pool_size``), each with its own queue of at most ``max_buffer_bytes`` —
-EMQX opens one replayq of that size per worker, so an action buffers up to ``worker_pool_size ×
-max_buffer_bytes``. A client always maps to the same lane, as EMQX does with its pick key. For a synchronous
-connector (PostgreSQL: emqx_postgresql's ``callback_mode()`` is ``always_sync``, so an EMQX buffer worker runs one
-batch at a time and ``inflight_window`` does not apply) and with ``inflight_window = 1`` each lane runs one batch
-at a time — a client's requests are executed in order. Otherwise a lane runs up to ``min(inflight_window, pool
-size)`` batches at once. A batch takes up to ``batch_size`` queued requests, waiting at most ``batch_time`` for it
-to fill. A batch that fails for a recoverable reason (connection lost, server down…) is retried with backoff,
-keeping its place, until its requests expire.
+EMQX opens one replayq of that size per worker (``replayq_opts``), and a full queue drops its oldest requests
+(``append_queue``: ``dropped.queue_full``), so an action buffers up to ``worker_pool_size × max_buffer_bytes``. A
+client always maps to the same lane, as EMQX picks a worker by ``pick_key`` (default: the calling process, which is
+the client's connection process). For a synchronous connector (PostgreSQL: emqx_postgresql's ``callback_mode()`` is
+``always_sync``, so an EMQX buffer worker runs one batch at a time and ``inflight_window`` does not apply) and with
+``inflight_window = 1`` each lane runs one batch at a time — a client's requests are executed in order. Otherwise
+a lane runs up to ``min(inflight_window, pool size)`` batches at once. A batch takes up to ``batch_size`` queued
+requests, waiting at most ``batch_time`` for it to fill.
+
+Results (emqx_resource_buffer_worker ``handle_query_result_pure``): an unrecoverable error fails every request of
+the batch — acked, counted ``failed``, never retried; a recoverable one (connection lost, target down) is retried
+with backoff, keeping its place, until its requests expire (``request_ttl``). The counters are EMQX's
+(emqx_resource_metrics ``handle_counter_telemetry_event``): ``matched`` per request; ``success``/``failed`` per
+outcome, where an outcome after at least one retry also counts ``retried`` and ``retried.success`` /
+``retried.failed`` (``retried`` counts requests, not attempts); every ``dropped.*`` also counts ``dropped``.
 
 Every task is kept: a lane's worker task, and the task of each batch it runs (``_Lane.batches``). ``stop()``
 waits for them (bounded), then cancels the batches still running and fails their requests as EMQX does when a
@@ -36,9 +47,20 @@ log = logging.getLogger("emqx.standin.rules.actions")
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 
+# The counters of GET /api/v5/actions/{id}/metrics (emqx_bridge_v2_api format_metrics), plus the two EMQX keeps
+# but that API leaves out (retried.success, retried.failed).
+COUNTERS = ("matched", "received", "success", "failed", "dropped", "dropped.other", "dropped.expired",
+            "dropped.queue_full", "dropped.resource_not_found", "dropped.resource_stopped", "retried",
+            "retried.success", "retried.failed", "late_reply")
+
 
 class RuleDeliveryError(RuntimeError):
-    """An action gave up on a message (the broker must not acknowledge it as stored)."""
+    """An action gave up on a request. ``out_of_service``: the action had stopped (the rule counts
+    ``actions.failed.out_of_service``); otherwise the rule counts ``actions.failed.unknown``."""
+
+    def __init__(self, message: str, *, out_of_service: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_service = out_of_service
 
 
 class Recoverable(Exception):
@@ -46,7 +68,7 @@ class Recoverable(Exception):
 
 
 class Unrecoverable(Exception):
-    """Retrying cannot help (bad parameter types, 4xx…)."""
+    """Retrying cannot help (an error the database reported, bad parameter types, HTTP 4xx…)."""
 
 
 class Item:
@@ -62,7 +84,7 @@ class _Lane:
         self.max_inflight = max_inflight
         self.queue: deque[Item] = deque()
         self.bytes = 0
-        self.batches: set[asyncio.Task[None]] = set()      # delivering now
+        self.batches: dict[asyncio.Task[None], int] = {}      # delivering now → number of requests
         self.wakeup = asyncio.Event()
         self.filled = asyncio.Event()
         self.slot_free = asyncio.Event()
@@ -112,11 +134,11 @@ class _Lane:
             for item in batch:
                 self.bytes -= item.size
             task = loop.create_task(action.deliver(batch))
-            self.batches.add(task)
+            self.batches[task] = count
             task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self.batches.discard(task)
+        self.batches.pop(task, None)
         self.slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("action.batch_crashed", exc_info=task.exception())
@@ -132,13 +154,10 @@ class BufferedAction:
         self.id = config.id
         self.opts = config.resource_opts
         self.pool_size = pool_size
-        self.counters = {"matched": 0, "success": 0, "failed": 0, "dropped": 0, "dropped.expired": 0,
-                         "dropped.queue_full": 0, "dropped.resource_stopped": 0, "retried": 0,
-                         "retried.success": 0, "retried.failed": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.lanes: list[_Lane] = []
         self._stopping = False
         self.flushing = False           # stop() in progress: send partial batches at once
-        self._retrying = 0
 
     # -- to implement ------------------------------------------------------------------------------------
     def render(self, output: dict[str, Any]) -> tuple[Any, int]:
@@ -171,8 +190,12 @@ class BufferedAction:
     def queued(self) -> int:
         return sum(len(lane.queue) for lane in self.lanes)
 
+    def queued_bytes(self) -> int:
+        return sum(lane.bytes for lane in self.lanes)
+
     def inflight(self) -> int:
-        return sum(lane.inflight for lane in self.lanes)
+        """Requests being executed now (EMQX's ``inflight`` gauge counts requests, not batches)."""
+        return sum(sum(lane.batches.values()) for lane in self.lanes)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let queued and in-flight requests finish (at most ``timeout`` s), then fail what is left."""
@@ -204,12 +227,13 @@ class BufferedAction:
 
     # -- submission --------------------------------------------------------------------------------------
     def submit(self, output: dict[str, Any], clientid: str) -> asyncio.Future:
-        """Queue one rule output; the future resolves when it is delivered (or raises RuleDeliveryError)."""
+        """Queue one rule output and return at once; the future is the worker's reply (success or
+        RuleDeliveryError), which nobody has to wait for."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.counters["matched"] += 1
         if self._stopping:
-            future.set_exception(RuleDeliveryError(f"{self.id}: action stopped"))
+            future.set_exception(RuleDeliveryError(f"{self.id}: action stopped", out_of_service=True))
             self.counters["dropped"] += 1
             self.counters["dropped.resource_stopped"] += 1
             return future
@@ -231,7 +255,8 @@ class BufferedAction:
         log_event(log, "buffer_worker_dropped", level=logging.WARNING, action=self.id, clientid=item.clientid,
                   reason=reason)
         if not item.future.done():
-            item.future.set_exception(RuleDeliveryError(f"{self.id}: dropped ({reason})"))
+            item.future.set_exception(RuleDeliveryError(f"{self.id}: dropped ({reason})",
+                                                        out_of_service=reason == "resource_stopped"))
 
     # -- delivery with retry -----------------------------------------------------------------------------
     async def deliver(self, batch: list[Item]) -> None:
@@ -259,9 +284,6 @@ class BufferedAction:
                         live.append(item)
                 batch = live
                 if not batch:
-                    if attempt:
-                        self._retrying -= 1
-                        self.counters["retried.failed"] += 1
                     return
             try:
                 results = await self.execute(batch)
@@ -271,9 +293,7 @@ class BufferedAction:
                         self.drop(item, "resource_stopped")
                     return
                 attempt += 1
-                self.counters["retried"] += 1
                 if attempt == 1:
-                    self._retrying += 1
                     log_event(log, "action.retrying", level=logging.WARNING, action=self.id, items=len(batch),
                               error=str(exc)[:200])
                 await asyncio.sleep(backoff)
@@ -281,22 +301,39 @@ class BufferedAction:
                 continue
             except Exception as exc:  # noqa: BLE001 - anything else fails the batch, never the worker
                 results = [Unrecoverable(f"{type(exc).__name__}: {exc}")] * len(batch)
-            if attempt:
-                self._retrying -= 1
-                self.counters["retried.success"] += 1
-                log_event(log, "action.recovered", action=self.id, items=len(batch), attempts=attempt + 1)
-            for item, result in zip(batch, results, strict=True):
-                if result is None:
-                    self.counters["success"] += 1
-                    if not item.future.done():
-                        item.future.set_result(None)
-                else:
-                    self.counters["failed"] += 1
-                    log_event(log, "action.failed", level=logging.ERROR, action=self.id, clientid=item.clientid,
-                              error=str(result)[:300])
-                    if not item.future.done():
-                        item.future.set_exception(RuleDeliveryError(f"{self.id}: {result}"))
+            self._count_results(batch, results, retried=attempt > 0)
             return
 
+    def _count_results(self, batch: list[Item], results: list[BaseException | None], *, retried: bool) -> None:
+        counters = self.counters
+        if retried:
+            log_event(log, "action.recovered", action=self.id, items=len(batch))
+        failed = 0
+        for item, result in zip(batch, results, strict=True):
+            if result is None:
+                counters["success"] += 1
+                if retried:
+                    counters["retried"] += 1
+                    counters["retried.success"] += 1
+                if not item.future.done():
+                    item.future.set_result(None)
+            else:
+                failed += 1
+                counters["failed"] += 1
+                if retried:
+                    counters["retried"] += 1
+                    counters["retried.failed"] += 1
+                if not item.future.done():
+                    item.future.set_exception(RuleDeliveryError(f"{self.id}: {result}"))
+        if failed:
+            # EMQX logs unrecoverable_resource_error (throttled) and drops the requests: one line per batch here,
+            # naming its clients, so an operator can see whose messages were lost.
+            first = next(r for r in results if r is not None)
+            log_event(log, "action.failed", level=logging.ERROR, action=self.id, failed=failed,
+                      clientids=sorted({i.clientid for i, r in zip(batch, results, strict=True) if r is not None}),
+                      error=str(first)[:300])
+
     def metrics(self) -> dict[str, Any]:
-        return {**self.counters, "queuing": self.queued(), "inflight": self.inflight(), "status": self.status}
+        """EMQX's action metrics: the counters and the ``queuing``, ``queuing_bytes`` and ``inflight`` gauges."""
+        return {**self.counters, "queuing": self.queued(), "queuing_bytes": self.queued_bytes(),
+                "inflight": self.inflight()}

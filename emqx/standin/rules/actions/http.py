@@ -1,9 +1,11 @@
 """``http`` connector and action (EMQX's webhook): one aiohttp session per connector.
 
 URL = connector url + rendered ``path``; headers = connector headers + action headers; body = the rendered
-``body`` template, or — when there is none — the rule output as one JSON object. A 2xx answer is success;
-a transport error, a timeout or a 5xx answer is retried ``max_retries`` times at once and then, with backoff,
-until ``request_ttl``; any other status fails the message.
+``body`` template, or — when there is none — the rule output as one JSON object. A 2xx answer is success. As in
+EMQX 5.10.4 (apps/emqx_bridge_http/src/emqx_bridge_http_connector.erl ``transform_result``): only 429, 503 and a
+transport failure (refused, timed out, closed) are recoverable — retried ``max_retries`` times at once
+(``maybe_retry``) and then, with backoff, until ``request_ttl``; every other status (400, 404, 500, 502…) is an
+unrecoverable error: the message is counted ``failed`` and not retried.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from ...templates import Template, render_deep
 from .base import BufferedAction, Item, Recoverable, Unrecoverable
 
 log = logging.getLogger("emqx.standin.rules.http")
+
+RETRIED_STATUSES = frozenset({429, 503})     # emqx_bridge_http_connector transform_result: recoverable_error
 
 
 def _json_default(value: Any) -> Any:
@@ -105,7 +109,7 @@ class HttpAction(BufferedAction):
                 if 200 <= status < 300:
                     results.append(None)
                     break
-                if status >= 500 or status == 429:
+                if status in RETRIED_STATUSES:
                     last_error = f"HTTP {status}"
                     continue
                 results.append(Unrecoverable(f"HTTP {status}"))

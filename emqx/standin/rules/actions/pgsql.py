@@ -3,9 +3,18 @@
 The ``${var}`` placeholders become ``$1…$n`` (templates.SqlTemplate). Values are sent typed as EMQX's epgsql
 driver would accept them for the parameter types PostgreSQL inferred (docs/EMQX.md §5.2): text takes strings and
 numbers (converted), integer parameters need integers, float parameters numbers, json/jsonb strings, undefined
-→ NULL; a value of the wrong type fails that message (EMQX ``bad_param``, not retried). A batch runs in one
-transaction; the futures resolve after COMMIT. Connection-level failures are retried (base.py); the pool
-reconnects by itself, and a health check reports the connector status.
+→ NULL; a value of the wrong type fails that message (EMQX ``bad_param``, not retried).
+
+What EMQX 5.10.4 does with a batch (apps/emqx_postgresql/src/emqx_postgresql.erl), and so does this action:
+``on_batch_query`` runs it as ``epgsql:execute_batch`` — the prepared statement once per row, in one implicit
+transaction — and ``handle_batch_result``/``handle_result`` turn *every* error PostgreSQL reports (constraint,
+lock or statement timeout, deadlock, serialization failure, an exception raised in a trigger, the server shutting
+down under a running statement) and a connection lost under a running statement (epgsql's ``{error,
+sock_closed}``) into ``{unrecoverable_error, …}``: the whole batch is dropped and counted ``failed``, never
+retried. Only a batch that could not be sent — no connection to be had (``{error, disconnected}``,
+``ecpool_empty``), the connector down — is retried (nack in emqx_resource_buffer_worker), until ``request_ttl``.
+A statement has no client-side timeout (the buffer worker waits for epgsql); only PostgreSQL's own
+``statement_timeout``/``lock_timeout`` end it, and that error drops the batch.
 """
 from __future__ import annotations
 
@@ -26,21 +35,11 @@ from .base import BufferedAction, Item, Recoverable, Unrecoverable
 log = logging.getLogger("emqx.standin.rules.pgsql")
 
 CONNECT_TIMEOUT_S = 5.0
-# SQLSTATE classes/codes that mean "the database is not (yet) able to take this": retry within request_ttl.
-RECOVERABLE_CLASSES = {"08", "53", "57", "58", "40", "55", "28", "3D", "HV"}
-RECOVERABLE_CODES = {"42P01", "42501", "3F000", "42883"}
 
-
-def is_recoverable(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.exceptions.DataError):
-        return False
-    if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError,
-                        asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        code = getattr(exc, "sqlstate", None) or ""
-        return code[:2] in RECOVERABLE_CLASSES or code in RECOVERABLE_CODES
-    return False
+# No connection to be had (refused, timed out, closed before the statement was sent): EMQX's recoverable errors —
+# ecpool_empty, {error, disconnected}, a connector that is not connected — retried until request_ttl.
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError,
+                     asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
 
 
 # -- value conversion per parameter type ------------------------------------------------------------------
@@ -245,9 +244,15 @@ class PgsqlAction(BufferedAction):
         connector = self.connector
         try:
             pool = await connector._ensure_pool()  # noqa: SLF001 - the connector's own actions share its pool
-            async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+            # No acquire timeout: an EMQX buffer worker waits for its ecpool connection however busy it is.
+            async with pool.acquire() as conn:
                 if self.converters is None:
-                    await self.describe(conn)
+                    try:
+                        await self.describe(conn)
+                    except asyncpg.PostgresError as exc:
+                        # PostgreSQL refuses the statement (undefined table…): emqx_postgresql on_sql_query makes
+                        # undefined_table unrecoverable, like every error the server reports.
+                        return [Unrecoverable(f"{type(exc).__name__} {exc.sqlstate}: {exc}")] * len(batch)
                 results: list[BaseException | None] = [None] * len(batch)
                 rows, positions = [], []
                 for index, item in enumerate(batch):
@@ -258,33 +263,32 @@ class PgsqlAction(BufferedAction):
                         results[index] = exc
                 if not rows:
                     return results
-                timeout = max(5.0, min(self.opts.request_ttl_s, 60.0))
                 try:
                     if len(rows) == 1:
-                        await conn.execute(self.sql, *rows[0], timeout=timeout)
+                        await conn.execute(self.sql, *rows[0])
                     else:
                         async with conn.transaction():
-                            await conn.executemany(self.sql, rows, timeout=timeout)
-                except Exception as exc:  # classified below
-                    if is_recoverable(exc):
-                        conn.terminate()          # never hand a half-broken connection back to the pool
-                        raise
-                    if len(rows) == 1:
-                        results[positions[0]] = Unrecoverable(f"{type(exc).__name__}: {exc}")
-                        return results
-                    # One bad row must not take the batch down with it: run the rows one by one.
-                    for index, row in zip(positions, rows, strict=True):
-                        try:
-                            await conn.execute(self.sql, *row, timeout=timeout)
-                        except Exception as row_exc:
-                            if is_recoverable(row_exc):
-                                conn.terminate()
-                                raise
-                            results[index] = Unrecoverable(f"{type(row_exc).__name__}: {row_exc}")
+                            await conn.executemany(self.sql, rows)
+                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+                    # The batch reached PostgreSQL and failed: an error it reported (emqx_postgresql
+                    # handle_batch_result / handle_result) or the connection lost under the running statement
+                    # (epgsql answers {error, sock_closed}, which handle_result makes unrecoverable too). EMQX
+                    # drops the whole batch as failed; it is not retried.
+                    error = Unrecoverable(f"{type(exc).__name__} {getattr(exc, 'sqlstate', '') or ''}: {exc}")
+                    for index in positions:
+                        results[index] = error
+                    if not isinstance(exc, asyncpg.PostgresError) or conn.is_closed() or \
+                            (getattr(exc, "sqlstate", "") or "").startswith(("08", "57P")):
+                        conn.terminate()          # never hand a broken connection back to the pool
+                        connector.mark_failed(exc)
+                    return results
                 connector.mark_ok()
                 return results
-        except Exception as exc:
-            if is_recoverable(exc):
-                connector.mark_failed(exc)
-                raise Recoverable(f"{type(exc).__name__}: {exc}") from exc
-            raise
+        except CONNECTION_ERRORS as exc:
+            connector.mark_failed(exc)
+            raise Recoverable(f"{type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            # Refused while connecting (server starting up, too many connections, bad password): EMQX's ecpool
+            # worker is then not connected, and its requests wait for it.
+            connector.mark_failed(exc)
+            raise Recoverable(f"{type(exc).__name__}: {exc}") from exc

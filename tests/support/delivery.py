@@ -1,0 +1,50 @@
+"""Waiting until the broker's rule actions have processed what they were given — the way production requires.
+
+A QoS 1 PUBACK means the broker has the message, not that it is stored: EMQX 5.10.4 acknowledges on receipt and its
+rule actions write to PostgreSQL (or call authsvc) later, from buffer workers (docs/BROKER_STANDIN.md), and so does
+the stand-in. A test that reads the database right after a PUBACK races. It waits here instead, on EMQX's own
+metrics (``GET /api/v5/actions/{id}/metrics``, the same API in production): every action has answered every
+request it was given — ``matched == success + failed + dropped`` with nothing queuing or in flight — within a
+deadline. Because a broker evaluates the rules before it sends the PUBACK, whatever was acknowledged is in
+``matched`` by then.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleetcore.emqx_api import EmqxApi
+from tests.support.waiting import wait_until
+
+
+class RuleActions:
+    """The rule actions of one broker, seen through its REST API (``/api/v5``, basic auth with an API key)."""
+
+    def __init__(self, api_url: str, key: str, secret: str) -> None:
+        self.api = EmqxApi(api_url, key, secret)
+        self._action_ids: list[str] | None = None
+
+    @classmethod
+    def of_stack(cls, stack: Any) -> RuleActions:
+        """The embedded stack's broker (fleetctl.stack.Stack), with the api's own EMQX API key."""
+        from fleetctl.stack import API_KEY_NAME
+        return cls(stack.url("emqx_api"), API_KEY_NAME, stack.secrets["FLEET_EMQX_API_SECRET"])
+
+    def action_ids(self) -> list[str]:
+        if self._action_ids is None:
+            self._action_ids = self.api.rule_action_ids()
+        return self._action_ids
+
+    def metrics(self, action_id: str) -> dict[str, Any]:
+        return self.api.action_metrics(action_id)
+
+    def rule_metrics(self, rule_id: str) -> dict[str, Any]:
+        return self.api.rule_metrics(rule_id)
+
+    def pending(self) -> dict[str, int]:
+        """Requests not yet answered, per action (only the actions that have some)."""
+        return self.api.unanswered(self.action_ids())
+
+    def wait_processed(self, timeout: float = 30.0) -> None:
+        """Return once every action has answered every request it was given; fail after ``timeout`` s."""
+        wait_until(lambda: not self.pending(), timeout, interval=0.02,
+                   message=lambda: f"rule actions still busy: {self.pending()}")
