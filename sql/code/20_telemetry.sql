@@ -24,6 +24,8 @@ DECLARE
     was_online boolean;
     is_online boolean;
     newest_ts timestamptz;
+    in_batch boolean := p_env IS NOT NULL;
+    order_ts timestamptz;
 BEGIN
     -- Decode (when p_env is NULL) and validate. No writes inside this block, so its exception handler never
     -- rolls back a write and a batch of messages never opens writing subtransactions.
@@ -102,11 +104,21 @@ BEGIN
                               COALESCE(p.raw, convert_to(p_env::text, 'UTF8')), s.rejected_payload_cap);
         RETURN NULL;
     END IF;
-    skewed := abs(extract(epoch FROM p_received_at - p.ts)) > extract(epoch FROM s.clock_skew_threshold);
+    -- A device time further ahead of the broker's than the threshold is flagged and not trusted for ordering:
+    -- the latest state is ordered by the broker's receive time instead, or one bad clock would freeze it for up to
+    -- a day. A point further behind is flagged only when sent on its own; in a batch it is buffered history.
+    IF p.ts > p_received_at + s.clock_skew_threshold THEN
+        skewed := true;
+        order_ts := p_received_at;
+    ELSE
+        skewed := NOT in_batch AND p.ts < p_received_at - s.clock_skew_threshold;
+        order_ts := p.ts;
+    END IF;
 
-    -- Latest state moves forward only by (device ts, seq); vehicle_active is the vehicle check.
+    -- Latest state moves forward only by (ordering time, seq); vehicle_active is the vehicle check.
+    -- telemetry_ts is that ordering time (the device's, unless it was in the future).
     UPDATE public.vehicle_state st SET
-        telemetry_ts = p.ts, telemetry_seq = p.seq, telemetry_received_at = p_received_at,
+        telemetry_ts = order_ts, telemetry_seq = p.seq, telemetry_received_at = p_received_at,
         lat = p.lat, lon = p.lon,
         heading_deg = COALESCE(p.heading_deg, st.heading_deg), speed_mps = COALESCE(p.speed_mps, st.speed_mps),
         battery_pct = COALESCE(p.battery_pct, st.battery_pct), odometer_m = COALESCE(p.odometer_m, st.odometer_m),
@@ -115,7 +127,7 @@ BEGIN
         online = st.online OR st.disconnected_at IS NULL OR p_received_at > st.disconnected_at,
         updated_at = now()
      WHERE st.vehicle_id = p_clientid AND st.vehicle_active
-       AND (st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (p.ts, p.seq))
+       AND (st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (order_ts, p.seq))
     RETURNING WITH (OLD AS o, NEW AS n) o.online, n.online, o.telemetry_ts INTO was_online, is_online, newest_ts;
     IF NOT FOUND THEN
         -- older than what we have (or a redelivery): only liveness moves
@@ -134,9 +146,11 @@ BEGIN
         PERFORM ingest.notify_online(p_clientid);
     END IF;
 
-    IF p.ts > newest_ts THEN
+    IF p.ts > newest_ts AND NOT skewed THEN
         -- later than every point stored for this vehicle (the update above holds its state row locked, so this
-        -- cannot race a redelivery): no row with this ts can exist, and the cheaper plain INSERT is safe
+        -- cannot race a redelivery): no row with this ts can exist, and the cheaper plain INSERT is safe. (Only a
+        -- redelivery of a point first stored as future-skewed can break that; its unique_violation is a duplicate,
+        -- see ingest.run_message in 10_ingest_common.sql.)
         INSERT INTO public.telemetry (vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps,
                                       battery_pct, odometer_m, extra, clock_skewed)
         VALUES (p_clientid, p.ts, p_received_at, p.seq, p.msg_id, p.lat, p.lon, p.heading_deg, p.speed_mps,

@@ -119,6 +119,7 @@ DECLARE
     was_online boolean;
     is_online boolean;
     forward boolean;
+    order_ts timestamptz;
 BEGIN
     p := ingest.parse_status(p_env, p_clientid, p_received_at);
     problem := COALESCE(p.reason, ingest.vehicle_problem(p_clientid));
@@ -128,6 +129,9 @@ BEGIN
         RETURN;
     END IF;
     skewed := abs(extract(epoch FROM p_received_at - p.ts)) > extract(epoch FROM s.clock_skew_threshold);
+    -- a device time in the future is not trusted for ordering (as for telemetry, 20_telemetry.sql): the latest
+    -- state is ordered by the broker's receive time instead, so one bad clock cannot freeze it
+    order_ts := CASE WHEN p.ts > p_received_at + s.clock_skew_threshold THEN p_received_at ELSE p.ts END;
 
     INSERT INTO public.vehicle_status (vehicle_id, ts, received_at, seq, msg_id, mode, battery_pct, charging, estop,
                                        errors, health, sw_version, clock_skewed)
@@ -137,14 +141,14 @@ BEGIN
     forward := FOUND;  -- a redelivery changes nothing but liveness
 
     UPDATE public.vehicle_state st SET
-        status_ts = p.ts, status_seq = p.seq, status_received_at = p_received_at,
+        status_ts = order_ts, status_seq = p.seq, status_received_at = p_received_at,
         mode = p.mode, charging = COALESCE(p.charging, st.charging), estop = p.estop, errors = p.errors,
         health = p.health, sw_version = COALESCE(p.sw_version, st.sw_version),
-        battery_pct = CASE WHEN p.battery_pct IS NOT NULL AND (st.telemetry_ts IS NULL OR p.ts >= st.telemetry_ts)
+        battery_pct = CASE WHEN p.battery_pct IS NOT NULL AND (st.telemetry_ts IS NULL OR order_ts >= st.telemetry_ts)
                            THEN p.battery_pct ELSE st.battery_pct END,
         updated_at = now()
      WHERE forward AND st.vehicle_id = p_clientid
-       AND (st.status_ts IS NULL OR (st.status_ts, st.status_seq) < (p.ts, p.seq));
+       AND (st.status_ts IS NULL OR (st.status_ts, st.status_seq) < (order_ts, p.seq));
     forward := FOUND;
 
     UPDATE public.vehicle_state st SET

@@ -1,5 +1,5 @@
--- 22_mission.sql — fleet/v1/{vid}/mission: the vehicle's mission events (accepted, rejected, progress, completed,
--- failed, cancelled; docs/PROTOCOL.md, Mission events). Each is checked here and then applied by
+-- 22_mission.sql — fleet/v1/{vid}/mission: the vehicle's mission events (accepted, rejected, progress, paused,
+-- resumed, completed, failed, cancelled; docs/PROTOCOL.md, Mission events). Each is checked here and then applied by
 -- mission_apply_event (30_mission_transitions.sql), the one function that moves a mission; an event the mission's
 -- state does not allow is dead-lettered as invalid_transition.
 --
@@ -36,7 +36,8 @@ BEGIN
         IF j IS NULL THEN p.reason := 'missing_field'; p.detail := 'data.event'; RETURN p; END IF;
         IF jsonb_typeof(j) <> 'string' THEN p.reason := 'wrong_type'; p.detail := 'data.event'; RETURN p; END IF;
         p.event := j #>> '{}';
-        IF p.event NOT IN ('accepted', 'rejected', 'progress', 'completed', 'failed', 'cancelled') THEN
+        IF p.event NOT IN ('accepted', 'rejected', 'progress', 'paused', 'resumed', 'completed', 'failed',
+                           'cancelled') THEN
             p.reason := 'invalid_value'; p.detail := 'data.event ' || left(p.event, 40); RETURN p;
         END IF;
 

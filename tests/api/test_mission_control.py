@@ -98,7 +98,6 @@ def test_a_cancel_that_lost_the_race_to_completion_answers_the_current_state(ope
     assert operator.post(f"/api/v1/missions/{other['id']}/cancel").status_code == 409, "never asked: a conflict"
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/22_mission.sql) does not accept paused/resumed yet")
 def test_pause_and_resume_a_running_mission(operator, enroll):
     vehicle = enroll()
     mission = running(operator, vehicle)
