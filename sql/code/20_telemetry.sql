@@ -165,46 +165,71 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- One inbox row: a message, or a batch of them. Raises whatever goes wrong beyond the message's content; the
+-- trigger below (and ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_telemetry(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings := ingest.current_settings();
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     batch jsonb;
     items jsonb;
     item jsonb;
 BEGIN
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'telemetry');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'telemetry');
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, NULL,
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, NULL,
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
+        RETURN;
     END IF;
-    batch := ingest.ingest_telemetry(NEW.clientid, NEW.topic, received, NULL, NEW.payload_b64, s);
+    batch := ingest.ingest_telemetry(p_clientid, p_topic, received, NULL, p_b64, s);
     IF batch IS NULL THEN
-        RETURN NEW;
+        RETURN;
     END IF;
     -- {"v":1,"batch":[envelope, …]}: every item is checked and stored on its own
     items := batch -> 'batch';
     IF batch -> 'v' IS DISTINCT FROM '1'::jsonb THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'unsupported_version', 'batch',
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
+        PERFORM ingest.reject(p_clientid, p_topic, received, 'unsupported_version', 'batch',
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
     ELSIF jsonb_typeof(items) <> 'array' OR jsonb_array_length(items) = 0
           OR jsonb_array_length(items) > s.max_batch_items THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'bad_batch',
+        PERFORM ingest.reject(p_clientid, p_topic, received, 'bad_batch',
                               format('batch must be an array of 1..%s envelopes', s.max_batch_items),
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
     ELSE
         FOR item IN SELECT value FROM jsonb_array_elements(items) LOOP
             IF jsonb_typeof(item) = 'object' AND item ? 'batch' THEN
-                PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'bad_batch', 'nested batch',
+                PERFORM ingest.reject(p_clientid, p_topic, received, 'bad_batch', 'nested batch',
                                       convert_to(item::text, 'UTF8'), s.rejected_payload_cap);
             ELSE
-                PERFORM ingest.ingest_telemetry(NEW.clientid, NEW.topic, received, item, NULL, s);
+                PERFORM ingest.ingest_telemetry(p_clientid, p_topic, received, item, NULL, s);
             END IF;
         END LOOP;
     END IF;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql). A vehicle with a parked
+-- message parks its later ones behind it; a point that turns out to be stored already (ingest_telemetry's plain
+-- INSERT, see there) is a redelivery, not a failure.
+CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+DECLARE
+    failed_table text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_telemetry(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        GET STACKED DIAGNOSTICS failed_table = TABLE_NAME;
+        IF NOT ingest.is_stored_point('telemetry', SQLSTATE, failed_table) THEN
+            PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+        END IF;
+    END;
     RETURN NEW;
 END $$;
 

@@ -171,40 +171,62 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION ingest.status_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf)
+CREATE OR REPLACE VIEW ingest.status_inbox AS
+    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
+     WHERE false;
+
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_status(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings;
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     dec record;
 BEGIN
     s := ingest.current_settings();
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'status');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'status');
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, NULL,
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, NULL,
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
+        RETURN;
     END IF;
-    dec := ingest.decode_payload(NEW.payload_b64, s.max_payload_bytes);
+    dec := ingest.decode_payload(p_b64, s.max_payload_bytes);
     IF dec.reason IS NULL AND jsonb_typeof(dec.doc) = 'object' AND dec.doc ? 'batch' THEN
         dec.reason := 'bad_batch'; dec.detail := 'batches are accepted on telemetry only';
     END IF;
     IF dec.reason IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, dec.reason, dec.detail, dec.raw,
+        PERFORM ingest.reject(p_clientid, p_topic, received, dec.reason, dec.detail, dec.raw,
                               s.rejected_payload_cap);
+        RETURN;
+    END IF;
+    PERFORM ingest.store_status(p_clientid, p_topic, received, dec.doc, dec.raw, s);
+    RETURN;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql).
+-- A vehicle with a parked message parks its later ones behind it, so they are applied in order.
+CREATE OR REPLACE FUNCTION ingest.status_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('status', NEW.clientid, to_jsonb(NEW), 'behind');
         RETURN NEW;
     END IF;
-    PERFORM ingest.store_status(NEW.clientid, NEW.topic, received, dec.doc, dec.raw, s);
+    BEGIN
+        PERFORM ingest.apply_status(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('status', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
     RETURN NEW;
 END $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
+-- The inbox's trigger
 -- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE VIEW ingest.status_inbox AS
-    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
-     WHERE false;
 CREATE OR REPLACE TRIGGER status_inbox_insert INSTEAD OF INSERT ON ingest.status_inbox
     FOR EACH ROW EXECUTE FUNCTION ingest.status_inbox_insert();
 
