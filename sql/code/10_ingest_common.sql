@@ -20,7 +20,8 @@
 --   nothing the data can violate. The worker re-applies parked rows in arrival order with back-off
 --   (ingest.retry_parked, 25_ingest_parked.sql) and dead-letters a row as `ingest_failed`, with the last error,
 --   after ingest.settings.park_max_attempts;
--- * while a vehicle has a parked row, its later rows park behind it, so its messages are applied in order;
+-- * while a vehicle has a parked row, its later rows park behind it (without waiting for a lock first), and its
+--   mission events, status, connection and presence messages are re-applied in the order they arrived;
 -- * a lost connection (PostgreSQL restarting) rolls the batch back, parked rows included; the broker sends it
 --   again and deduplication (msg_id) stores each message once.
 -- What remains is an error in parking itself (disk full, permissions revoked): the batch fails, the broker counts

@@ -31,11 +31,14 @@ BEGIN
     END CASE;  -- an unknown inbox raises case_not_found: retried, then dead-lettered like any failure
 END $$;
 
--- Re-apply up to p_limit parked rows that are due, oldest first, each in its own subtransaction. A row whose
--- vehicle has an earlier row still parked (failed again this round, not due yet, or being retried by another
--- worker: SKIP LOCKED) waits, so a vehicle's messages are applied in the order they arrived. A failure backs off
--- exponentially (250 ms, doubling, at most park_backoff_max); after park_max_attempts the row is dead-lettered as
--- ingest_failed with the last error and its whole payload. Returns what it did, for the worker's log and metrics.
+-- Re-apply up to p_limit parked rows that are due, oldest first, each in its own subtransaction. Where order
+-- matters — mission events (a mission moves by the order of its events), and with them status, connection and
+-- presence — a row whose vehicle has an earlier such row still parked (failed again this round, not due yet, or
+-- being retried by another worker: SKIP LOCKED) waits, so they are applied in the order they arrived. Telemetry
+-- does not wait: its latest state is ordered by (device time, seq), and a vehicle's backlog of points is not held
+-- up behind one bad point. A failure backs off exponentially (250 ms, doubling, at most park_backoff_max); after
+-- park_max_attempts the row is dead-lettered as ingest_failed with the last error and its whole payload. Returns
+-- what it did, for the worker's log and metrics.
 CREATE OR REPLACE FUNCTION ingest.retry_parked(p_limit integer DEFAULT 500, OUT applied integer,
                                                OUT failed integer, OUT dead_lettered integer, OUT waiting integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
@@ -48,8 +51,10 @@ BEGIN
     applied := 0; failed := 0; dead_lettered := 0; waiting := 0;
     FOR r IN SELECT * FROM ingest.parked p WHERE p.next_attempt_at <= now()
               ORDER BY p.id LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
-        IF r.clientid IS NOT NULL AND r.inbox <> 'authz_denied'
-           AND EXISTS (SELECT 1 FROM ingest.parked q WHERE q.clientid = r.clientid AND q.id < r.id) THEN
+        IF r.inbox IN ('mission', 'status', 'connection', 'presence') AND r.clientid IS NOT NULL
+           AND EXISTS (SELECT 1 FROM ingest.parked q
+                        WHERE q.clientid = r.clientid AND q.id < r.id
+                          AND q.inbox IN ('mission', 'status', 'connection', 'presence')) THEN
             waiting := waiting + 1;
             CONTINUE;
         END IF;

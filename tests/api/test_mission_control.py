@@ -3,8 +3,6 @@ idempotent), pause and resume, a queued mission's priority, the retry policy, an
 a vehicle does to its missions. Real MQTT vehicles (tests/support/vehicle.py), the real api and worker."""
 from __future__ import annotations
 
-import pytest
-
 from fleetcore import topics
 from tests.support.database import rows
 from tests.support.waiting import wait_until
