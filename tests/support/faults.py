@@ -1,6 +1,7 @@
 """Faults injected into a real PostgreSQL, for the ingest's failure tests (tests/sql, tests/failure).
 
-``inject_fault(conn, table, column, value, sqlstate)`` installs a row trigger on ``table`` that raises ``sqlstate``
+``inject_fault(conn, table, column, value, sqlstate)`` installs a row trigger on ``table`` (``schema.table`` outside
+public) that raises ``sqlstate``
 for every row whose ``column`` equals ``value`` (a vehicle id): a deadlock, a serialization failure, a statement
 timeout or a plain bug, reported by PostgreSQL exactly as the real thing would be (same SQLSTATE, raised inside the
 ingest's own statement). ``sleep_s`` makes the trigger sleep instead, for a real ``statement_timeout`` to cancel.
@@ -40,7 +41,7 @@ def inject_fault(conn, table: str, column: str, value: str, sqlstate: str = "XX0
         cur.execute(_FUNCTION)
         cur.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW "
                             "EXECUTE FUNCTION public.test_injected_fault({}, {}, {}, {})").format(
-            sql.Identifier(name), sql.Identifier(table), sql.Literal(column), sql.Literal(value),
+            sql.Identifier(name), sql.Identifier(*table.split(".")), sql.Literal(column), sql.Literal(value),
             sql.Literal(sqlstate), sql.Literal("" if sleep_s is None else str(sleep_s))))
     return name
 
