@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from api.extensions import broker, database
-from api.metrics import database_gauges
+from api.metrics import broker_action_counters, database_gauges
 
 blp = Blueprint("health", __name__, description="Health checks and metrics (no authentication).")
 
@@ -48,4 +48,5 @@ def metrics():
         lines.append("fleet_database_up 1")
     except Exception:  # noqa: BLE001 - metrics must still answer when the database does not
         lines.append("fleet_database_up 0")
+    lines += broker_action_counters(broker())
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

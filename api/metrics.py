@@ -1,4 +1,5 @@
-"""Prometheus metrics of this process (requests, latencies) plus gauges read from the database at scrape time.
+"""Prometheus metrics of this process (requests, latencies) plus gauges read from the database and the broker at
+scrape time.
 
 The api runs as one process with many threads (api/server.py, API_WORKERS=1), so in-process counters are exact.
 """
@@ -9,6 +10,8 @@ import time
 from collections import defaultdict
 
 from flask import Flask, Response, g, request
+
+from fleetcore.emqx_api import INGEST_ACTIONS, EmqxApi, EmqxApiError
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -83,6 +86,17 @@ def database_gauges(cur) -> list[str]:
               "# TYPE fleet_ingest_rejected_total counter"]
     cur.execute("SELECT reason, total FROM ingest_rejected_totals ORDER BY reason")
     lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in cur.fetchall()]
+    # Messages the ingest could not apply yet (sql/code/25_ingest_parked.sql): the worker re-applies them.
+    cur.execute("SELECT parked, oldest_s, max_attempts FROM ingest.parked_summary()")
+    parked = cur.fetchone()
+    lines += ["# HELP fleet_ingest_parked Inbound messages parked by the ingest, waiting for the worker to apply "
+              "them again.", "# TYPE fleet_ingest_parked gauge", f"fleet_ingest_parked {parked['parked']}",
+              "# HELP fleet_ingest_parked_oldest_seconds Age of the oldest parked message (0 when none).",
+              "# TYPE fleet_ingest_parked_oldest_seconds gauge",
+              f"fleet_ingest_parked_oldest_seconds {parked['oldest_s']:.3f}",
+              "# HELP fleet_ingest_parked_max_attempts Most failed attempts of any parked message.",
+              "# TYPE fleet_ingest_parked_max_attempts gauge",
+              f"fleet_ingest_parked_max_attempts {parked['max_attempts']}"]
     lines += ["# HELP fleet_dispatch_queue_depth Missions queued for dispatch.",
               "# TYPE fleet_dispatch_queue_depth gauge"]
     cur.execute("SELECT dispatch_blocker(vehicle_id) AS reason, count(*) AS n FROM missions WHERE state = 'queued' "
@@ -105,3 +119,26 @@ def database_gauges(cur) -> list[str]:
     lines += [f'fleet_emergency_commands_unacknowledged{{command="{row["command"]}"}} {row["n"]}'
               for row in cur.fetchall()]
     return lines
+
+
+def broker_action_counters(emqx: EmqxApi) -> list[str]:
+    """The broker's own counts of messages its pgsql actions could not write (``failed``: PostgreSQL reported an
+    error and the whole batch was dropped, docs/EMQX.md §5.6a) or gave up on (``dropped``: buffer full, request_ttl
+    expired). Read from its API at scrape time; ``fleet_broker_metrics_up 0`` when it does not answer."""
+    failed: list[str] = []
+    dropped: list[str] = []
+    try:
+        for action in INGEST_ACTIONS:
+            metrics = emqx.action_metrics(action)
+            if metrics is None:
+                continue
+            failed.append(f'fleet_ingest_broker_failed_total{{action="{action}"}} {int(metrics.get("failed", 0))}')
+            dropped.append(f'fleet_ingest_broker_dropped_total{{action="{action}"}} {int(metrics.get("dropped", 0))}')
+    except EmqxApiError:
+        return ["fleet_broker_metrics_up 0"]
+    return ["# HELP fleet_ingest_broker_failed_total Messages a pgsql action of the broker failed to write "
+            "(batch dropped on a database error). Must stay 0.", "# TYPE fleet_ingest_broker_failed_total counter",
+            *failed,
+            "# HELP fleet_ingest_broker_dropped_total Messages a pgsql action of the broker dropped (buffer full, "
+            "request_ttl expired).", "# TYPE fleet_ingest_broker_dropped_total counter", *dropped,
+            "fleet_broker_metrics_up 1"]

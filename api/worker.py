@@ -8,7 +8,9 @@ loop wakes up for them, a fraction of a second after a vehicle connects). Every 
 missions past their TTL, times out silent ones, retries dispatches that found no subscriber, re-sends unconfirmed
 cancel/pause/resume commands and ``config.update`` to vehicles that came online behind their desired
 configuration; every ``WORKER_MAINTENANCE_INTERVAL_S`` it runs ``fleet_maintenance()`` (partitions, retention,
-liveness).
+liveness). It also re-applies the inbound messages the ingest parked (NOTIFY fleet_ingest_parked, and whenever a
+parked one is due) and every ``WORKER_BROKER_CHECK_S`` reads the broker's pgsql action counters, logging a dropped
+batch at CRITICAL (api/ingest_recovery.py).
 
 Any number of workers may run (replicas, or a new one starting before the old one is gone): only the holder of a
 PostgreSQL advisory lock works, the others wait as standbys and take over when its session ends.
@@ -34,6 +36,7 @@ import psycopg2.extensions
 from api.config import WorkerConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
+from api.ingest_recovery import BrokerActionWatch, ParkedIngest
 from api.notifier import Notifier
 from fleetcore import logs
 from fleetcore import missions as mission_states
@@ -45,7 +48,7 @@ from fleetcore.logs import log_event
 
 log = logging.getLogger("api.worker")
 LEADER_LOCK_KEY = 0x666C7464  # "fltd"
-CHANNELS = ("fleet_mission_state", "fleet_vehicle_online")
+CHANNELS = ("fleet_mission_state", "fleet_vehicle_online", "fleet_ingest_parked")
 STANDBY_RETRY_S = 5.0
 # A mission that leaves the vehicle (ended, or back in the queue) may free it for its next one.
 _FREES_THE_VEHICLE = frozenset((*mission_states.TERMINAL, mission_states.QUEUED))
@@ -55,10 +58,13 @@ class Worker:
     """The loop: become leader, then react to notifications and sweep until stopped. Survives database
     outages (it backs off and starts over) and anything else (logged, then it starts over)."""
 
-    def __init__(self, config: WorkerConfig, dispatcher: MissionDispatcher, emergency: EmergencyCommands) -> None:
+    def __init__(self, config: WorkerConfig, dispatcher: MissionDispatcher, emergency: EmergencyCommands,
+                 broker_watch: BrokerActionWatch | None = None) -> None:
         self.config = config
         self.dispatcher = dispatcher
         self.emergency = emergency
+        self.parked = ParkedIngest()
+        self.broker_watch = broker_watch
         self.stopping = threading.Event()
         self.role = "starting"
         self.last_turn = time.monotonic()
@@ -128,6 +134,8 @@ class Worker:
     def _loop(self, conn: psycopg2.extensions.connection) -> None:
         next_sweep = 0.0
         next_maintenance = time.monotonic() + 2.0
+        next_parked = 0.0
+        next_broker_check = time.monotonic() + self.config.broker_check_s
         wait_s = 0.0
         while not self.stopping.is_set():
             self._turned()
@@ -138,6 +146,9 @@ class Worker:
                 conn.poll()
                 while conn.notifies:
                     notify = conn.notifies.pop(0)
+                    if notify.channel == "fleet_ingest_parked":
+                        next_parked = 0.0
+                        continue
                     found = _vehicles_to_try(notify)
                     vehicles |= found
                     if notify.channel == "fleet_vehicle_online":
@@ -157,8 +168,14 @@ class Worker:
                 if summary:
                     log_event(log, "maintenance.ran", logging.DEBUG, summary=summary)
                 next_maintenance = now + self.config.maintenance_interval_s
+            if now >= next_parked:
+                next_parked = time.monotonic() + self.parked.retry(conn)
+            if self.broker_watch is not None and now >= next_broker_check:
+                self.broker_watch.check()
+                next_broker_check = now + self.config.broker_check_s
             next_emergency = self.emergency.send_due()
             wait_s = self.config.tick_s if next_emergency is None else max(0.05, next_emergency)
+            wait_s = max(0.05, min(wait_s, next_parked - time.monotonic()))
 
 
 def _vehicles_to_try(notify) -> set[str]:
@@ -215,7 +232,8 @@ def main() -> int:
         return 2
     database = Database(config.database_url, max_connections=2, application_name="api-worker")
     emqx = EmqxApi(config.emqx_api_url, config.emqx_api_key, config.emqx_api_secret)
-    worker = Worker(config, MissionDispatcher(database, emqx), EmergencyCommands(database, emqx))
+    worker = Worker(config, MissionDispatcher(database, emqx), EmergencyCommands(database, emqx),
+                    BrokerActionWatch(emqx))
     server = serve_health(worker, config.bind)
 
     def stop(signum: int, _frame) -> None:

@@ -28,6 +28,12 @@ class EmqxUnavailable(EmqxApiError):
     """The broker API could not be reached (connection refused, timeout) or answered 503."""
 
 
+# The rule-engine actions that write vehicle data into PostgreSQL (emqx/emqx.conf, actions.pgsql.*). EMQX drops a
+# batch that PostgreSQL rejects and only counts it (docs/EMQX.md §5.6a): the worker watches these counters.
+INGEST_ACTIONS = ("pgsql:telemetry_ingest", "pgsql:status_ingest", "pgsql:mission_ingest", "pgsql:connection_ingest",
+                  "pgsql:presence_ingest", "pgsql:authz_denied_ingest")
+
+
 @dataclass(frozen=True)
 class PublishResult:
     delivered: bool        # 200: at least one subscriber session got it; 202: nobody subscribed (dropped)
@@ -97,6 +103,16 @@ class EmqxApi:
         if response.status_code != 200:
             raise EmqxApiError(f"get client {clientid}: {response.status_code}", response.status_code)
         return response.json()
+
+    def action_metrics(self, action_id: str) -> dict[str, Any] | None:
+        """``GET /api/v5/actions/{type:name}/metrics``: the cluster-wide counters (matched, success, failed,
+        dropped …), or None if there is no such action."""
+        response = self._request("GET", f"/api/v5/actions/{quote(action_id, safe=':')}/metrics")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise EmqxApiError(f"metrics of {action_id}: {response.status_code}", response.status_code)
+        return response.json().get("metrics") or {}
 
     def is_up(self) -> bool:
         try:

@@ -297,14 +297,7 @@ def _ingest(cur, path: Path) -> list[tuple]:
     return cur.fetchall()
 
 
-# mission-event.paused.json waits for the ingest side of pause/resume (sql/code/22_mission.sql, after the inbox
-# redesign): until then the ingest refuses the event, and this test says so.
-_PENDING_INGEST = {"mission-event.paused.json"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="ingest side pending"))
-                                  if p.name in _PENDING_INGEST else p
-                                  for p in EXAMPLE_FILES if schema_name(p) in INBOX], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if schema_name(p) in INBOX], ids=lambda p: p.name)
 def test_example_is_accepted_by_the_ingest(conn, path):
     with conn.cursor() as cur:
         cur.execute("INSERT INTO fleets (id, name) VALUES ('warehouse-1', 'Warehouse 1')")

@@ -8,15 +8,30 @@
 -- events), 24_authz_denied. The role fleet_ingest may INSERT into those views and do nothing else; the triggers run
 -- with the owner's rights (SECURITY DEFINER, pinned search_path).
 --
--- Contract with the broker: an INSERT never raises because of what a vehicle sent. Bad content is dead-lettered
--- into rejected_messages and the INSERT succeeds; infrastructure errors (lock timeouts, a full disk, a bug) raise.
--- Exception blocks catch only data_exception (SQLSTATE class 22: bad base64, invalid UTF-8, invalid JSON, numeric
--- overflow, bad uuid …) and never around a write, so a batch of 100 messages never opens 100 writing
--- subtransactions.
+-- Contract with the broker: an INSERT never raises and never waits. EMQX runs a batch (up to batch_size rows) in one
+-- transaction and, when PostgreSQL reports ANY error for it, drops the whole batch and counts it as `failed`; it
+-- retries only a lost connection (apps/emqx_postgresql/src/emqx_postgresql.erl, on_batch_query/do_sql_query and
+-- its error classification; docs/EMQX.md §5.6a). So one message must never be able to fail the others:
+-- * bad content is dead-lettered into rejected_messages with a reason, and the INSERT succeeds;
+-- * everything else — a row lock someone holds (the trigger functions run with SET lock_timeout = '100ms', so they
+--   do not wait behind an operator's transaction or a migration), a deadlock, a statement timeout, a serialization
+--   failure, an exception from any function or trigger below — is caught per inbox row (one exception block, so
+--   one subtransaction per row) and the row is parked whole in ingest.parked (sql/045_ingest_parked.sql), which has
+--   nothing the data can violate. The worker re-applies parked rows in arrival order with back-off
+--   (ingest.retry_parked, 25_ingest_parked.sql) and dead-letters a row as `ingest_failed`, with the last error,
+--   after ingest.settings.park_max_attempts;
+-- * while a vehicle has a parked row, its later rows park behind it (without waiting for a lock first), and its
+--   mission events, status, connection and presence messages are re-applied in the order they arrived;
+-- * a lost connection (PostgreSQL restarting) rolls the batch back, parked rows included; the broker sends it
+--   again and deduplication (msg_id) stores each message once.
+-- What remains is an error in parking itself (disk full, permissions revoked): the batch fails, the broker counts
+-- it, and the worker raises the alarm (docs/OPERATIONS.md, "Ingest: parked messages and failed batches").
+-- Inside a handler, exception blocks catch only data_exception (SQLSTATE class 22: bad base64, invalid UTF-8,
+-- invalid JSON, numeric overflow, bad uuid …) and never around a write.
 --
--- Cost (bench/sql_ingest.py): one telemetry message is one trigger call, one parse with one exception block,
--- one UPDATE of its vehicle_state row and one INSERT — about 55-60 % of a plain multi-row insert of the same
--- parsed rows. Keep it that way: no extra statements per message on the telemetry path.
+-- Cost (bench/sql_ingest.py): one telemetry message is one trigger call, one parked-vehicle probe, one
+-- subtransaction, one parse with one exception block, one UPDATE of its vehicle_state row and one INSERT. Keep it
+-- that way: no extra statements per message on the telemetry path.
 --
 -- Reason codes in rejected_messages.reason (detail says which field / what was wrong):
 --   bad_topic              topic is not fleet/v1/{vid}/{kind} for this inbox
@@ -42,6 +57,8 @@
 --   invalid_transition     mission event not allowed from the mission's current state (detail: the state)
 --   unknown_event          presence event other than client.connected / client.disconnected
 --   acl_denied             the broker denied a publish/subscribe (detail: the action)
+--   ingest_failed          could not be applied after park_max_attempts (detail: attempts and the last error);
+--                          the payload is kept whole (up to max_payload_bytes), not capped
 -- Not rejections: a redelivered message (same vehicle and msg_id) is stored once and otherwise ignored; an
 -- out-of-order message is stored but does not move the latest state backwards.
 
@@ -244,6 +261,24 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT j IS NULL OR jsonb_typeof(j) IN ('number', '
 
 CREATE OR REPLACE FUNCTION ingest.notify_online(p_vehicle text) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_notify('fleet_vehicle_online', json_build_object('vehicle_id', p_vehicle)::text) $$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Parking (the contract above; the table is in sql/045_ingest_parked.sql, the retries in 25_ingest_parked.sql)
+-- ---------------------------------------------------------------------------------------------------
+-- Park one inbox row as the broker sent it; the worker wakes up on fleet_ingest_parked (one notification per
+-- transaction: identical ones are folded).
+CREATE OR REPLACE FUNCTION ingest.park(p_inbox text, p_clientid text, p_message jsonb, p_error text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO ingest.parked (inbox, clientid, message, last_error) VALUES (p_inbox, p_clientid, p_message, p_error);
+    SELECT pg_notify('fleet_ingest_parked', '');
+$$;
+
+-- A unique violation on a telemetry partition is a point stored already: a redelivery, not a failure (the plain
+-- INSERT in ingest_telemetry can meet one in a corner case, see there).
+CREATE OR REPLACE FUNCTION ingest.is_stored_point(p_inbox text, p_sqlstate text, p_table text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_inbox = 'telemetry' AND p_sqlstate = '23505' AND COALESCE(p_table LIKE 'telemetry%', false)
+$$;
 
 -- Nothing in schema ingest is callable by PUBLIC (fleet_ingest only INSERTs into the inbox views).
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ingest FROM PUBLIC;

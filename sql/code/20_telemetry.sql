@@ -24,6 +24,8 @@ DECLARE
     was_online boolean;
     is_online boolean;
     newest_ts timestamptz;
+    in_batch boolean := p_env IS NOT NULL;
+    order_ts timestamptz;
 BEGIN
     -- Decode (when p_env is NULL) and validate. No writes inside this block, so its exception handler never
     -- rolls back a write and a batch of messages never opens writing subtransactions.
@@ -102,11 +104,21 @@ BEGIN
                               COALESCE(p.raw, convert_to(p_env::text, 'UTF8')), s.rejected_payload_cap);
         RETURN NULL;
     END IF;
-    skewed := abs(extract(epoch FROM p_received_at - p.ts)) > extract(epoch FROM s.clock_skew_threshold);
+    -- A device time further ahead of the broker's than the threshold is flagged and not trusted for ordering:
+    -- the latest state is ordered by the broker's receive time instead, or one bad clock would freeze it for up to
+    -- a day. A point further behind is flagged only when sent on its own; in a batch it is buffered history.
+    IF p.ts > p_received_at + s.clock_skew_threshold THEN
+        skewed := true;
+        order_ts := p_received_at;
+    ELSE
+        skewed := NOT in_batch AND p.ts < p_received_at - s.clock_skew_threshold;
+        order_ts := p.ts;
+    END IF;
 
-    -- Latest state moves forward only by (device ts, seq); vehicle_active is the vehicle check.
+    -- Latest state moves forward only by (ordering time, seq); vehicle_active is the vehicle check.
+    -- telemetry_ts is that ordering time (the device's, unless it was in the future).
     UPDATE public.vehicle_state st SET
-        telemetry_ts = p.ts, telemetry_seq = p.seq, telemetry_received_at = p_received_at,
+        telemetry_ts = order_ts, telemetry_seq = p.seq, telemetry_received_at = p_received_at,
         lat = p.lat, lon = p.lon,
         heading_deg = COALESCE(p.heading_deg, st.heading_deg), speed_mps = COALESCE(p.speed_mps, st.speed_mps),
         battery_pct = COALESCE(p.battery_pct, st.battery_pct), odometer_m = COALESCE(p.odometer_m, st.odometer_m),
@@ -115,7 +127,7 @@ BEGIN
         online = st.online OR st.disconnected_at IS NULL OR p_received_at > st.disconnected_at,
         updated_at = now()
      WHERE st.vehicle_id = p_clientid AND st.vehicle_active
-       AND (st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (p.ts, p.seq))
+       AND (st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (order_ts, p.seq))
     RETURNING WITH (OLD AS o, NEW AS n) o.online, n.online, o.telemetry_ts INTO was_online, is_online, newest_ts;
     IF NOT FOUND THEN
         -- older than what we have (or a redelivery): only liveness moves
@@ -134,9 +146,11 @@ BEGIN
         PERFORM ingest.notify_online(p_clientid);
     END IF;
 
-    IF p.ts > newest_ts THEN
+    IF p.ts > newest_ts AND NOT skewed THEN
         -- later than every point stored for this vehicle (the update above holds its state row locked, so this
-        -- cannot race a redelivery): no row with this ts can exist, and the cheaper plain INSERT is safe
+        -- cannot race a redelivery): no row with this ts can exist, and the cheaper plain INSERT is safe. (Only a
+        -- redelivery of a point first stored as future-skewed can break that; its unique_violation is a duplicate,
+        -- see ingest.run_message in 10_ingest_common.sql.)
         INSERT INTO public.telemetry (vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps,
                                       battery_pct, odometer_m, extra, clock_skewed)
         VALUES (p_clientid, p.ts, p_received_at, p.seq, p.msg_id, p.lat, p.lon, p.heading_deg, p.speed_mps,
@@ -151,46 +165,71 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- One inbox row: a message, or a batch of them. Raises whatever goes wrong beyond the message's content; the
+-- trigger below (and ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_telemetry(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings := ingest.current_settings();
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     batch jsonb;
     items jsonb;
     item jsonb;
 BEGIN
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'telemetry');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'telemetry');
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, NULL,
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, NULL,
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
+        RETURN;
     END IF;
-    batch := ingest.ingest_telemetry(NEW.clientid, NEW.topic, received, NULL, NEW.payload_b64, s);
+    batch := ingest.ingest_telemetry(p_clientid, p_topic, received, NULL, p_b64, s);
     IF batch IS NULL THEN
-        RETURN NEW;
+        RETURN;
     END IF;
     -- {"v":1,"batch":[envelope, …]}: every item is checked and stored on its own
     items := batch -> 'batch';
     IF batch -> 'v' IS DISTINCT FROM '1'::jsonb THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'unsupported_version', 'batch',
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
+        PERFORM ingest.reject(p_clientid, p_topic, received, 'unsupported_version', 'batch',
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
     ELSIF jsonb_typeof(items) <> 'array' OR jsonb_array_length(items) = 0
           OR jsonb_array_length(items) > s.max_batch_items THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'bad_batch',
+        PERFORM ingest.reject(p_clientid, p_topic, received, 'bad_batch',
                               format('batch must be an array of 1..%s envelopes', s.max_batch_items),
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
     ELSE
         FOR item IN SELECT value FROM jsonb_array_elements(items) LOOP
             IF jsonb_typeof(item) = 'object' AND item ? 'batch' THEN
-                PERFORM ingest.reject(NEW.clientid, NEW.topic, received, 'bad_batch', 'nested batch',
+                PERFORM ingest.reject(p_clientid, p_topic, received, 'bad_batch', 'nested batch',
                                       convert_to(item::text, 'UTF8'), s.rejected_payload_cap);
             ELSE
-                PERFORM ingest.ingest_telemetry(NEW.clientid, NEW.topic, received, item, NULL, s);
+                PERFORM ingest.ingest_telemetry(p_clientid, p_topic, received, item, NULL, s);
             END IF;
         END LOOP;
     END IF;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql). A vehicle with a parked
+-- message parks its later ones behind it; a point that turns out to be stored already (ingest_telemetry's plain
+-- INSERT, see there) is a redelivery, not a failure.
+CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+DECLARE
+    failed_table text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_telemetry(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        GET STACKED DIAGNOSTICS failed_table = TABLE_NAME;
+        IF NOT ingest.is_stored_point('telemetry', SQLSTATE, failed_table) THEN
+            PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+        END IF;
+    END;
     RETURN NEW;
 END $$;
 

@@ -119,6 +119,7 @@ DECLARE
     was_online boolean;
     is_online boolean;
     forward boolean;
+    order_ts timestamptz;
 BEGIN
     p := ingest.parse_status(p_env, p_clientid, p_received_at);
     problem := COALESCE(p.reason, ingest.vehicle_problem(p_clientid));
@@ -128,6 +129,9 @@ BEGIN
         RETURN;
     END IF;
     skewed := abs(extract(epoch FROM p_received_at - p.ts)) > extract(epoch FROM s.clock_skew_threshold);
+    -- a device time in the future is not trusted for ordering (as for telemetry, 20_telemetry.sql): the latest
+    -- state is ordered by the broker's receive time instead, so one bad clock cannot freeze it
+    order_ts := CASE WHEN p.ts > p_received_at + s.clock_skew_threshold THEN p_received_at ELSE p.ts END;
 
     INSERT INTO public.vehicle_status (vehicle_id, ts, received_at, seq, msg_id, mode, battery_pct, charging, estop,
                                        errors, health, sw_version, clock_skewed)
@@ -137,14 +141,14 @@ BEGIN
     forward := FOUND;  -- a redelivery changes nothing but liveness
 
     UPDATE public.vehicle_state st SET
-        status_ts = p.ts, status_seq = p.seq, status_received_at = p_received_at,
+        status_ts = order_ts, status_seq = p.seq, status_received_at = p_received_at,
         mode = p.mode, charging = COALESCE(p.charging, st.charging), estop = p.estop, errors = p.errors,
         health = p.health, sw_version = COALESCE(p.sw_version, st.sw_version),
-        battery_pct = CASE WHEN p.battery_pct IS NOT NULL AND (st.telemetry_ts IS NULL OR p.ts >= st.telemetry_ts)
+        battery_pct = CASE WHEN p.battery_pct IS NOT NULL AND (st.telemetry_ts IS NULL OR order_ts >= st.telemetry_ts)
                            THEN p.battery_pct ELSE st.battery_pct END,
         updated_at = now()
      WHERE forward AND st.vehicle_id = p_clientid
-       AND (st.status_ts IS NULL OR (st.status_ts, st.status_seq) < (p.ts, p.seq));
+       AND (st.status_ts IS NULL OR (st.status_ts, st.status_seq) < (order_ts, p.seq));
     forward := FOUND;
 
     UPDATE public.vehicle_state st SET
@@ -167,40 +171,62 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION ingest.status_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf)
+CREATE OR REPLACE VIEW ingest.status_inbox AS
+    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
+     WHERE false;
+
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_status(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings;
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     dec record;
 BEGIN
     s := ingest.current_settings();
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'status');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'status');
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, NULL,
-                              ingest.decode_or_null(NEW.payload_b64), s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, NULL,
+                              ingest.decode_or_null(p_b64), s.rejected_payload_cap);
+        RETURN;
     END IF;
-    dec := ingest.decode_payload(NEW.payload_b64, s.max_payload_bytes);
+    dec := ingest.decode_payload(p_b64, s.max_payload_bytes);
     IF dec.reason IS NULL AND jsonb_typeof(dec.doc) = 'object' AND dec.doc ? 'batch' THEN
         dec.reason := 'bad_batch'; dec.detail := 'batches are accepted on telemetry only';
     END IF;
     IF dec.reason IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, dec.reason, dec.detail, dec.raw,
+        PERFORM ingest.reject(p_clientid, p_topic, received, dec.reason, dec.detail, dec.raw,
                               s.rejected_payload_cap);
+        RETURN;
+    END IF;
+    PERFORM ingest.store_status(p_clientid, p_topic, received, dec.doc, dec.raw, s);
+    RETURN;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql).
+-- A vehicle with a parked message parks its later ones behind it, so they are applied in order.
+CREATE OR REPLACE FUNCTION ingest.status_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('status', NEW.clientid, to_jsonb(NEW), 'behind');
         RETURN NEW;
     END IF;
-    PERFORM ingest.store_status(NEW.clientid, NEW.topic, received, dec.doc, dec.raw, s);
+    BEGIN
+        PERFORM ingest.apply_status(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('status', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
     RETURN NEW;
 END $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
+-- The inbox's trigger
 -- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE VIEW ingest.status_inbox AS
-    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
-     WHERE false;
 CREATE OR REPLACE TRIGGER status_inbox_insert INSTEAD OF INSERT ON ingest.status_inbox
     FOR EACH ROW EXECUTE FUNCTION ingest.status_inbox_insert();
 

@@ -1,5 +1,5 @@
--- 22_mission.sql — fleet/v1/{vid}/mission: the vehicle's mission events (accepted, rejected, progress, completed,
--- failed, cancelled; docs/PROTOCOL.md, Mission events). Each is checked here and then applied by
+-- 22_mission.sql — fleet/v1/{vid}/mission: the vehicle's mission events (accepted, rejected, progress, paused,
+-- resumed, completed, failed, cancelled; docs/PROTOCOL.md, Mission events). Each is checked here and then applied by
 -- mission_apply_event (30_mission_transitions.sql), the one function that moves a mission; an event the mission's
 -- state does not allow is dead-lettered as invalid_transition.
 --
@@ -36,7 +36,8 @@ BEGIN
         IF j IS NULL THEN p.reason := 'missing_field'; p.detail := 'data.event'; RETURN p; END IF;
         IF jsonb_typeof(j) <> 'string' THEN p.reason := 'wrong_type'; p.detail := 'data.event'; RETURN p; END IF;
         p.event := j #>> '{}';
-        IF p.event NOT IN ('accepted', 'rejected', 'progress', 'completed', 'failed', 'cancelled') THEN
+        IF p.event NOT IN ('accepted', 'rejected', 'progress', 'paused', 'resumed', 'completed', 'failed',
+                           'cancelled') THEN
             p.reason := 'invalid_value'; p.detail := 'data.event ' || left(p.event, 40); RETURN p;
         END IF;
 
@@ -75,11 +76,19 @@ BEGIN
     RETURN p;
 END $$;
 
-CREATE OR REPLACE FUNCTION ingest.mission_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf)
+CREATE OR REPLACE VIEW ingest.mission_inbox AS
+    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
+     WHERE false;
+
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_mission(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings;
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     detail text;
     dec record;
@@ -90,33 +99,33 @@ DECLARE
     result record;
 BEGIN
     s := ingest.current_settings();
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'mission');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'mission');
     IF problem IS NULL THEN
-        dec := ingest.decode_payload(NEW.payload_b64, s.max_payload_bytes);
+        dec := ingest.decode_payload(p_b64, s.max_payload_bytes);
         doc := dec.doc;
         raw := dec.raw;
         problem := dec.reason;
         detail := dec.detail;
     ELSE
-        raw := ingest.decode_or_null(NEW.payload_b64);
+        raw := ingest.decode_or_null(p_b64);
     END IF;
     IF problem IS NULL THEN
-        p := ingest.parse_mission_event(doc, NEW.clientid, received);
-        problem := COALESCE(p.reason, ingest.vehicle_problem(NEW.clientid));
+        p := ingest.parse_mission_event(doc, p_clientid, received);
+        problem := COALESCE(p.reason, ingest.vehicle_problem(p_clientid));
         detail := p.detail;
     END IF;
     IF problem IS NULL THEN
         SELECT m.vehicle_id INTO owner FROM public.missions m WHERE m.id = p.mission_id;
         IF NOT FOUND THEN
             problem := 'unknown_mission';
-        ELSIF owner <> NEW.clientid THEN
+        ELSIF owner <> p_clientid THEN
             problem := 'mission_not_assigned';
         END IF;
         detail := p.mission_id::text;
     END IF;
     IF problem IS NULL THEN
         SELECT * INTO result
-          FROM public.mission_apply_event(p.mission_id, p.event, 'vehicle', NEW.clientid, p.ts, p.msg_id,
+          FROM public.mission_apply_event(p.mission_id, p.event, 'vehicle', p_clientid, p.ts, p.msg_id,
                                           p.event_detail);
         IF NOT result.applied AND result.error IS DISTINCT FROM 'duplicate' THEN
             -- mission_apply_event's own codes, in this file's vocabulary (checked above; kept for races)
@@ -127,20 +136,34 @@ BEGIN
         END IF;
     END IF;
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, detail, raw, s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, detail, raw, s.rejected_payload_cap);
+        RETURN;
     END IF;
     UPDATE public.vehicle_state st SET last_seen_at = GREATEST(st.last_seen_at, received)
-     WHERE st.vehicle_id = NEW.clientid;
+     WHERE st.vehicle_id = p_clientid;
+    RETURN;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql).
+-- A vehicle with a parked message parks its later ones behind it, so they are applied in order.
+CREATE OR REPLACE FUNCTION ingest.mission_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('mission', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_mission(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('mission', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
     RETURN NEW;
 END $$;
 
 -- ---------------------------------------------------------------------------------------------------
--- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
+-- The inbox's trigger
 -- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE VIEW ingest.mission_inbox AS
-    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
-     WHERE false;
 CREATE OR REPLACE TRIGGER mission_inbox_insert INSTEAD OF INSERT ON ingest.mission_inbox
     FOR EACH ROW EXECUTE FUNCTION ingest.mission_inbox_insert();
 

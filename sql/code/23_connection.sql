@@ -10,11 +10,19 @@
 -- ---------------------------------------------------------------------------------------------------
 -- The vehicle's own view: its retained connection message
 -- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION ingest.connection_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf)
+CREATE OR REPLACE VIEW ingest.connection_inbox AS
+    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
+     WHERE false;
+
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_connection(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings;
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
+    received timestamptz := ingest.broker_time(p_received_ms);
     problem text;
     detail text;
     dec record;
@@ -26,21 +34,21 @@ DECLARE
     is_online boolean;
 BEGIN
     s := ingest.current_settings();
-    problem := ingest.topic_problem(NEW.clientid, NEW.topic, 'connection');
+    problem := ingest.topic_problem(p_clientid, p_topic, 'connection');
     IF problem IS NULL THEN
-        IF NEW.payload_b64 IS NULL OR NEW.payload_b64 = '' THEN
-            RETURN NEW;  -- clearing the retained message is not a state
+        IF p_b64 IS NULL OR p_b64 = '' THEN
+            RETURN;  -- clearing the retained message is not a state
         END IF;
-        dec := ingest.decode_payload(NEW.payload_b64, s.max_payload_bytes);
+        dec := ingest.decode_payload(p_b64, s.max_payload_bytes);
         doc := dec.doc;
         raw := dec.raw;
         problem := dec.reason;
         detail := dec.detail;
     ELSE
-        raw := ingest.decode_or_null(NEW.payload_b64);
+        raw := ingest.decode_or_null(p_b64);
     END IF;
     IF problem IS NULL THEN
-        e := ingest.check_envelope(doc, NEW.clientid, received);
+        e := ingest.check_envelope(doc, p_clientid, received);
         problem := e.reason;
         detail := e.detail;
     END IF;
@@ -56,10 +64,10 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    problem := COALESCE(problem, ingest.vehicle_problem(NEW.clientid));
+    problem := COALESCE(problem, ingest.vehicle_problem(p_clientid));
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, detail, raw, s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, detail, raw, s.rejected_payload_cap);
+        RETURN;
     END IF;
     -- Ordered by broker time: a Last Will carries the ts of the connect it was set at. A goodbye from an
     -- earlier connection (received before the current one started) does not take the vehicle offline.
@@ -78,19 +86,33 @@ BEGIN
         last_seen_at = CASE WHEN new_state = 'CONNECTIONBROKEN' THEN st.last_seen_at
                             ELSE GREATEST(st.last_seen_at, received) END,
         updated_at = now()
-     WHERE st.vehicle_id = NEW.clientid
+     WHERE st.vehicle_id = p_clientid
        AND (st.connection_state_at IS NULL OR st.connection_state_at <= received)
     RETURNING WITH (OLD AS o, NEW AS n) o.online, n.online INTO was_online, is_online;
     IF is_online AND NOT was_online THEN
-        PERFORM ingest.notify_online(NEW.clientid);
+        PERFORM ingest.notify_online(p_clientid);
     END IF;
+    RETURN;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql).
+-- A vehicle with a parked message parks its later ones behind it, so they are applied in order.
+CREATE OR REPLACE FUNCTION ingest.connection_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('connection', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_connection(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('connection', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
     RETURN NEW;
 END $$;
 
--- Its inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
-CREATE OR REPLACE VIEW ingest.connection_inbox AS
-    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
-     WHERE false;
+-- Its inbox's trigger
 CREATE OR REPLACE TRIGGER connection_inbox_insert INSTEAD OF INSERT ON ingest.connection_inbox
     FOR EACH ROW EXECUTE FUNCTION ingest.connection_inbox_insert();
 
@@ -101,47 +123,70 @@ CREATE OR REPLACE TRIGGER connection_inbox_insert INSTEAD OF INSERT ON ingest.co
 -- client is not the vehicle yet). connected_at identifies the connection: a disconnect of an older connection
 -- (a takeover's late event, docs/EMQX.md §9 pitfall 11) must not take the reconnected vehicle offline, and a connect
 -- processed after its own disconnect must not bring it back.
-CREATE OR REPLACE FUNCTION ingest.presence_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    event_at timestamptz := ingest.broker_time(NEW.at_ms);
-    conn_at timestamptz := CASE WHEN NEW.connected_at_ms IS NOT NULL THEN ingest.broker_time(NEW.connected_at_ms) END;
-BEGIN
-    IF NEW.role IS DISTINCT FROM 'vehicle' THEN
-        RETURN NEW;
-    END IF;
-    IF NEW.event = 'client.connected' THEN
-        conn_at := COALESCE(conn_at, event_at);
-        UPDATE public.vehicle_state st SET
-            online = true, connected_at = conn_at, disconnect_reason = NULL,
-            last_seen_at = GREATEST(st.last_seen_at, event_at), updated_at = now()
-         WHERE st.vehicle_id = NEW.clientid
-           AND (st.connected_at IS NULL OR conn_at >= st.connected_at)
-           AND (st.disconnected_connected_at IS NULL OR conn_at > st.disconnected_connected_at);
-        IF FOUND THEN  -- a new connection: the dispatcher may have missions queued for it
-            PERFORM ingest.notify_online(NEW.clientid);
-        END IF;
-    ELSIF NEW.event = 'client.disconnected' THEN
-        UPDATE public.vehicle_state st SET
-            online = false, disconnected_at = event_at, disconnect_reason = left(NEW.reason, 100),
-            disconnected_connected_at = COALESCE(conn_at, st.connected_at), updated_at = now()
-         WHERE st.vehicle_id = NEW.clientid
-           AND (st.connected_at IS NULL OR COALESCE(conn_at, event_at) >= st.connected_at);
-    ELSE
-        PERFORM ingest.reject(NEW.clientid, NULL, event_at, 'unknown_event', left(NEW.event, 100), NULL, 0);
-        RETURN NEW;
-    END IF;
-    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM public.vehicles WHERE id = NEW.clientid) THEN
-        PERFORM ingest.reject(NEW.clientid, NULL, event_at, 'unknown_vehicle', NEW.event, NULL, 0);
-    END IF;
-    RETURN NEW;
-END $$;
-
--- Its inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
+-- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf)
 CREATE OR REPLACE VIEW ingest.presence_inbox AS
     SELECT NULL::text AS clientid, NULL::text AS event, NULL::text AS reason, NULL::bigint AS at_ms,
            NULL::bigint AS connected_at_ms, NULL::text AS role
      WHERE false;
+
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row.
+CREATE OR REPLACE FUNCTION ingest.apply_presence(p_clientid text, p_event text, p_reason text, p_at_ms bigint,
+                                                 p_connected_at_ms bigint, p_role text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    event_at timestamptz := ingest.broker_time(p_at_ms);
+    conn_at timestamptz := CASE WHEN p_connected_at_ms IS NOT NULL THEN ingest.broker_time(p_connected_at_ms) END;
+BEGIN
+    IF p_role IS DISTINCT FROM 'vehicle' THEN
+        RETURN;
+    END IF;
+    IF p_event = 'client.connected' THEN
+        conn_at := COALESCE(conn_at, event_at);
+        UPDATE public.vehicle_state st SET
+            online = true, connected_at = conn_at, disconnect_reason = NULL,
+            last_seen_at = GREATEST(st.last_seen_at, event_at), updated_at = now()
+         WHERE st.vehicle_id = p_clientid
+           AND (st.connected_at IS NULL OR conn_at >= st.connected_at)
+           AND (st.disconnected_connected_at IS NULL OR conn_at > st.disconnected_connected_at);
+        IF FOUND THEN  -- a new connection: the dispatcher may have missions queued for it
+            PERFORM ingest.notify_online(p_clientid);
+        END IF;
+    ELSIF p_event = 'client.disconnected' THEN
+        UPDATE public.vehicle_state st SET
+            online = false, disconnected_at = event_at, disconnect_reason = left(p_reason, 100),
+            disconnected_connected_at = COALESCE(conn_at, st.connected_at), updated_at = now()
+         WHERE st.vehicle_id = p_clientid
+           AND (st.connected_at IS NULL OR COALESCE(conn_at, event_at) >= st.connected_at);
+    ELSE
+        PERFORM ingest.reject(p_clientid, NULL, event_at, 'unknown_event', left(p_event, 100), NULL, 0);
+        RETURN;
+    END IF;
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM public.vehicles WHERE id = p_clientid) THEN
+        PERFORM ingest.reject(p_clientid, NULL, event_at, 'unknown_vehicle', p_event, NULL, 0);
+    END IF;
+    RETURN;
+END $$;
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql).
+-- A vehicle with a parked message parks its later ones behind it, so they are applied in order.
+CREATE OR REPLACE FUNCTION ingest.presence_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('presence', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_presence(NEW.clientid, NEW.event, NEW.reason, NEW.at_ms, NEW.connected_at_ms,
+                                      NEW.role);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('presence', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
+    RETURN NEW;
+END $$;
+
+-- Its inbox's trigger
 CREATE OR REPLACE TRIGGER presence_inbox_insert INSTEAD OF INSERT ON ingest.presence_inbox
     FOR EACH ROW EXECUTE FUNCTION ingest.presence_inbox_insert();
 

@@ -3,8 +3,6 @@ idempotent), pause and resume, a queued mission's priority, the retry policy, an
 a vehicle does to its missions. Real MQTT vehicles (tests/support/vehicle.py), the real api and worker."""
 from __future__ import annotations
 
-import pytest
-
 from fleetcore import topics
 from tests.support.database import rows
 from tests.support.waiting import wait_until
@@ -98,7 +96,6 @@ def test_a_cancel_that_lost_the_race_to_completion_answers_the_current_state(ope
     assert operator.post(f"/api/v1/missions/{other['id']}/cancel").status_code == 409, "never asked: a conflict"
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/22_mission.sql) does not accept paused/resumed yet")
 def test_pause_and_resume_a_running_mission(operator, enroll):
     vehicle = enroll()
     mission = running(operator, vehicle)

@@ -96,8 +96,6 @@ def _now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/20_telemetry.sql, 21_status.sql) still orders the "
-                                       "latest state by device time and flags batch items by receive time")
 def test_a_future_dated_message_does_not_freeze_the_latest_state(operator, enroll):
     vehicle = enroll()
     later = _now_ms() + 23 * 3600 * 1000          # a bad clock, within the day the ingest still accepts
@@ -113,8 +111,6 @@ def test_a_future_dated_message_does_not_freeze_the_latest_state(operator, enrol
     assert {p["lat"]: p["clock_skewed"] for p in rows_of(operator, vehicle.vehicle_id)} == {10.0: True, 20.0: False}
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/20_telemetry.sql, 21_status.sql) still orders the "
-                                       "latest state by device time and flags batch items by receive time")
 def test_an_offline_batch_is_not_flagged_clock_skewed(operator, enroll):
     vehicle = enroll()
     start = _now_ms() - 15 * 60 * 1000             # buffered for a quarter of an hour: old, not skewed

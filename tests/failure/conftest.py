@@ -1,5 +1,5 @@
-"""Outage tests stop and start parts of the system, so they get a stack of their own (same launcher as
-``make run``), never the session's shared one."""
+"""Outage and fault tests stop and start parts of the system or break the database on purpose, so they get a stack of
+their own (same launcher as ``make run``), never the session's shared one. One stack serves every module here."""
 from __future__ import annotations
 
 import os
@@ -13,12 +13,16 @@ from tests.support.required import require_components
 from tests.support.vehicle import MqttVehicle
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def own_stack(state_dirs):
     messages: list[str] = []
+    lines: list[tuple[str, str]] = []
+    # JSON log lines, so a test can find the worker's alarms; the worker reads the broker's counters every second
     config = StackConfig(state_dir=state_dirs("outage-stack"), ports=free_ports(), durable=False,
-                         extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO")})
-    stack = Stack(config, out=messages.append)
+                         extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO"),
+                                    "FLEET_LOG_FORMAT": "json", "WORKER_BROKER_CHECK_S": "1"})
+    stack = Stack(config, out=messages.append, on_line=lambda name, line: lines.append((name, line)))
+    stack.lines = lines   # the components' log lines, (name, line), for tests that look for an event
     stack.start()
     try:
         require_components(stack, "authsvc", "broker", "api", "worker")
@@ -30,12 +34,12 @@ def own_stack(state_dirs):
     stack.stop("outage tests finished")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def own_admin(own_stack) -> ApiClient:
     return ApiClient(own_stack.url("api")).login("admin", own_stack.secrets["FLEET_ADMIN_PASSWORD"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def own_fleet(own_admin) -> str:
     fleet_id = unique("outage")
     assert own_admin.post("/api/v1/fleets", json={"id": fleet_id, "name": fleet_id}).status_code == 201

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 
@@ -14,6 +15,7 @@ from fleetcore import paths, topics
 from fleetctl.ports import free_port
 from fleetctl.procs import ChildProcess
 from tests.support.database import rows
+from tests.support.ingest_accounting import broker_counts, settle
 from tests.support.reliability import record
 from tests.support.vehicle import ConnectRefused, MqttVehicle
 from tests.support.waiting import wait_until
@@ -61,6 +63,7 @@ def _stored(stack, vehicle_ids: list[str]) -> dict[str, int]:
 
 def test_postgres_down_10s_loses_no_acknowledged_message(own_stack, connected_vehicles):
     vehicles = connected_vehicles(50)
+    broker_before = broker_counts(own_stack)
     publishers = [Publisher(v, rate_hz=2) for v in vehicles]
     for publisher in publishers:
         publisher.start()
@@ -79,15 +82,21 @@ def test_postgres_down_10s_loses_no_acknowledged_message(own_stack, connected_ve
     wait_until(lambda: all(p.all_acked() for p in publishers), timeout=120,
                message="some messages were never acknowledged after the database came back")
     acked = set().union(*(p.acked() for p in publishers))
+    # the broker retries a batch whose connection was lost: each message is stored once or dead-lettered, none parked
+    figures = settle(own_stack, {m: p.vehicle.vehicle_id for p in publishers for m in p.acked()}, timeout=120)
     stored = _stored(own_stack, [v.vehicle_id for v in vehicles])
     lost = acked - stored.keys()
+    broker = broker_counts(own_stack) - broker_before
     record("fault", "PostgreSQL stopped for 10 s while 50 vehicles publish QoS 1 at 2 Hz", vehicles=len(vehicles),
-           acked=len(acked), stored=len(stored), lost=len(lost), duplicates=sum(n - 1 for n in stored.values()))
+           sent=figures["sent"], stored=figures["stored"], dead_lettered=figures["dead_lettered"], lost=len(lost),
+           duplicates=sum(n - 1 for n in stored.values()), broker_failed=broker["failed"],
+           broker_dropped=broker["dropped"])
     record("load", "50 vehicles publishing QoS 1 telemetry at 2 Hz, through a 10 s database outage",
            messages_acknowledged=len(acked), stored_exactly_once=sum(1 for n in stored.values() if n == 1),
            lost=len(lost), vehicles_disconnected=sum(not v.connected for v in vehicles))
     assert lost == set(), f"{len(lost)} acknowledged messages were lost"
     assert max(stored.values()) == 1, "a message was stored twice"
+    assert figures["dead_lettered"] == 0 and broker == Counter(), f"dead letters or broker failures: {broker}"
     assert all(v.connected for v in vehicles)
 
 

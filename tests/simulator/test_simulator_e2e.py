@@ -154,7 +154,6 @@ def test_cancel_and_emergency_stop_are_obeyed(stack, run_fleet, operator_api):
                message="the held mission goes out once the stop is released")
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest (sql/code/22_mission.sql) does not accept paused/resumed yet")
 def test_pause_and_resume_are_obeyed(stack, run_fleet, operator_api):
     sim = run_fleet(1, time_scale=1.0)
     vehicle_id = next(iter(sim.vehicles))
