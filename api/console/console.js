@@ -19,13 +19,14 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     user: null, columns: [], vehicles: new Map(), missions: new Map(), missionEvents: new Map(),
-    alarms: new Map(), selected: null, lastEventId: null, fitted: false, draft: null, tab: "vehicles",
+    alarms: new Map(), stops: new Map(), fleets: [], selected: null, lastEventId: null, fitted: false, draft: null, tab: "vehicles",
     live: "connecting", transitions: [], liveTransitionIds: new Set(),
   };
   const view = { map: null, markers: new Map(), trail: null, route: null, routeMarkers: [], draftLayer: null };
   let streamAbort = null;
   let refreshTimer = null;
   let renderQueued = false;
+  let stopsLoading = null;
 
   // -- small helpers ------------------------------------------------------------------------------------------
   function esc(text) {
@@ -167,10 +168,10 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("whoami").textContent = `${state.user.username} (${state.user.role})`;
-    const admin = state.user.role === "admin";
-    $("fleet-estop").hidden = !admin;
-    $("fleet-release").hidden = !admin;
+    $("fleet-estop").hidden = state.user.role === "viewer";
     $("new-mission").hidden = state.user.role === "viewer";
+    state.fleets = state.user.role === "admin"
+      ? (await api("/fleets?per_page=500")).items.map((f) => f.id) : state.user.fleets;
     if (!view.map) await initMap();
     view.map.invalidateSize();
     stream();
@@ -269,6 +270,7 @@
     for (const alarm of body.alarms) state.alarms.set(alarm.id, alarm);
     for (const marker of view.markers.values()) marker.remove();
     view.markers.clear();
+    loadStops();
   }
 
   function onVehicles(rows) {
@@ -277,6 +279,8 @@
       const known = state.vehicles.get(fresh.id);
       if (known && known.updated_ms > fresh.updated_ms) continue;   // a replayed, older state
       state.vehicles.set(fresh.id, fresh);
+      if (known && Boolean(known.estop) !== Boolean(fresh.estop)) loadStops();   // a stop set or released
+      else if (fresh.estop && awaitingConfirmation()) loadStopsSoon();   // the worker records confirmations
       if (state.selected && state.selected.type === "vehicle" && state.selected.id === fresh.id && view.trail
           && fresh.lat !== null && (!known || known.telemetry_ms !== fresh.telemetry_ms)) {
         view.trail.addLatLng([fresh.lat, fresh.lon]);
@@ -303,6 +307,46 @@
     state.alarms.set(alarm.id, alarm);
     const raisedNow = alarm.state === "active" && (!known || alarm.count > known.count || known.state !== "active");
     if (raisedNow) toast(`${alarm.severity.toUpperCase()}: ${alarm.subject} — ${alarm.message}`, `sev-${alarm.severity}`);
+  }
+
+  // The emergency stops in force. They are not in the event stream: a stop shows in it as the vehicles' `estop`
+  // flag, so the list is read again when a flag changes, after the snapshot, and after this console's own actions.
+  function loadStops() {
+    if (stopsLoading) { stopsLoading.again = true; return stopsLoading.done; }
+    const loading = { again: false };
+    loading.done = (async () => {
+      do {
+        loading.again = false;
+        try {
+          const page = await api("/emergency-stops?per_page=500");
+          state.stops = new Map(page.items.map((stop) => [stop.id, stop]));
+        } catch (error) { toast(`emergency stops: ${error.message}`, "error"); }
+      } while (loading.again);
+      stopsLoading = null;
+      scheduleRender();
+    })();
+    stopsLoading = loading;
+    return loading.done;
+  }
+  // A confirmation is recorded by the worker after the vehicle's status arrived, with no event of its own: while a
+  // listed stop waits for one, news from a stopped vehicle reads the list again, at most once a second.
+  let stopsSoon = null;
+  function awaitingConfirmation() { return [...state.stops.values()].some((stop) => stop.acknowledged < stop.vehicles); }
+  function loadStopsSoon() {
+    if (!stopsSoon) stopsSoon = setTimeout(() => { stopsSoon = null; loadStops(); }, 1000);
+  }
+  function stopTarget(stop) {
+    if (stop.scope === "vehicle") return `/vehicles/${encodeURIComponent(stop.vehicle_id)}`;
+    if (stop.scope === "fleet") return `/fleets/${encodeURIComponent(stop.fleet_id)}`;
+    return "";
+  }
+  function stopLabel(stop) {
+    if (stop.scope === "vehicle") return `vehicle ${stop.vehicle_id}`;
+    if (stop.scope === "fleet") return `fleet ${stop.fleet_id}`;
+    return "all fleets";
+  }
+  function canRelease(stop) {
+    return state.user.role === "admin" || (state.user.role === "operator" && stop.scope !== "all");
   }
 
   // -- derived state ------------------------------------------------------------------------------------------
@@ -577,11 +621,15 @@
       if (target.id === "vehicle-estop") {
         const result = await api(`/vehicles/${encodeURIComponent(id)}/emergency-stop`, { method: "POST",
           body: { reason: `e-stop from the console by ${state.user.username}` } });
-        toast(`e-stop sent to ${id}${result.delivered ? "" : " (vehicle offline: not delivered)"}`, "sev-critical");
+        toast(`e-stop sent to ${id}${result.delivered ? "" : " (vehicle offline: it gets it when it connects)"}`,
+          "sev-critical");
+        loadStops();
       } else if (target.id === "vehicle-release") {
         if (!await confirmModal({ title: `Release ${id}?`, text: "The vehicle may move again.", word: null })) return;
-        await api(`/vehicles/${encodeURIComponent(id)}/emergency-release`, { method: "POST", body: {} });
-        toast(`release sent to ${id}`);
+        const result = await api(`/vehicles/${encodeURIComponent(id)}/emergency-release`, { method: "POST", body: {} });
+        const held = (result.still_stopped_by || []).map(stopLabel);
+        toast(held.length ? `${id}'s own stop released; still stopped by ${held.join(", ")}` : `release sent to ${id}`);
+        loadStops();
       } else if (target.id === "vehicle-revoke") {
         const answer = await confirmModal({ title: `Revoke ${id}?`, word: id, reason: true,
           text: "Its device secret stops working and its MQTT session is closed. It needs a new enrollment." });
@@ -600,8 +648,11 @@
   });
 
   // -- confirmation dialog ------------------------------------------------------------------------------------
-  function confirmModal({ title, text = "", word = null, reason = false, reasonRequired = false }) {
+  function confirmModal({ title, text = "", word = null, reason = false, reasonRequired = false, scopes = null }) {
     return new Promise((resolve) => {
+      $("modal-scope-label").hidden = !scopes;
+      $("modal-scope").innerHTML = (scopes || []).map(([value, label]) =>
+        `<option value="${esc(value)}">${esc(label)}</option>`).join("");
       $("modal-title").textContent = title;
       $("modal-text").textContent = text;
       $("modal-reason-label").hidden = !reason;
@@ -621,29 +672,27 @@
       $("modal-form").onsubmit = (event) => {
         event.preventDefault();
         if (word && $("modal-confirm").value.trim() !== word) { $("modal-confirm").focus(); return; }
-        close({ reason: $("modal-reason").value.trim() });
+        close({ reason: $("modal-reason").value.trim(), scope: $("modal-scope").value });
       };
       $("modal-cancel").onclick = () => close(null);
     });
   }
 
   $("fleet-estop").addEventListener("click", async () => {
-    const answer = await confirmModal({ title: "Emergency-stop every vehicle?", word: "STOP", reason: true,
-      reasonRequired: true, text: "Every vehicle of every fleet stops at once and stays stopped until released." });
+    const scopes = state.fleets.map((fleet) => [`fleet:${fleet}`, `every vehicle of fleet ${fleet}`]);
+    if (state.user.role === "admin") scopes.push(["all", "every vehicle of every fleet"]);
+    if (!scopes.length) { toast("you operate no fleet", "error"); return; }
+    const answer = await confirmModal({ title: "Emergency stop", word: "STOP", reason: true, reasonRequired: true,
+      scopes, text: "The vehicles stop at once, vehicles that connect later too, and stay stopped until the stop "
+        + "is released from the Stops tab." });
     if (!answer) return;
+    const path = answer.scope === "all" ? "/emergency-stop"
+      : `/fleets/${encodeURIComponent(answer.scope.slice("fleet:".length))}/emergency-stop`;
     try {
-      await api("/emergency-stop", { method: "POST", body: { reason: answer.reason } });
-      toast("fleet-wide emergency stop sent", "sev-critical");
-    } catch (error) { toast(error.message, "error"); }
-  });
-
-  $("fleet-release").addEventListener("click", async () => {
-    const answer = await confirmModal({ title: "Release the fleet-wide emergency stop?", word: "RELEASE",
-      text: "Every vehicle may move again." });
-    if (!answer) return;
-    try {
-      await api("/emergency-release", { method: "POST", body: {} });
-      toast("fleet-wide release sent");
+      const result = await api(path, { method: "POST", body: { reason: answer.reason } });
+      toast(`${stopLabel(result.stop)} stopped: ${result.vehicles} vehicle(s)`, "sev-critical");
+      await loadStops();
+      showTab("stops");
     } catch (error) { toast(error.message, "error"); }
   });
 
@@ -705,7 +754,7 @@
   function showTab(name) {
     state.tab = name;
     document.querySelectorAll(".tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
-    for (const tab of ["vehicles", "missions", "alarms"]) $(`tab-${tab}`).hidden = tab !== name;
+    for (const tab of ["vehicles", "missions", "alarms", "stops"]) $(`tab-${tab}`).hidden = tab !== name;
     scheduleRender();
   }
   document.querySelectorAll(".tabs button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
@@ -771,6 +820,38 @@
         ${canAck && a.state === "active" ? `<button type="button" class="ack" data-ack="${a.id}">Ack</button>` : ""}` })));
   }
 
+  function renderStops() {
+    const all = [...state.stops.values()].sort((a, b) => Date.parse(b.set_at) - Date.parse(a.set_at));
+    patchList($("stop-list"), all.map((stop) => ({
+      key: String(stop.id), className: "", data: { stopId: stop.id, scope: stop.scope,
+        subject: stop.vehicle_id || stop.fleet_id || "all" },
+      html: `<span class="chip sev-critical">stop</span>
+        <span class="grow">${esc(stopLabel(stop))}<br><span class="sub">${esc(stop.reason)}</span>
+          <br><span class="sub">by ${esc(stop.set_by)} · ${esc(ago(Date.parse(stop.set_at)))}</span>
+          <br><span class="sub"><span class="confirmed">${stop.acknowledged}/${stop.vehicles}</span> vehicles
+          confirmed</span></span>
+        ${canRelease(stop) ? `<button type="button" class="ack" data-release="${stop.id}">Release</button>` : ""}` })));
+  }
+
+  $("stop-list").addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-release]");
+    const stop = button && state.stops.get(Number(button.dataset.release));
+    if (stop) {
+      const answer = await confirmModal({ title: `Release the stop on ${stopLabel(stop)}?`, reason: true,
+        word: "RELEASE", text: "Vehicles held by no other stop may move again." });
+      if (!answer) return;
+      try {
+        await api(`${stopTarget(stop)}/emergency-release`, { method: "POST", body: answer.reason ? { reason: answer.reason } : {} });
+        toast(`${stopLabel(stop)} released`);
+      } catch (error) { toast(error.message, "error"); }
+      await loadStops();
+      return;
+    }
+    const item = event.target.closest("li[data-stop-id]");
+    const picked = item && state.stops.get(Number(item.dataset.stopId));
+    if (picked && picked.scope === "vehicle") select("vehicle", picked.vehicle_id);
+  });
+
   $("vehicle-list").addEventListener("click", (event) => {
     const item = event.target.closest("li[data-vehicle-id]");
     if (item) {
@@ -815,6 +896,8 @@
     if (state.tab === "vehicles") renderVehicles();
     if (state.tab === "missions") renderMissions();
     if (state.tab === "alarms") renderAlarms();
+    if (state.tab === "stops") renderStops();
+    $("stop-count").textContent = state.stops.size ? String(state.stops.size) : "";   // on every tab
     const active = [...state.alarms.values()].filter((a) => a.state === "active").length;
     $("alarm-count").textContent = active ? String(active) : "";   // on every tab
     renderDetail();

@@ -187,6 +187,34 @@ def test_an_operator_follows_a_vehicle_and_its_mission_live(stack, api_url, oper
     click(driver, "#modal-ok")
     wait_until(lambda: text_of(driver, "#vehicle-estop-state") == "off", 20, message="the release never showed")
 
+    # a fleet e-stop from the top bar: the operator may stop their own fleet (not every fleet), sees the stop in
+    # the Stops tab with the vehicle's confirmation, and releases it there
+    click(driver, "#fleet-estop")
+    wait_until(lambda: not driver.find_element(By.ID, "modal").get_attribute("hidden"), 5)
+    scopes = js(driver, "return [...document.querySelectorAll('#modal-scope option')].map(o => o.value);")
+    assert scopes == [f"fleet:{operator.fleet}"], scopes
+    driver.find_element(By.ID, "modal-reason").send_keys("browser fleet stop")
+    driver.find_element(By.ID, "modal-confirm").send_keys("STOP")
+    click(driver, "#modal-ok")
+    fleet_stop = f'#stop-list li[data-scope="fleet"][data-subject="{operator.fleet}"]'
+    wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, fleet_stop), 10, message="the fleet stop is not listed")
+    assert "browser fleet stop" in text_of(driver, fleet_stop) and operator.username in text_of(driver, fleet_stop)
+    assert text_of(driver, "#stop-count") == "1"
+    wait_until(lambda: text_of(driver, f"{fleet_stop} .confirmed") == "1/1", 20,
+               message=lambda: f"the vehicle never confirmed the fleet stop: {text_of(driver, fleet_stop)}")
+    assert vehicle_in_console(driver, vehicle_id)["estop"] is True
+    [stored] = operator.get("/api/v1/emergency-stops").json()["items"]
+    assert (stored["scope"], stored["fleet_id"], stored["set_by"]) == ("fleet", operator.fleet, operator.username)
+    driver.save_screenshot(str(screenshots / "console-stops.png"))
+    click(driver, f"{fleet_stop} button[data-release]")
+    wait_until(lambda: not driver.find_element(By.ID, "modal").get_attribute("hidden"), 5)
+    driver.find_element(By.ID, "modal-confirm").send_keys("RELEASE")
+    click(driver, "#modal-ok")
+    wait_until(lambda: not driver.find_elements(By.CSS_SELECTOR, fleet_stop), 10, message="the stop stayed listed")
+    wait_until(lambda: vehicle_in_console(driver, vehicle_id)["estop"] is False, 20,
+               message="the vehicle never reported the release")
+    assert operator.get("/api/v1/emergency-stops").json()["items"] == []
+
     # the admin's view of the broker: the vehicle's MQTT client and the rules' counters
     dashboard = stack.url("emqx_api")
     driver.execute_script("window.open('about:blank', 'dashboard')")
