@@ -72,7 +72,7 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str,
 
 def session_rules(role: str, vehicle_id: str) -> list[dict]:
     """The allow rules of ``decide`` for one client, as EMQX authn-answer ACL rules with literal topics."""
-    rules = []
+    rules: list[dict[str, object]] = []
     for action in ("publish", "subscribe"):
         kinds = sorted(_ALLOWED[(role, action)])
         if action == "publish":
