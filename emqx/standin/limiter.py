@@ -1,6 +1,6 @@
 """EMQX 5.10's rate limiter: per-client message and byte quotas, and the listener's connection rate.
 
-How EMQX 5.10.4 does it (apps/emqx/src/emqx_limiter/, docs/EMQX.md §10):
+How EMQX 5.10.4 does it (apps/emqx/src/emqx_limiter/, docs/EMQX.md §12):
 
 - A listener's ``messages_rate`` / ``bytes_rate`` (+ ``*_burst``) create an *exclusive* limiter group: every
   client of the listener gets its own bucket (emqx_limiter:create_listener_limiters/2 → ``channel_group``).
