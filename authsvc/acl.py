@@ -36,8 +36,14 @@ class AclDecision:
     reason: str
 
 
-def decide(role: str, clientid: str, username: str, action: str, topic: str) -> AclDecision:
-    """May this client do ``action`` (publish | subscribe) on ``topic``?"""
+# The only topic a vehicle publishes retained: its presence (ONLINE / OFFLINE / CONNECTIONBROKEN, also its Last Will).
+# A retained telemetry, status or mission message would be stored by the broker and replayed to every subscriber.
+_RETAINABLE = frozenset({Kind.CONNECTION})
+
+
+def decide(role: str, clientid: str, username: str, action: str, topic: str,
+           retain: bool = False) -> AclDecision:
+    """May this client do ``action`` (publish | subscribe) on ``topic`` (a publish: with the retain flag)?"""
     if role not in (ROLE_VEHICLE, ROLE_ENROLLING):
         return AclDecision(False, "unknown_role" if role else "no_role")
     if action not in ("publish", "subscribe"):
@@ -58,16 +64,28 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str) -> 
     if parsed.vehicle_id != clientid:
         return AclDecision(False, "other_vehicle")
     if parsed.kind in _ALLOWED[(role, action)]:
+        if retain and action == "publish" and parsed.kind not in _RETAINABLE:
+            return AclDecision(False, "retain_not_allowed")
         return AclDecision(True, "own_topic")
     return AclDecision(False, f"{role}_may_not_{action}_{parsed.kind.value.replace('/', '_')}")
 
 
 def session_rules(role: str, vehicle_id: str) -> list[dict]:
     """The allow rules of ``decide`` for one client, as EMQX authn-answer ACL rules with literal topics."""
-    rules = []
+    rules: list[dict[str, object]] = []
     for action in ("publish", "subscribe"):
-        names = [topics.vehicle_topic(vehicle_id, kind) for kind in sorted(_ALLOWED[(role, action)])]
-        if role == ROLE_VEHICLE and action == "subscribe":
+        kinds = sorted(_ALLOWED[(role, action)])
+        if action == "publish":
+            # EMQX's rule field "retain" (emqx_authz_rule_raw.erl): without it a rule allows retained publishes too
+            plain = [topics.vehicle_topic(vehicle_id, kind) for kind in kinds if kind not in _RETAINABLE]
+            retainable = [topics.vehicle_topic(vehicle_id, kind) for kind in kinds if kind in _RETAINABLE]
+            if retainable:
+                rules.append({"permission": "allow", "action": action, "topics": retainable})
+            if plain:
+                rules.append({"permission": "allow", "action": action, "retain": False, "topics": plain})
+            continue
+        names = [topics.vehicle_topic(vehicle_id, kind) for kind in kinds]
+        if role == ROLE_VEHICLE:
             names.append(topics.fleet_command_topic())
         rules.append({"permission": "allow", "action": action, "topics": names})
     return rules

@@ -25,7 +25,8 @@ def authorize(data: bytes) -> bytes:
         log_event(log, "authz.deny", logging.WARNING, reason=f"malformed:{exc.reason}")
         metrics.decided("authz", False, f"malformed:{exc.reason}")
         return DENY_BODY
-    decision = acl.decide(body.get("role", ""), body["clientid"], body["username"], body["action"], body["topic"])
+    decision = acl.decide(body.get("role", ""), body["clientid"], body["username"], body["action"], body["topic"],
+                          retain=body.get("retain", "false") == "true")
     metrics.decided("authz", decision.allow, decision.reason)
     if decision.allow:
         log_event(log, "authz.allow", logging.DEBUG, vehicle=body["clientid"], action=body["action"],

@@ -39,6 +39,18 @@ POSTMAN_ENVIRONMENT = "postman.environment.json"
 
 __all__ = ["API_KEY_NAME", "Ports", "Stack", "StackConfig", "StackError"]
 
+# Where the embedded stack is looser than production (emqx/emqx.conf), through the same keys. The simulator's fault
+# injection and the acceptance tests publish where a vehicle may not, on purpose, and check that the attempt is
+# dead-lettered while the vehicle stays connected; benchmarks push hundreds of messages a second per vehicle
+# through one listener. Flapping detection, the handshake and idle timeouts and the connection rate stay as in
+# production. docs/OPERATIONS.md ("Broker limits") has both sets of values.
+EMBEDDED_LIMITS = {
+    "EMQX_AUTHORIZATION__DENY_ACTION": "ignore",
+    **{f"EMQX_LISTENERS__{kind}__DEFAULT__{key}": value
+       for kind in ("TCP", "SSL", "WS")
+       for key, value in (("MESSAGES_RATE", '"100000/s"'), ("BYTES_RATE", '"1GB/s"'))},
+}
+
 
 @dataclass
 class StackConfig:
@@ -178,6 +190,7 @@ class Stack:
             "EMQX_CONNECTORS__PGSQL__FLEET_DB__USERNAME": dbadmin.INGEST_ROLE,
             "EMQX_CONNECTORS__PGSQL__FLEET_DB__PASSWORD": self.secrets["FLEET_INGEST_DB_PASSWORD"],
         })
+        env.update(EMBEDDED_LIMITS)
         if (self.tls_dir / "server.pem").exists():
             env.update({
                 "EMQX_LISTENERS__SSL__DEFAULT__BIND": f'"{h}:{ports.mqtt_tls}"',

@@ -15,6 +15,7 @@ import sys
 from fleetcore import logs
 from fleetcore.logs import log_event
 
+from . import memory
 from .app import StandinApp
 from .config import ConfigError, load_config
 from .listeners import ListenerError
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path to emqx.conf (HOCON)")
     args = parser.parse_args(argv)
     logs.configure("broker")
+    memory.keep_large_buffers_on_mmap()
     return asyncio.run(_run(args.config))
 
 

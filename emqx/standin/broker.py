@@ -26,6 +26,8 @@ from typing import Any
 
 from fleetcore.logs import log_event
 
+from . import memory
+from .banned import BannedTable, FlappingDetector, run_housekeeping
 from .clientinfo import ClientInfo, Message
 from .config import BrokerConfig
 from .hooks import AuthnHooks, AuthzHooks, RuleHooks
@@ -68,20 +70,27 @@ class Broker:
         self._clientid_seq = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._retry_task: asyncio.Task[None] | None = None
+        self.banned = BannedTable(self.kick)
+        self.flapping = FlappingDetector(config.flapping, self.banned)
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._trimming: asyncio.Task[None] | None = None
         self.accepting = True
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._retry_task = self.loop.create_task(self._retry_loop())
+        self._housekeeping = self.loop.create_task(run_housekeeping(self.banned, self.flapping))
+        self._trimming = self.loop.create_task(memory.trim_after_waves())
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Close every connection (no DISCONNECT in 3.1.1; wills are published as on any close), wait a little for
         in-flight background work (wills, API publishes, what closed connections left) and cancel what is left."""
         self.accepting = False
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            await asyncio.wait([self._retry_task])
-            self._retry_task = None
+        for task in (self._retry_task, self._housekeeping, self._trimming):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        self._retry_task = self._housekeeping = self._trimming = None
         for session in list(self.sessions.values()):
             if session.expiry_handle is not None:
                 session.expiry_handle.cancel()
@@ -355,7 +364,8 @@ class Broker:
 
 # The counters GET /api/v5/metrics always lists (EMQX lists its counters from boot, at 0).
 METRIC_NAMES = ("client.auth.failure", "client.authenticate", "client.connected", "client.disconnected",
-                "messages.dropped", "messages.dropped.no_subscribers", "messages.received", "messages.retried",
+                "messages.dropped", "messages.dropped.no_subscribers", "messages.dropped.quota_exceeded",
+                "messages.received", "messages.retried", "packets.publish.quota_exceeded", "client.banned",
                 "messages.sent", "packets.received", "packets.sent", "session.created",
                 "session.resumed")
 

@@ -28,6 +28,7 @@ from fleetcore.logs import log_event
 
 from . import templates
 from .authz_file import AclFileError, FileRule, load_acl_file
+from .limiter import LimiterOptions, Rate
 
 log = logging.getLogger("emqx.standin.config")
 
@@ -45,7 +46,7 @@ schema_validation zones cluster_link mqtt_subscription message_queue
 
 # Roots the stand-in reads. Any other root present in the file is reported as unimplemented.
 IMPLEMENTED_ROOTS = {"node", "dashboard", "api_key", "listeners", "mqtt", "authentication", "authorization",
-                     "connectors", "actions", "rule_engine"}
+                     "connectors", "actions", "rule_engine", "flapping_detect"}
 
 NAME_RE = re.compile(r"^[0-9a-zA-Z][-0-9a-zA-Z_]*$")          # connector/action names (emqx_resource.erl)
 RULE_ID_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -96,6 +97,40 @@ def parse_bytesize(value: Any, path: str) -> int:
             unit = match.group(2).lower() if match.group(2) else None
             return int(float(match.group(1)) * _SIZE_UNITS[unit])
     raise ConfigError(f"{path}: invalid byte size {value!r} (expected e.g. \"1MB\", \"256KB\")")
+
+
+_RATE_RE = re.compile(r"^(\d+)(kb|mb|gb|b|)(?:/(\d*)(ms|[smhd]))?$")
+
+
+def parse_rate(value: Any, path: str, *, burst: bool = False) -> Rate | None:
+    """A limiter rate or burst as emqx_limiter_schema:to_rate/1 and to_burst/1 read it: ``"10/s"``,
+    ``"64KB/s"``, ``"300/10m"``, ``"100"`` (per second) or ``"infinity"`` (None; not allowed for a burst).
+    A capacity or interval of 0 is refused."""
+    text = _str(value, path).strip().lower()
+    if text == "infinity":
+        if burst:
+            raise ConfigError(f"{path}: invalid_burst {value!r} (a burst cannot be infinity)")
+        return None
+    match = _RATE_RE.match(text)
+    if not match:
+        raise ConfigError(f"{path}: invalid_rate {value!r} (expected e.g. \"10/s\", \"64KB/s\", \"300/10m\")")
+    capacity = int(match.group(1)) * {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[match.group(2)]
+    interval_ms = int(parse_duration((match.group(3) or "1") + (match.group(4) or "s"), path) * 1000)
+    if interval_ms <= 0:
+        raise ConfigError(f"{path}: invalid_interval in {value!r}")
+    if capacity == 0 and not burst:
+        raise ConfigError(f"{path}: invalid_rate {value!r} (the capacity must be positive)")
+    return Rate(capacity, interval_ms)
+
+
+def _limiter(sec: _Section, name: str) -> LimiterOptions | None:
+    """``<name>_rate`` and ``<name>_burst`` of a listener (emqx_limiter:config/2): None = unlimited."""
+    rate = parse_rate(sec.get(f"{name}_rate", "infinity"), sec.key(f"{name}_rate"))
+    burst_raw = sec.get(f"{name}_burst")
+    burst = parse_rate(burst_raw, sec.key(f"{name}_burst"), burst=True) if burst_raw is not None else None
+    if rate is None:
+        return None
+    return LimiterOptions(rate, burst if burst is not None and burst.capacity > 0 else None)
 
 
 def _bool(value: Any, path: str) -> bool:
@@ -255,6 +290,10 @@ class ListenerConfig:
     max_connections: int | None     # None = infinity
     ssl_options: dict[str, Any] = field(default_factory=dict)
     mqtt_path: str = "/mqtt"
+    handshake_timeout_s: float = 15.0           # ssl_options.handshake_timeout (EMQX's default 15 s)
+    messages: LimiterOptions | None = None      # messages_rate / messages_burst, per client
+    bytes: LimiterOptions | None = None         # bytes_rate / bytes_burst, per client
+    max_conn: LimiterOptions | None = None      # max_conn_rate / max_conn_burst, per listener
 
     @property
     def id(self) -> str:
@@ -270,12 +309,23 @@ class MqttConfig:
     retry_interval_s: float = 30.0
     keepalive_multiplier: float = 1.5
     idle_timeout_s: float = 15.0
+    server_keepalive: int | None = None         # "disabled" = None; EMQX applies it to MQTT 5 clients only
     max_clientid_len: int = 65535
     max_topic_levels: int = 128
     max_qos_allowed: int = 2
     retain_available: bool = True
     wildcard_subscription: bool = True
     shared_subscription: bool = True
+
+
+@dataclass
+class FlappingConfig:
+    """``flapping_detect`` (emqx_schema.erl fields("flapping_detect"), EMQX's defaults)."""
+
+    enable: bool = False
+    window_time_s: float = 60.0
+    max_count: int = 15
+    ban_time_s: float = 300.0
 
 
 @dataclass
@@ -399,6 +449,7 @@ class BrokerConfig:
     api_key_bootstrap_file: str = ""
     listeners: list[ListenerConfig] = field(default_factory=list)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    flapping: FlappingConfig = field(default_factory=FlappingConfig)
     authentication: list[AuthnConfig] = field(default_factory=list)
     authorization: AuthzConfig = field(default_factory=AuthzConfig)
     pgsql_connectors: dict[str, PgsqlConnectorConfig] = field(default_factory=dict)
@@ -542,8 +593,12 @@ def _listeners(root: _Section, cfg: BrokerConfig) -> None:
             host, lport = _host_port(sec.get("bind", f"0.0.0.0:{port}"), sec.key("bind"))
             max_conn = sec.get("max_connections", "infinity")
             ssl_options: dict[str, Any] = {}
+            handshake_timeout_s = 15.0
             if ltype in ("ssl", "wss"):
                 ssl_options = dict(sec.get("ssl_options", {}) or {})
+                handshake_timeout_s = parse_duration(ssl_options.pop("handshake_timeout", "15s"),
+                                                     sec.key("ssl_options.handshake_timeout"))
+            limits = {name: _limiter(sec, name) for name in ("messages", "bytes", "max_conn")}
             mqtt_path = "/mqtt"
             if ltype in ("ws", "wss"):
                 ws = sec.section("websocket", strict=False)
@@ -551,7 +606,8 @@ def _listeners(root: _Section, cfg: BrokerConfig) -> None:
                 ws.done()
             cfg.listeners.append(ListenerConfig(
                 type=ltype, name=name, enable=_bool(sec.get("enable", True), sec.key("enable")), host=host,
-                port=lport, ssl_options=ssl_options, mqtt_path=mqtt_path,
+                port=lport, ssl_options=ssl_options, mqtt_path=mqtt_path, handshake_timeout_s=handshake_timeout_s,
+                messages=limits["messages"], bytes=limits["bytes"], max_conn=limits["max_conn"],
                 max_connections=None if str(max_conn) == "infinity" else _int(max_conn, sec.key("max_connections"), 1),
             ))
             sec.done()
@@ -570,13 +626,26 @@ def _mqtt(root: _Section, cfg: BrokerConfig) -> None:
     if isinstance(mult, bool) or not isinstance(mult, (int, float, str)):
         raise ConfigError(f"{sec.key('keepalive_multiplier')}: expected a number")
     m.keepalive_multiplier = float(mult)
-    m.idle_timeout_s = parse_duration(sec.get("idle_timeout", "15s"), sec.key("idle_timeout"))
+    idle = sec.get("idle_timeout", "15s")
+    m.idle_timeout_s = float("inf") if idle == "infinity" else parse_duration(idle, sec.key("idle_timeout"))
+    keepalive = sec.get("server_keepalive", "disabled")
+    m.server_keepalive = None if keepalive == "disabled" else _int(keepalive, sec.key("server_keepalive"), 1)
     m.max_clientid_len = _int(sec.get("max_clientid_len", 65535), sec.key("max_clientid_len"), 23)
     m.max_topic_levels = _int(sec.get("max_topic_levels", 128), sec.key("max_topic_levels"), 1)
     m.max_qos_allowed = _int(sec.get("max_qos_allowed", 2), sec.key("max_qos_allowed"), 0)
     m.retain_available = _bool(sec.get("retain_available", True), sec.key("retain_available"))
     m.wildcard_subscription = _bool(sec.get("wildcard_subscription", True), sec.key("wildcard_subscription"))
     m.shared_subscription = _bool(sec.get("shared_subscription", True), sec.key("shared_subscription"))
+    sec.done()
+
+
+def _flapping_detect(root: _Section, cfg: BrokerConfig) -> None:
+    sec = root.section("flapping_detect")
+    f = cfg.flapping
+    f.enable = _bool(sec.get("enable", False), sec.key("enable"))
+    f.window_time_s = parse_duration(sec.get("window_time", "1m"), sec.key("window_time"))
+    f.max_count = _int(sec.get("max_count", 15), sec.key("max_count"), 0)
+    f.ban_time_s = parse_duration(sec.get("ban_time", "5m"), sec.key("ban_time"))
     sec.done()
 
 
@@ -871,6 +940,7 @@ def build_config(conf: dict, *, source_path: str = "", env_overrides: list[str] 
     api_key.done()
     _listeners(root, cfg)
     _mqtt(root, cfg)
+    _flapping_detect(root, cfg)
     _authentication(root, cfg)
     _authorization(root, cfg)
     _connectors(root, cfg)

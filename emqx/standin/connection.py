@@ -34,6 +34,7 @@ from fleetcore.logs import log_event
 
 from .broker import Broker, now_ms
 from .clientinfo import AuthnResult, ClientInfo, Message
+from .limiter import PublishQuota
 from .mqtt import codec
 from .session import Session
 from .topics import valid_topic_filter, valid_topic_name
@@ -67,7 +68,7 @@ class Connection:
     """One MQTT network connection (protocol state machine + inbound pipeline)."""
 
     def __init__(self, broker: Broker, transport: Transport, listener_id: str, peer: tuple[str, int],
-                 sock: tuple[str, int], closed_reason: str = "tcp_closed") -> None:
+                 sock: tuple[str, int], closed_reason: str = "tcp_closed", quota: PublishQuota | None = None) -> None:
         self.broker = broker
         self.transport: Transport | None = transport
         self.listener_id = listener_id
@@ -92,9 +93,12 @@ class Connection:
         self._last_recv = self._loop.time()
         self._ka_timeout = 0.0
         self._ka_handle: asyncio.TimerHandle | None = None
+        idle = broker.mqtt.idle_timeout_s                 # "infinity" reads as inf: no timer
         self._idle_handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self._loop.time() + broker.mqtt.idle_timeout_s, self._idle_timeout)
+            self._loop.time() + idle, self._idle_timeout) if idle != float("inf") else None
+        self.quota = quota
         self.recv_msg = 0
+        self._quota_logged_at = float("-inf")
         broker.connection_count += 1
 
     @property
@@ -210,6 +214,12 @@ class Connection:
                             peerhost=self.peerhost, peerport=self.peerport, listener=self.listener_id,
                             proto_name=packet.proto_name, proto_ver=packet.proto_ver, keepalive=packet.keepalive,
                             clean_start=packet.clean_session)
+        # before authentication, as emqx_channel:process_connect/2: check_banned, then count_flapping_event
+        if broker.banned.check(clientid, packet.username, self.peerhost):
+            broker.metrics["client.banned"] += 1
+            self._refuse(codec.CONNACK_NOT_AUTHORIZED, "banned", clientid)
+            return
+        broker.flapping.detect(clientid, self.peerhost)
         broker.metrics["client.authenticate"] += 1
         try:
             result = await broker.authn.authenticate(client)
@@ -340,6 +350,17 @@ class Connection:
         if qos == 2 and pid in session.awaiting_rel:
             self._ack(codec.PUBREC, pid)          # a resent QoS 2 PUBLISH: not routed twice
             return
+        if self.quota is not None and not self.quota.try_consume(len(payload)):
+            # EMQX 5.10 drops what is over quota (emqx_channel:process_publish/2): QoS 0 silently, QoS 1/2 with
+            # 0x97, which a 3.1.1 PUBACK/PUBREC cannot carry — the client sees a plain ack (limiter.py)
+            metrics["packets.publish.quota_exceeded"] += 1
+            if qos:
+                self._push_ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid, None)
+            else:
+                metrics["messages.dropped"] += 1
+                metrics["messages.dropped.quota_exceeded"] += 1
+            self._quota_warning(client.clientid, topic)
+            return
         if not await broker.authz.authorize(client, "publish", topic, qos, retain):
             metrics["authorization.deny"] += 1
             metrics["messages.dropped"] += 1
@@ -411,6 +432,14 @@ class Connection:
             self.broker.unsubscribe(session, topic_filter)
         if self.open:
             self.send(codec.encode_ack(codec.UNSUBACK, pid))
+
+    def _quota_warning(self, clientid: str, topic: str) -> None:
+        """One log line per second per connection at most (EMQX: ?SLOG_THROTTLE, tag QUOTA)."""
+        now = self._loop.time()
+        if now >= self._quota_logged_at + 1.0:
+            self._quota_logged_at = now
+            log_event(log, "mqtt.publish_quota_exceeded", logging.WARNING, clientid=clientid, topic=topic,
+                      dropped_total=self.broker.metrics["packets.publish.quota_exceeded"])
 
     # -- timers -----------------------------------------------------------------------------------------------
     def _idle_timeout(self) -> None:

@@ -4,6 +4,17 @@ TCP and TLS use an asyncio ``Protocol`` straight on the event loop's transport (
 WebSocket uses an aiohttp server at ``websocket.mqtt_path`` with the ``mqtt`` subprotocol, one binary WebSocket
 message carrying any number of MQTT bytes. ``max_connections`` is per listener; a connection over the limit is
 closed before anything is read (as esockd does). Disabled listeners are skipped; ``wss`` is refused at start.
+
+Connections that never get as far as MQTT are bounded as in EMQX 5.10.4:
+
+- ``max_conn_rate`` / ``max_conn_burst``: over the rate the new connection is closed, and so is every connection
+  accepted in the next 100 ms (limiter.py; esockd's acceptor).
+- TLS: the handshake must finish within ``ssl_options.handshake_timeout`` (15 s by default; esockd_transport:wait
+  → ssl:handshake/2). asyncio's own default would be 60 s.
+- WebSocket: the HTTP upgrade request must be complete within 5 s, or the connection is answered 408 and closed —
+  cowboy's ``request_timeout``, which EMQX leaves at its default (emqx_listeners.erl ws_opts/3 passes no protocol
+  options; its wait_listener_stopped/2 relies on the same 5 s).
+- After that, ``mqtt.idle_timeout`` bounds the wait for CONNECT on every listener (connection.py).
 """
 from __future__ import annotations
 
@@ -19,8 +30,12 @@ from fleetcore.logs import log_event
 from .broker import Broker
 from .config import ListenerConfig
 from .connection import Connection
+from .limiter import ConnectionRate, PublishQuota
 
 log = logging.getLogger("emqx.standin.listeners")
+
+WS_REQUEST_TIMEOUT_S = 5.0          # cowboy's request_timeout default (cowboy_http.erl), not configurable in EMQX
+_REQUEST_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 
 _TLS_VERSIONS = {"tlsv1.3": ssl.TLSVersion.TLSv1_3, "tlsv1.2": ssl.TLSVersion.TLSv1_2,
                  "tlsv1.1": ssl.TLSVersion.TLSv1_1, "tlsv1": ssl.TLSVersion.TLSv1}
@@ -45,21 +60,39 @@ class _Limit:
         self.current -= 1
 
 
+def publish_quota(listener: ListenerConfig) -> PublishQuota | None:
+    """A new client's own buckets for the listener's ``bytes_rate`` and ``messages_rate`` (None: unlimited)."""
+    if listener.bytes is None and listener.messages is None:
+        return None
+    return PublishQuota(listener.bytes, listener.messages)
+
+
 class MqttProtocol(asyncio.Protocol):
     """TCP/TLS transport → Connection."""
 
-    __slots__ = ("broker", "listener_id", "limit", "closed_reason", "conn", "_counted")
+    __slots__ = ("broker", "listener", "listener_id", "limit", "closed_reason", "conn", "_counted", "_admitted")
 
-    def __init__(self, broker: Broker, listener_id: str, limit: _Limit, closed_reason: str) -> None:
+    def __init__(self, broker: Broker, listener: ListenerConfig, limit: _Limit, closed_reason: str,
+                 conn_rate: ConnectionRate | None) -> None:
         self.broker = broker
-        self.listener_id = listener_id
+        self.listener = listener
+        self.listener_id = listener.id
         self.limit = limit
         self.closed_reason = closed_reason
         self.conn: Connection | None = None
         self._counted = False
+        # decided when the socket is accepted (this object is made then); a TLS connection learns it after its
+        # handshake, the first moment asyncio hands over the transport
+        self._admitted = conn_rate is None or conn_rate.admit()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         real_transport = cast(asyncio.Transport, transport)      # a stream server's transport
+        if not self._admitted:
+            self.broker.metrics["listener.connection_rate_limited"] += 1
+            log_event(log, "listener.connection_refused", logging.WARNING, listener=self.listener_id,
+                      reason="max_conn_rate")
+            real_transport.abort()
+            return
         if not self.broker.accepting or not self.limit.acquire():
             log_event(log, "listener.connection_refused", logging.WARNING, listener=self.listener_id,
                       reason="max_connections" if self.broker.accepting else "shutting_down")
@@ -68,7 +101,8 @@ class MqttProtocol(asyncio.Protocol):
         self._counted = True
         peer = real_transport.get_extra_info("peername") or ("", 0)
         sock = real_transport.get_extra_info("sockname") or ("", 0)
-        self.conn = Connection(self.broker, real_transport, self.listener_id, peer, sock, self.closed_reason)
+        self.conn = Connection(self.broker, real_transport, self.listener_id, peer, sock, self.closed_reason,
+                               publish_quota(self.listener))
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -186,6 +220,68 @@ class _WsTransport:
         self.close()
 
 
+class _WsGate(asyncio.Protocol):
+    """In front of aiohttp's RequestHandler on the WebSocket listener: ``max_conn_rate`` at accept, and
+    cowboy's request timeout until the upgrade request is complete (then it only forwards)."""
+
+    __slots__ = ("inner", "gates", "admitted", "broker", "listener_id", "transport", "timer")
+
+    def __init__(self, inner: Any, gates: dict[Any, _WsGate], conn_rate: ConnectionRate | None, broker: Broker,
+                 listener_id: str) -> None:
+        self.inner = inner
+        self.gates = gates
+        self.admitted = conn_rate is None or conn_rate.admit()
+        self.broker = broker
+        self.listener_id = listener_id
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if not self.admitted:
+            self.broker.metrics["listener.connection_rate_limited"] += 1
+            log_event(log, "listener.connection_refused", logging.WARNING, listener=self.listener_id,
+                      reason="max_conn_rate")
+            self.transport.abort()
+            return
+        self.inner.connection_made(transport)
+        self.gates[self.inner] = self
+        self.timer = asyncio.get_running_loop().call_later(WS_REQUEST_TIMEOUT_S, self._request_timeout)
+
+    def request_complete(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _request_timeout(self) -> None:
+        self.timer = None
+        self.gates.pop(self.inner, None)
+        log_event(log, "listener.request_timeout", listener=self.listener_id)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_REQUEST_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.admitted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.request_complete()
+        self.gates.pop(self.inner, None)
+        if self.admitted:
+            self.inner.connection_lost(exc)
+        self.inner = None                           # the handler and its buffers go now, not with this object
+
+
 class Listeners:
     """Start and stop every enabled MQTT listener of the configuration."""
 
@@ -210,11 +306,13 @@ class Listeners:
 
     async def _start_stream(self, cfg: ListenerConfig) -> None:
         limit = _Limit(cfg.max_connections)
+        conn_rate = ConnectionRate(cfg.max_conn) if cfg.max_conn else None
         context = ssl_context(cfg.ssl_options, f"listeners.ssl.{cfg.name}") if cfg.type == "ssl" else None
         closed_reason = "ssl_closed" if cfg.type == "ssl" else "tcp_closed"
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: MqttProtocol(self.broker, cfg.id, limit, closed_reason), cfg.host, cfg.port, ssl=context,
+            lambda: MqttProtocol(self.broker, cfg, limit, closed_reason, conn_rate), cfg.host, cfg.port,
+            ssl=context, ssl_handshake_timeout=cfg.handshake_timeout_s if context else None,
             reuse_address=True, backlog=1024)
         self.servers.append(server)
         self.bound[cfg.id] = server.sockets[0].getsockname()[:2]
@@ -225,9 +323,14 @@ class Listeners:
         listener_id = cfg.id
 
         async def handler(request: web.Request) -> web.StreamResponse:
+            gate = gates.pop(request.protocol, None)
+            if gate is not None:
+                gate.request_complete()
             ws = web.WebSocketResponse(protocols=("mqtt", "mqttv3.1"), max_msg_size=broker.mqtt.max_packet_size + 8,
                                        autoping=True)
             if not ws.can_prepare(request).ok:
+                # close: the next request on this connection would not be under a request timeout
+                request.protocol.force_close()
                 return web.Response(status=400, text="expected a WebSocket upgrade with subprotocol mqtt")
             if not broker.accepting or not limit.acquire():
                 return web.Response(status=503, text="max_connections")
@@ -238,7 +341,8 @@ class Listeners:
                 transport = _WsTransport(ws, loop)
                 peer = request.transport.get_extra_info("peername") if request.transport else None
                 sock = request.transport.get_extra_info("sockname") if request.transport else None
-                conn = Connection(broker, transport, listener_id, peer or ("", 0), sock or ("", 0), "ws_closed")
+                conn = Connection(broker, transport, listener_id, peer or ("", 0), sock or ("", 0), "ws_closed",
+                                  publish_quota(cfg))
                 try:
                     async for message in ws:
                         if message.type == WSMsgType.BINARY:
@@ -262,11 +366,19 @@ class Listeners:
         app.router.add_get(cfg.mqtt_path, handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-        await site.start()
+        http_server = runner.server
+        assert http_server is not None                # set up
+        gates: dict[Any, _WsGate] = {}                # aiohttp's RequestHandler → its gate, until the request is in
+        conn_rate = ConnectionRate(cfg.max_conn) if cfg.max_conn else None
+        loop = asyncio.get_running_loop()
+
+        def gated() -> _WsGate:
+            return _WsGate(http_server(), gates, conn_rate, self.broker, listener_id)
+
+        server = await loop.create_server(gated, cfg.host, cfg.port, reuse_address=True, backlog=1024)
+        self.servers.append(server)
         self.runners.append(runner)
-        addresses = runner.addresses                 # the bound port when configured with port 0
-        self.bound[cfg.id] = addresses[0][:2] if addresses else (cfg.host, cfg.port)
+        self.bound[cfg.id] = server.sockets[0].getsockname()[:2]
 
     async def stop_accepting(self) -> None:
         for server in self.servers:

@@ -1,5 +1,5 @@
 """EMQX's REST API subset on the dashboard listener (docs/EMQX.md §6): status, publish, clients, subscriptions,
-authz cache, stats, rules; and the read-only dashboard page (dashboard.py), whose login token may GET.
+authz cache, the ban list, stats, rules; and the read-only dashboard page (dashboard.py), whose login token may GET.
 
 ``GET /status`` (no auth) answers like EMQX. Everything under ``/api/v5`` needs HTTP Basic auth with an API key
 from ``api_key.bootstrap_file`` (``key:secret[:role]`` lines); a bad key gets 401 ``BAD_API_KEY_OR_SECRET``,
@@ -13,6 +13,8 @@ import binascii
 import hmac
 import json
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from aiohttp.typedefs import Handler
 
 from fleetcore.logs import log_event
 
+from .banned import KINDS as BAN_KINDS
+from .banned import Ban
 from .broker import Broker
 from .config import BrokerConfig
 from .dashboard import Dashboard
@@ -92,6 +96,10 @@ class RestApi:
         r.add_get("/api/v5/clients/{clientid}/authorization/cache", self.get_client_cache)
         r.add_delete("/api/v5/clients/{clientid}/authorization/cache", self.clear_client_cache)
         r.add_delete("/api/v5/authorization/cache", self.clear_all_cache)
+        r.add_get("/api/v5/banned", self.list_banned)
+        r.add_post("/api/v5/banned", self.create_ban)
+        r.add_delete("/api/v5/banned", self.clear_banned)
+        r.add_delete("/api/v5/banned/{as}/{who}", self.delete_ban)
         r.add_get("/api/v5/metrics", self.metrics)
         r.add_get("/api/v5/stats", self.stats)
         r.add_get("/api/v5/rules", self.list_rules)
@@ -221,6 +229,45 @@ class RestApi:
         data = items[start:start + limit]
         return web.json_response({"data": data, "meta": {"page": page, "limit": limit, "count": len(items),
                                                          "hasnext": start + limit < len(items)}})
+
+    # -- ban list (emqx_mgmt_api_banned.erl) --------------------------------------------------------------------
+    async def list_banned(self, request: web.Request) -> web.Response:
+        try:
+            page = max(1, int(request.query.get("page", 1)))
+            limit = min(10000, max(1, int(request.query.get("limit", 100))))
+        except ValueError:
+            return _error(400, "INVALID_PARAMETER", "page and limit must be integers")
+        items = [_ban_json(ban) for ban in self.broker.banned.entries()]
+        start = (page - 1) * limit
+        return web.json_response({"data": items[start:start + limit],
+                                  "meta": {"page": page, "limit": limit, "count": len(items),
+                                           "hasnext": start + limit < len(items)}})
+
+    async def create_ban(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "BAD_REQUEST", "the body is not JSON")
+        try:
+            ban = _ban_from(body)
+        except ValueError as exc:
+            return _error(400, "BAD_REQUEST", str(exc))
+        existing = self.broker.banned.create(ban)
+        if existing is not None:
+            return _error(400, "ALREADY_EXISTS", json.dumps(_ban_json(existing)))
+        log_event(log, "api.ban_created", kind=ban.kind, who=ban.who, until=ban.until)
+        return web.json_response(_ban_json(ban))
+
+    async def delete_ban(self, request: web.Request) -> web.Response:
+        kind, who = request.match_info["as"], request.match_info["who"]
+        if not self.broker.banned.delete(kind, who):
+            return _error(404, "NOT_FOUND", f"{kind}: {who} not found")
+        log_event(log, "api.ban_deleted", kind=kind, who=who)
+        return web.Response(status=204)
+
+    async def clear_banned(self, request: web.Request) -> web.Response:
+        self.broker.banned.clear()
+        return web.Response(status=204)
 
     def _session(self, request: web.Request) -> Session | None:
         return self.broker.sessions.get(request.match_info["clientid"])
@@ -362,6 +409,45 @@ RULE_METRICS = ("matched", "passed", "failed", "failed.exception", "failed.no_re
 ACTION_METRICS = ("dropped", "dropped.other", "dropped.expired", "dropped.queue_full", "dropped.resource_not_found",
                   "dropped.resource_stopped", "matched", "queuing", "queuing_bytes", "retried", "late_reply",
                   "failed", "inflight", "success", "received")
+
+
+def _ban_json(ban: Ban) -> dict[str, Any]:
+    return {"as": ban.kind, "who": ban.who, "by": ban.by, "reason": ban.reason, "at": _rfc3339(ban.at),
+            "until": "infinity" if ban.until is None else _rfc3339(ban.until)}
+
+
+def _rfc3339(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).astimezone().isoformat(timespec="seconds")
+
+
+def _epoch_s(value: Any, name: str) -> int:
+    """An ``at``/``until`` of the API: epoch seconds or an RFC 3339 time (emqx_utils_calendar:epoch_second)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            pass
+    raise ValueError(f"{name}: expected an RFC 3339 time or epoch seconds, got {value!r}")
+
+
+def _ban_from(body: Any) -> Ban:
+    """emqx_banned:parse/1 for the kinds the stand-in keeps (clientid, username, peerhost)."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    kind, who = body.get("as"), body.get("who")
+    if kind not in BAN_KINDS:
+        raise ValueError(f"as: {kind!r} is not one of {', '.join(BAN_KINDS)} (the stand-in has no _re/_net bans)")
+    if not isinstance(who, str) or not who:
+        raise ValueError("who: required")
+    now = int(time.time())
+    at = _epoch_s(body["at"], "at") if "at" in body else now
+    until_raw = body.get("until", "infinity")
+    until = None if until_raw == "infinity" else _epoch_s(until_raw, "until")
+    if until is not None and until < now:
+        raise ValueError(f"Cannot create expired banned, {at} to {until}")
+    return Ban(kind, who, str(body.get("by", "mgmt_api")), str(body.get("reason", "")), at, until)
 
 
 def _rule_from(sql: str) -> list[str]:

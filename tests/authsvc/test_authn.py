@@ -17,8 +17,9 @@ def test_active_vehicle_with_its_secret_is_allowed_with_role_fleet_and_its_topic
     own = f"fleet/v1/{vehicle.id}"
     assert answer == {"result": "allow", "is_superuser": False,
                       "client_attrs": {"role": "vehicle", "fleet": vehicle.fleet_id},
-                      "acl": [{"permission": "allow", "action": "publish",
-                               "topics": [f"{own}/connection", f"{own}/mission", f"{own}/status", f"{own}/telemetry"]},
+                      "acl": [{"permission": "allow", "action": "publish", "topics": [f"{own}/connection"]},
+                              {"permission": "allow", "action": "publish", "retain": False,
+                               "topics": [f"{own}/mission", f"{own}/status", f"{own}/telemetry"]},
                               {"permission": "allow", "action": "subscribe",
                                "topics": [f"{own}/cmd", f"{own}/register/response", "fleet/v1/_fleet/cmd"]}]}
 
@@ -29,6 +30,18 @@ def test_session_rules_allow_exactly_what_the_authz_callout_allows():
         for rule in acl.session_rules(role, "veh-1"):
             for topic in rule["topics"]:
                 assert acl.decide(role, "veh-1", "veh-1", rule["action"], topic).allow, (role, rule, topic)
+                if rule["action"] == "publish":
+                    may_retain = rule.get("retain", "all") != False  # noqa: E712 - EMQX's field: false or absent
+                    assert acl.decide(role, "veh-1", "veh-1", "publish", topic, retain=True).allow == may_retain, \
+                        (role, rule, topic)
+
+
+@pytest.mark.parametrize(("kind", "allowed"), [("telemetry", False), ("status", False), ("mission", False),
+                                               ("connection", True)])
+def test_a_vehicle_may_publish_retained_only_its_presence(kind, allowed):
+    from authsvc import acl
+    decision = acl.decide("vehicle", "veh-1", "veh-1", "publish", f"fleet/v1/veh-1/{kind}", retain=True)
+    assert (decision.allow, decision.reason) == (allowed, "own_topic" if allowed else "retain_not_allowed")
 
 
 def test_pending_vehicle_with_its_enrollment_token_is_allowed_as_enrolling(broker, new_vehicle):
@@ -37,7 +50,7 @@ def test_pending_vehicle_with_its_enrollment_token_is_allowed_as_enrolling(broke
     assert answer == {"result": "allow", "is_superuser": False,
                       "client_attrs": {"role": "enrolling", "fleet": vehicle.fleet_id},
                       "acl": [{"permission": "allow", "action": "publish",
-                               "topics": [f"fleet/v1/{vehicle.id}/register/request"]},
+                               "retain": False, "topics": [f"fleet/v1/{vehicle.id}/register/request"]},
                               {"permission": "allow", "action": "subscribe",
                                "topics": [f"fleet/v1/{vehicle.id}/register/response"]}]}
 

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from emqx.standin.config import ConfigError, load_config, parse_bytesize, parse_duration, parse_env_value
+from emqx.standin.config import (
+    ConfigError,
+    FlappingConfig,
+    load_config,
+    parse_bytesize,
+    parse_duration,
+    parse_env_value,
+    parse_rate,
+)
+from emqx.standin.limiter import LimiterOptions, Rate
 from fleetcore import paths
 from fleetctl.stack import Stack, StackConfig
 from tests.broker.compat_support import conf_from, write_conf
@@ -42,7 +51,7 @@ def test_production_conf_loads_with_the_stack_environment(tmp_path):
 
     az = cfg.authorization
     assert (az.no_match, az.deny_action, az.cache_enable, az.cache_max_size, az.cache_ttl_s) == \
-        ("deny", "ignore", True, 32, 60.0)
+        ("deny", "ignore", True, 32, 60.0)          # production: disconnect (EMBEDDED_LIMITS says why)
     assert az.sources[0].http.url == f"http://127.0.0.1:{ports.authsvc}/mqtt/authz"
     assert az.sources[0].http.headers["x-fleet-broker-token"] == token
     assert az.sources[0].http.body["role"] == "${client_attrs.role}"
@@ -228,3 +237,36 @@ def test_secret_from_file(tmp_path):
                               f'password = "file://{secret}" }}')
     assert cfg.pgsql_connectors["db"].password == "from-file"
     assert cfg.pgsql_connectors["db"].port == 5432
+
+
+def test_production_conf_sets_the_protective_limits_on_every_listener():
+    """emqx.conf as production reads it (no embedded overrides): per-client publish limits, connection rate,
+    TLS handshake timeout, flapping detection, deny_action (docs/OPERATIONS.md "Broker limits")."""
+    cfg = load_config(paths.emqx_conf(), {})
+    listeners = {listener.id: listener for listener in cfg.listeners if listener.enable}
+    assert set(listeners) == {"tcp:default", "ssl:default", "ws:default"}
+    for listener in listeners.values():
+        assert listener.messages == LimiterOptions(Rate(10, 1000), Rate(300, 600_000)), listener.id
+        assert listener.bytes == LimiterOptions(Rate(64 * 1024, 1000), Rate(16 * 1024 ** 2, 600_000)), listener.id
+        assert listener.max_conn == LimiterOptions(Rate(1000, 1000)), listener.id
+    assert listeners["ssl:default"].handshake_timeout_s == 10.0
+    assert cfg.mqtt.idle_timeout_s == 15.0 and cfg.mqtt.server_keepalive == 60
+    assert cfg.flapping == FlappingConfig(enable=True, window_time_s=60.0, max_count=15, ban_time_s=300.0)
+    assert cfg.authorization.deny_action == "disconnect"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10/s", Rate(10, 1000)), ("64KB/s", Rate(65536, 1000)), ("300/10m", Rate(300, 600_000)),
+    ("5", Rate(5, 1000)), ("1MB/2h", Rate(1024 ** 2, 7_200_000)), ("100/500ms", Rate(100, 500)),
+    (" 10/S ", Rate(10, 1000)), ("infinity", None),
+])
+def test_limiter_rates_read_as_emqx_reads_them(text, expected):
+    assert parse_rate(text, "listeners.tcp.default.messages_rate") == expected
+
+
+@pytest.mark.parametrize("text", ["0/s", "10/0s", "ten/s", "10/s/s", "10 per s", "-1/s", "10KiB/s"])
+def test_a_bad_limiter_rate_is_refused_naming_the_key(tmp_path, text):
+    conf = tmp_path / "emqx.conf"
+    conf.write_text(f'listeners.tcp.default {{ bind = "127.0.0.1:1883", messages_rate = "{text}" }}\n')
+    with pytest.raises(ConfigError, match=r"listeners\.tcp\.default\.messages_rate"):
+        load_config(conf, {})

@@ -19,7 +19,7 @@ from typing import Any
 
 # What emqx.conf configures: whole roots, and the members of the roots that hold one struct per type.
 ROOTS = ("node", "cluster", "dashboard", "api_key", "listeners", "mqtt", "authentication", "authorization",
-         "connectors", "actions")
+         "connectors", "actions", "flapping_detect")
 TYPED_MEMBERS = {"connectors": ("pgsql", "http"), "actions": ("pgsql", "http")}
 UNION_MEMBERS = {"authentication": ("http_post",), "authorization.sources": ("file", "http_post")}
 # Sub-structs whose fields emqx.conf never sets (cluster discovery back-ends, dashboard SSO, QUIC…): names only.

@@ -61,7 +61,7 @@ def test_the_vendored_schema_names_its_source():
     assert (source["repository"], source["path"]) == ("emqx/emqx-docs", "hocon/hocon-ee-v5.10.4-en.json")
     assert len(source["commit"]) == 40
     assert set(SCHEMA["roots"]) == {"node", "cluster", "dashboard", "api_key", "listeners", "mqtt", "authentication",
-                                    "authorization", "connectors", "actions"}
+                                    "authorization", "connectors", "actions", "flapping_detect"}
 
 
 def test_emqx_conf_follows_the_published_schema():
@@ -171,7 +171,8 @@ def test_the_extract_keeps_names_types_and_deprecation_only():
                 {"text": "max_inflight", "type": "Integer(1..65535)", "doc": "Maximum number of QoS 1 and 2."},
                 {"text": "old_knob", "type": "Duration", "doc": "Deprecated since 5.0.4.<br/>A duration."}]}]},
         {"text": "log", "type": "Struct(log)", "refs": []}]}
-    for name in ("node", "cluster", "dashboard", "api_key", "listeners", "authentication", "authorization"):
+    for name in ("node", "cluster", "dashboard", "api_key", "listeners", "authentication", "authorization",
+                 "flapping_detect"):
         doc["fields"].append({"text": name, "type": f"Struct({name})"})
     for name in ("connectors", "actions"):
         doc["fields"].append({"text": name, "type": f"Struct({name})", "refs": [{"text": name, "fields": [
