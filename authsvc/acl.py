@@ -4,7 +4,8 @@ A ``vehicle`` may publish its own telemetry, status, mission and connection, and
 register/response and to the fleet-wide ``fleet/v1/_fleet/cmd``. An ``enrolling`` client (enrollment token only)
 may publish its own register/request and subscribe to its own register/response. Everything else is denied:
 wildcards, ``$SYS`` and other ``$`` topics (shared subscriptions included), other vehicles' topics, topics outside
-the tree, an empty or unknown role, and a client whose clientid and username differ.
+the tree, an empty or unknown role, and a client whose client id is not its role's (``client_id_for``: the vehicle
+id for a vehicle, ``_enroll-{vehicle id}`` for an enrolling client; the username is always the vehicle id).
 
 ``session_rules`` turns the same table into the ``acl`` list of the authn answer (EMQX 5.8+ attaches it to the
 session and checks it before the HTTP source): a connected vehicle's own topics are then allowed without a
@@ -48,7 +49,8 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str,
         return AclDecision(False, "unknown_role" if role else "no_role")
     if action not in ("publish", "subscribe"):
         return AclDecision(False, "unknown_action")
-    if clientid != username or not topics.is_vehicle_id(clientid):
+    # The vehicle id is the username; the client id must be the one its role connects with (topics module doc).
+    if not topics.is_vehicle_id(username) or clientid != client_id_for(role, username):
         return AclDecision(False, "identity_mismatch")
     if topic.startswith("$"):
         return AclDecision(False, "system_topic")
@@ -61,13 +63,18 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str,
         if role == ROLE_VEHICLE and action == "subscribe":
             return AclDecision(True, "fleet_commands")
         return AclDecision(False, "fleet_topic")
-    if parsed.vehicle_id != clientid:
+    if parsed.vehicle_id != username:
         return AclDecision(False, "other_vehicle")
     if parsed.kind in _ALLOWED[(role, action)]:
         if retain and action == "publish" and parsed.kind not in _RETAINABLE:
             return AclDecision(False, "retain_not_allowed")
         return AclDecision(True, "own_topic")
     return AclDecision(False, f"{role}_may_not_{action}_{parsed.kind.value.replace('/', '_')}")
+
+
+def client_id_for(role: str, vehicle_id: str) -> str:
+    """The client id a client of ``role`` connects with: the vehicle id, or its enrollment client id."""
+    return topics.enrollment_client_id(vehicle_id) if role == ROLE_ENROLLING else vehicle_id
 
 
 def session_rules(role: str, vehicle_id: str) -> list[dict]:

@@ -55,5 +55,5 @@ class Authenticator:
         log_event(log, "authn.allow", vehicle=clientid, role=decision.role, fleet=decision.fleet_id, peer=peer)
         return json.dumps({"result": "allow", "is_superuser": False,
                            "client_attrs": {"role": decision.role, "fleet": decision.fleet_id},
-                           "acl": acl.session_rules(decision.role, clientid)},
+                           "acl": acl.session_rules(decision.role, body["username"])},
                           separators=(",", ":")).encode()

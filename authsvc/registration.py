@@ -3,10 +3,10 @@
 The broker forwards every ``fleet/v1/{vid}/register/request`` as the rule output
 ``{clientid, username, topic, payload_b64, publish_received_at}``. authsvc validates the request, turns the
 enrollment token into a device secret (``fleetcore.registry.register``: atomic, one secret per token) and
-publishes the answer (QoS 1) to ``fleet/v1/{clientid}/register/response`` through the broker's publish API:
+publishes the answer (QoS 1) to ``fleet/v1/{username}/register/response`` through the broker's publish API:
 ``register.accepted`` with ``username``/``password``, or ``register.rejected`` with a reason (docs/PROTOCOL.md,
-Registration). The answer always goes to the verified identity (``clientid``), never to anything named in the
-payload.
+Registration). The answer always goes to the verified identity (``username``, bound to the client id by authn),
+never to anything named in the payload.
 
 HTTP answer: ``200`` once handled — accepted or rejected, and the answer published (``delivered`` false when the
 vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). EMQX's HTTP action
@@ -27,9 +27,10 @@ Not retried, because the same call would fail the same way: ``400``/``413`` for 
 The broker drops the request and counts it in the action's ``failed`` metric; authsvc logs each at error level
 (``registration.bad_call``, ``authsvc.unhandled_error``) except the token refusal, which anyone can provoke.
 
-The enrolling client is not kicked: it has the vehicle's clientid, so connecting it already took over (ended)
-any old session of the vehicle, and it must stay connected to receive the answer. The old secret stops working
-in the registration transaction itself.
+The enrolling client connects as ``_enroll-{vid}`` (username ``{vid}``), never as the vehicle, so it neither
+resumed nor took over the vehicle's session. When its registration rotates the secret, the vehicle's live session
+(the old secret's) is kicked — which in EMQX also discards it with its queue (``DELETE /api/v5/clients/{id}``) —
+before the answer is published; the old secret stops working in the registration transaction itself.
 """
 from __future__ import annotations
 
@@ -121,19 +122,18 @@ def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -
     return answer
 
 
-def _decide(body: dict, clientid: str) -> tuple[registry.RegistrationOutcome, str | None]:
+def _decide(body: dict, vehicle_id: str) -> tuple[registry.RegistrationOutcome, str | None]:
     parsed = topics.parse(body["topic"])
-    if (body.get("username") != clientid or parsed is None or parsed.kind is not topics.Kind.REGISTER_REQUEST
-            or parsed.vehicle_id != clientid):
-        return registry.rejected(clientid, "malformed", "the request must come from the vehicle's own "
-                                                        "register/request topic, with username = clientid"), None
+    if parsed is None or parsed.kind is not topics.Kind.REGISTER_REQUEST or parsed.vehicle_id != vehicle_id:
+        return registry.rejected(vehicle_id, "malformed", "the request must come from the vehicle's own "
+                                                          "register/request topic"), None
     try:
         request = _request_envelope(body["payload_b64"])
     except _Malformed as exc:
-        return registry.rejected(clientid, "malformed", exc.message), exc.request_msg_id
+        return registry.rejected(vehicle_id, "malformed", exc.message), exc.request_msg_id
     cfg = config()
     with database().transaction() as cur:
-        outcome = registry.register(cur, cfg.device_secret_key, vehicle_id=clientid,
+        outcome = registry.register(cur, cfg.device_secret_key, vehicle_id=vehicle_id,
                                     enrollment_token=request["token"], request_msg_id=request["msg_id"],
                                     model=request["model"], sw_version=request["sw_version"],
                                     sheet=request["sheet"], replay_window_s=cfg.replay_window_s)
@@ -157,38 +157,46 @@ def register():
         log_event(log, "registration.bad_call", logging.ERROR, reason=exc.reason)
         raise HttpError(413 if exc.reason == "oversized" else 400,
                            f"expected the rule output as a JSON object ({exc.reason})") from None
-    clientid = body.get("clientid")
-    if not isinstance(clientid, str) or not topics.is_vehicle_id(clientid) or not isinstance(body.get("topic"), str) \
+    clientid, vehicle_id = body.get("clientid"), body.get("username")
+    if not isinstance(clientid, str) or not isinstance(vehicle_id, str) \
+            or not topics.is_enrollment_client_of(clientid, vehicle_id) or not isinstance(body.get("topic"), str) \
             or not isinstance(body.get("payload_b64"), str):
+        # authn admits token holders only as clientid = _enroll-{username}: anything else is not a rule output
         log_event(log, "registration.bad_call", logging.ERROR, reason="missing_fields")
         raise HttpError(400, "expected {clientid, username, topic, payload_b64, publish_received_at} with a "
-                                "valid vehicle id as clientid")
+                                "vehicle id as username and its enrollment client id as clientid")
     try:
-        outcome, request_msg_id = _decide(body, clientid)
+        outcome, request_msg_id = _decide(body, vehicle_id)
         if not outcome.accepted:
             _audit_rejection(outcome, request_msg_id)
     except psycopg2.Error as exc:
-        log_unavailable("authsvc", "database", exc, vehicle=clientid)
+        log_unavailable("authsvc", "database", exc, vehicle=vehicle_id)
         raise HttpError(503, "the registry is unavailable; retry", code="unavailable") from None
+    if outcome.rotated:
+        # The old secret stopped working at the commit; its live session (and whatever it queued) goes now,
+        # *before* the answer is published, so the kick can never hit the new secret's first connection. The
+        # next vehicle session starts empty: nothing queued for the old credential reaches the new one.
+        kicked = registry.disconnect(broker(), vehicle_id)
+        log_event(log, "registration.old_session_ended", vehicle=vehicle_id, result=kicked)
 
     result = "accepted" if outcome.accepted else "rejected"
-    summary = {"result": result, "reason": outcome.reason, "vehicle_id": clientid, "request_msg_id": request_msg_id,
+    summary = {"result": result, "reason": outcome.reason, "vehicle_id": vehicle_id, "request_msg_id": request_msg_id,
                "replayed": outcome.replayed, "rotated": outcome.rotated}
     try:
-        published = broker().publish(topics.vehicle_topic(clientid, topics.Kind.REGISTER_RESPONSE),
+        published = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.REGISTER_RESPONSE),
                                      _answer(outcome, request_msg_id), qos=1)
     except EmqxApiError as exc:
         # 503 whether the broker was unreachable or refused the publish: only a retry of this very request can
         # still bring the vehicle its answer (a 502 would make EMQX drop it).
-        log_event(log, "registration.answer_failed", logging.ERROR, vehicle=clientid, result=result,
+        log_event(log, "registration.answer_failed", logging.ERROR, vehicle=vehicle_id, result=result,
                   reason=outcome.reason, request_msg_id=request_msg_id, broker_status=exc.status,
                   error=str(exc)[:200])
         raise HttpError(503, f"registration {result}, but the answer could not be published; retry the same "
                              "request to re-send it", code="answer_not_published", details=summary) from None
     log_event(log, f"registration.{result}", logging.INFO if outcome.accepted else logging.WARNING,
-              vehicle=clientid, reason=outcome.reason, request_msg_id=request_msg_id, replayed=outcome.replayed,
+              vehicle=vehicle_id, reason=outcome.reason, request_msg_id=request_msg_id, replayed=outcome.replayed,
               rotated=outcome.rotated, delivered=published.delivered)
     if not published.delivered:
-        log_event(log, "registration.answer_not_delivered", logging.WARNING, vehicle=clientid,
+        log_event(log, "registration.answer_not_delivered", logging.WARNING, vehicle=vehicle_id,
                   hint="the vehicle must subscribe to its register/response topic before sending the request")
     return jsonify({**summary, "delivered": published.delivered})

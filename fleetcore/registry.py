@@ -4,10 +4,13 @@ Shared by authsvc (MQTT authn and registration) and the api (operators), so both
 
 * A vehicle is created ``pending`` with a one-time enrollment token (24 h by default). Issuing a new token
   supersedes the vehicle's unused ones.
-* A client connecting with ``clientid = username = <vehicle id>`` and an unused, unexpired token of that vehicle is
-  an ``enrolling`` client; its registration request turns the token into a device secret (``register``).
-  Registering again with a fresh token rotates the secret: the old one stops working in the same transaction.
-* A client connecting with the active device secret of an ``active`` vehicle is a ``vehicle``.
+* A client connecting with ``username = <vehicle id>``, ``clientid = _enroll-<vehicle id>`` and an unused,
+  unexpired token of that vehicle is an ``enrolling`` client (never on the vehicle's own client id, whose
+  persistent session it would otherwise resume); its registration request turns the token into a device secret
+  (``register``). Registering again with a fresh token rotates the secret: the old one stops working in the same
+  transaction, and authsvc then kicks the old secret's session.
+* A client connecting with ``clientid = username = <vehicle id>`` and the active device secret of an ``active``
+  vehicle is a ``vehicle``.
 * Revoking withdraws the secret and every unused token and kicks the live session; a token issued *after* the
   revocation re-admits the vehicle (an operator's deliberate decision, audited). Decommissioning is final.
 
@@ -182,11 +185,22 @@ def verify_credentials(cur, key: str, clientid: str, username: str, password: st
     """Who may connect: an active vehicle with its device secret, or an enrolling one with its token.
 
     One database round trip (``vehicle_authn_lookup``) and one HMAC; constant-time comparison.
+
+    The client id decides which credential is acceptable: the vehicle id takes only the device secret, the
+    vehicle's enrollment client id (``topics.enrollment_client_id``) only an enrollment token. An enrollment token
+    therefore never opens — nor takes over — the vehicle's own persistent session: EMQX 5.10's HTTP authn answer
+    cannot discard a session or override the client id (emqx_authn_http.erl ``extract_auth_data/2`` reads
+    ``is_superuser``, ``client_attrs``, ``expire_at`` and ``acl`` only), so the separation is by client id,
+    as AWS IoT's fleet provisioning connects with a claim identity distinct from the thing's.
     """
-    if clientid != username:
-        return AuthnDecision(False, "clientid_mismatch")
     if not topics.is_vehicle_id(username):
         return AuthnDecision(False, "invalid_username")
+    if clientid == username:
+        enrolling_client = False
+    elif topics.is_enrollment_client_of(clientid, username):
+        enrolling_client = True
+    else:
+        return AuthnDecision(False, "clientid_mismatch")
     if not password:
         return AuthnDecision(False, "missing_password")
     password_hash = credentials.keyed_hash(key, password)
@@ -198,6 +212,8 @@ def verify_credentials(cur, key: str, clientid: str, username: str, password: st
     if status == "decommissioned":
         return AuthnDecision(False, "vehicle_decommissioned")
     if row["secret_hash"] is not None and hmac.compare_digest(password_hash, bytes(row["secret_hash"])):
+        if enrolling_client:
+            return AuthnDecision(False, "device_secret_on_enrollment_client")
         if status != "active":
             return AuthnDecision(False, f"vehicle_{status}")
         return AuthnDecision(True, "device_secret", ROLE_VEHICLE, fleet_id)
@@ -213,6 +229,8 @@ def verify_credentials(cur, key: str, clientid: str, username: str, password: st
         return AuthnDecision(False, "token_revoked")
     if row["token_expired"]:
         return AuthnDecision(False, "token_expired")
+    if not enrolling_client:
+        return AuthnDecision(False, "token_on_vehicle_client")
     return AuthnDecision(True, "enrollment_token", ROLE_ENROLLING, fleet_id)
 
 

@@ -4,6 +4,10 @@
     fleet/v1/{vehicle_id}/register/request                               vehicle (enrolling) → backend
     fleet/v1/{vehicle_id}/register/response | cmd                        backend → vehicle
     fleet/v1/_fleet/cmd                                                  backend → every vehicle
+
+Client ids: a vehicle connects as ``{vehicle_id}``; while enrolling it connects as ``_enroll-{vehicle_id}``
+(``enrollment_client_id``), never as the vehicle, so an enrollment token can neither resume nor take over the
+vehicle's persistent session (docs/PROTOCOL.md, Connecting). Names starting with ``_`` are never vehicle ids.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from enum import StrEnum
 
 PREFIX = "fleet/v1"
 FLEET_WIDE = "_fleet"
+ENROLLMENT_CLIENT_PREFIX = "_enroll-"
 VEHICLE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9-]{0,63}"
 _VEHICLE_ID = re.compile(VEHICLE_ID_PATTERN)
 
@@ -30,6 +35,17 @@ class Kind(StrEnum):
 def is_vehicle_id(value: str) -> bool:
     # fullmatch, not match with ``$``: ``$`` also matches before a trailing newline, which the database refuses
     return bool(_VEHICLE_ID.fullmatch(value))
+
+
+def enrollment_client_id(vehicle_id: str) -> str:
+    """The MQTT client id an enrolling vehicle must use: its own session, distinct from the vehicle's."""
+    if not is_vehicle_id(vehicle_id):
+        raise ValueError(f"not a valid vehicle id: {vehicle_id!r}")
+    return ENROLLMENT_CLIENT_PREFIX + vehicle_id
+
+
+def is_enrollment_client_of(clientid: str, vehicle_id: str) -> bool:
+    return is_vehicle_id(vehicle_id) and clientid == ENROLLMENT_CLIENT_PREFIX + vehicle_id
 
 
 def vehicle_topic(vehicle_id: str, kind: Kind) -> str:

@@ -3,7 +3,9 @@
 For load tests and the simulator: ``fleetctl enroll-bulk --fleet demo --count 1000 --out vehicles.csv`` creates
 ``demo-0001`` … ``demo-1000`` (``pending``) directly in the database, through the same registry code as the api,
 all or nothing. The CSV (mode 0600: it holds one-time credentials) has the header
-``vehicle_id,fleet_id,enrollment_token,expires_at``.
+``vehicle_id,fleet_id,enrollment_token,expires_at``. A vehicle registers with its token as the MQTT password,
+username = its vehicle id and client id = ``_enroll-{vehicle_id}`` (``fleetcore.topics.enrollment_client_id``):
+never its own client id, whose persistent session a token must not open (docs/PROTOCOL.md, Registration).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
   already exists, ``POST /api/v1/vehicles/{id}/enrollment`` issues a fresh one.
 
 Tokens go into each vehicle's state file (``simulator.credentials_store``); vehicles that already hold a device
-secret are left alone.
+secret are left alone. A vehicle uses its token on its enrollment client id ``_enroll-{vid}``, never on its own
+(``simulator.vehicle``, docs/PROTOCOL.md Registration).
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Life of a vehicle:
 
-1. **Register** (only without a device secret): connect with ``clientid = username = <vehicle id>`` and the
-   one-time enrollment token as password (role ``enrolling``), SUBSCRIBE ``fleet/v1/{vid}/register/response``
+1. **Register** (only without a device secret): connect with ``clientid = _enroll-<vehicle id>``,
+   ``username = <vehicle id>`` and the one-time enrollment token as password (role ``enrolling``; a session of its
+   own, never the vehicle's), SUBSCRIBE ``fleet/v1/{vid}/register/response``
    first, then PUBLISH the request to ``fleet/v1/{vid}/register/request`` (QoS 1). ``register.accepted`` carries
    the device secret: it is written to the local state file at once (shown only once), then the vehicle
    disconnects.
@@ -221,9 +222,9 @@ class SimVehicle:
     def _topic(self, kind: Kind) -> str:
         return topics.vehicle_topic(self.vehicle_id, kind)
 
-    def _new_client(self, clean_session: bool) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.vehicle_id, clean_session=clean_session,
-                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+    def _new_client(self, clean_session: bool, client_id: str | None = None) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.vehicle_id,
+                             clean_session=clean_session, protocol=mqtt.MQTTv311, reconnect_on_failure=False)
         client.connect_timeout = 5.0
         if self.options.broker.tls:
             client.tls_set(ca_certs=self.options.broker.ca_file)
@@ -281,7 +282,8 @@ class SimVehicle:
             self._register_token = token
             self._register_request_id = None
         self._discard_client()
-        client = self.client = self._new_client(clean_session=True)
+        client = self.client = self._new_client(clean_session=True,
+                                                client_id=topics.enrollment_client_id(self.vehicle_id))
         client.username_pw_set(self.vehicle_id, token)
         client.user_data_set(token)
         client.on_connect = self._on_register_connect

@@ -40,7 +40,7 @@ def request_registration(vehicle: MqttVehicle, token: str, msg_id: str | None = 
 
 def test_enroll_receive_secret_reconnect_and_publish(operator, stack):
     vehicle, token = new_vehicle(operator, stack)
-    vehicle.connect(token, clean_session=True, will=False)
+    vehicle.connect_enrolling(token)
     try:
         assert vehicle.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.REGISTER_RESPONSE)) == [1]
         answer = request_registration(vehicle, token)
@@ -62,12 +62,12 @@ def test_enroll_receive_secret_reconnect_and_publish(operator, stack):
     finally:
         vehicle.close()
     with pytest.raises(ConnectRefused):
-        MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle.vehicle_id).connect(token)
+        MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle.vehicle_id).connect_enrolling(token)
 
 
 def test_the_same_request_twice_gets_the_same_answer(operator, stack):
     vehicle, token = new_vehicle(operator, stack)
-    vehicle.connect(token, clean_session=True, will=False)
+    vehicle.connect_enrolling(token)
     try:
         vehicle.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.REGISTER_RESPONSE))
         msg_id = str(uuid.uuid4())
@@ -84,7 +84,7 @@ def test_the_same_request_twice_gets_the_same_answer(operator, stack):
 def test_a_wrong_token_in_the_request_is_rejected_with_a_reason(operator, stack):
     vehicle, token = new_vehicle(operator, stack)
     _, foreign = new_vehicle(operator, stack)
-    vehicle.connect(token, clean_session=True, will=False)
+    vehicle.connect_enrolling(token)
     try:
         vehicle.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.REGISTER_RESPONSE))
         answer = request_registration(vehicle, foreign)
@@ -105,8 +105,8 @@ def test_reregistration_rotates_the_secret_over_mqtt(operator, stack):
     vehicle.subscribe_commands()
     fresh = operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/enrollment").json()["token"]
     enrolling = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle.vehicle_id)
-    new_secret = enrolling.register(fresh)          # takes over the vehicle's session (same client id)
-    wait_until(lambda: not vehicle.connected, message="the old session was not taken over")
+    new_secret = enrolling.register(fresh)          # its own client id: authsvc kicks the old session at rotation
+    wait_until(lambda: not vehicle.connected, message="the old secret's session was not ended")
     vehicle.close()
     assert new_secret != old_secret
     with pytest.raises(ConnectRefused):

@@ -108,14 +108,15 @@ class ProbeClient:
 
 def register(broker: BrokerAddress, vehicle_id: str, token: str, timeout: float = 15.0) -> str:
     """The registration flow of docs/PROTOCOL.md (Registration), step by step; returns the device secret."""
-    probe = ProbeClient(broker, vehicle_id)
+    probe = ProbeClient(broker, topics.enrollment_client_id(vehicle_id))   # never the vehicle's own session
     answer = probe.connect(vehicle_id, token)
     if answer != "Success":
         raise ProbeError(f"{vehicle_id}: enrollment connection refused: {answer}")
     try:
         if probe.subscribe(topics.vehicle_topic(vehicle_id, Kind.REGISTER_RESPONSE)) != [1]:
             raise ProbeError(f"{vehicle_id}: subscription to register/response denied")
-        request = probe.publish_message(Kind.REGISTER_REQUEST, {"enrollment_token": token, "model": "probe"})
+        request = probe.publish_message(Kind.REGISTER_REQUEST, {"enrollment_token": token, "model": "probe"},
+                                        vehicle_id=vehicle_id)
         reply = json.loads(probe.wait_for(lambda m: m.topic.endswith("/register/response"), timeout).payload)
     finally:
         probe.close()

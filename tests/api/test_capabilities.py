@@ -13,7 +13,7 @@ SHEET = {"task_types": ["pick", "drop"], "max_payload_kg": 50, "max_speed_mps": 
 def register_with(stack, vehicle_id: str, token: str, sheet: dict | None) -> dict:
     """Register over MQTT sending ``sheet`` as data.capabilities; returns the answer."""
     vehicle = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id)
-    vehicle.connect(token, clean_session=True, will=False)
+    vehicle.connect_enrolling(token)
     try:
         assert vehicle.subscribe(topics.vehicle_topic(vehicle_id, topics.Kind.REGISTER_RESPONSE)) == [1]
         data = {"enrollment_token": token, "model": "AMR-2"}

@@ -69,7 +69,7 @@ def test_create_returns_the_pending_vehicle_and_a_one_time_token(operator, auths
     assert body["vehicle"]["id"] == vehicle_id and body["vehicle"]["status"] == "pending"
     assert body["vehicle"]["metadata"] == {"depot": "north"} and body["vehicle"]["presence"]["online"] is False
     assert body["enrollment"]["token"].startswith("enr_") and body["enrollment"]["expires_at"]
-    assert authsvc.authn_result(vehicle_id, body["enrollment"]["token"])["client_attrs"] == \
+    assert authsvc.authn_enrolling(vehicle_id, body["enrollment"]["token"])["client_attrs"] == \
         {"role": "enrolling", "fleet": operator.fleet}
     assert operator.get(f"/api/v1/vehicles/{vehicle_id}").json().get("enrollment") is None, "shown only once"
     with stack_db.transaction() as cur:
@@ -159,7 +159,7 @@ def test_new_enrollment_supersedes_the_old_token_and_rotates_the_secret(operator
     assert response.status_code == 201
     second_token = response.json()["token"]
     assert second_token != first_token and response.json()["expires_at"]
-    assert authsvc.authn_result(vehicle_id, first_token) == {"result": "deny"}, "superseded"
+    assert authsvc.authn_enrolling(vehicle_id, first_token) == {"result": "deny"}, "superseded"
 
     first_secret = register(authsvc, stack, vehicle_id, second_token, broker_running)
     vehicle = operator.get(f"/api/v1/vehicles/{vehicle_id}").json()

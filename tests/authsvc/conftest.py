@@ -44,21 +44,30 @@ class AuthsvcClient:
         assert response.headers["Content-Type"].startswith("application/json")
         return response.json()
 
-    def authz(self, role: str, clientid: str, action: str, topic: str, username: str | None = None) -> str:
-        response = self.post("/mqtt/authz", {"clientid": clientid, "username": clientid if username is None
-                                             else username, "topic": topic, "action": action, "qos": "1",
-                                             "retain": "false", "role": role})
+    def authn_enrolling(self, vehicle_id: str, token: str) -> dict:
+        """authn as the vehicle's enrolling client would call it: clientid ``_enroll-{vid}``, username ``{vid}``."""
+        return self.authn_result(topics.enrollment_client_id(vehicle_id), token, username=vehicle_id)
+
+    def authz(self, role: str, username: str, action: str, topic: str, clientid: str | None = None) -> str:
+        """authz for the client of ``role`` of vehicle ``username``; its client id is the role's
+        (``_enroll-{vid}`` when enrolling) unless ``clientid`` says otherwise."""
+        if clientid is None:
+            clientid = topics.enrollment_client_id(username) if role == "enrolling" and topics.is_vehicle_id(
+                username) else username
+        response = self.post("/mqtt/authz", {"clientid": clientid, "username": username, "topic": topic,
+                                             "action": action, "qos": "1", "retain": "false", "role": role})
         assert response.status_code == 200, response.text
         return response.json()["result"]
 
     def register(self, vehicle_id: str, token: str, msg_id: str | None = None, *, topic: str | None = None,
-                 clientid: str | None = None, payload: bytes | None = None, **data) -> requests.Response:
-        """The rule output the broker posts for a message on fleet/v1/{vid}/register/request."""
+                 sender: str | None = None, payload: bytes | None = None, **data) -> requests.Response:
+        """The rule output the broker posts for a message on fleet/v1/{vid}/register/request, published by the
+        enrolling client of ``sender`` (default: ``vehicle_id``)."""
         if payload is None:
             message = envelope.message({"enrollment_token": token, **data}, seq=1, msg_id=msg_id or str(uuid.uuid4()))
             payload = envelope.encode(message)
         return self.post("/mqtt/register", {
-            "clientid": clientid or vehicle_id, "username": clientid or vehicle_id,
+            "clientid": topics.enrollment_client_id(sender or vehicle_id), "username": sender or vehicle_id,
             "topic": topic or topics.vehicle_topic(vehicle_id, topics.Kind.REGISTER_REQUEST),
             "payload_b64": base64.b64encode(payload).decode("ascii"), "publish_received_at": envelope.now_ms()})
 

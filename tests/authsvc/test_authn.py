@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from fleetcore import registry
+from fleetcore import registry, topics
 
 ALLOW_KEYS = {"result", "is_superuser", "client_attrs", "acl"}
 
@@ -29,10 +29,11 @@ def test_session_rules_allow_exactly_what_the_authz_callout_allows():
     for role in ("vehicle", "enrolling"):
         for rule in acl.session_rules(role, "veh-1"):
             for topic in rule["topics"]:
-                assert acl.decide(role, "veh-1", "veh-1", rule["action"], topic).allow, (role, rule, topic)
+                client = acl.client_id_for(role, "veh-1")
+                assert acl.decide(role, client, "veh-1", rule["action"], topic).allow, (role, rule, topic)
                 if rule["action"] == "publish":
                     may_retain = rule.get("retain", "all") != False  # noqa: E712 - EMQX's field: false or absent
-                    assert acl.decide(role, "veh-1", "veh-1", "publish", topic, retain=True).allow == may_retain, \
+                    assert acl.decide(role, client, "veh-1", "publish", topic, retain=True).allow == may_retain, \
                         (role, rule, topic)
 
 
@@ -44,9 +45,34 @@ def test_a_vehicle_may_publish_retained_only_its_presence(kind, allowed):
     assert (decision.allow, decision.reason) == (allowed, "own_topic" if allowed else "retain_not_allowed")
 
 
+def test_an_enrollment_token_is_refused_on_the_vehicles_own_client_id(broker, active_vehicle, stack_db,
+                                                                      device_key):
+    """Issue 21 #2: connecting as the vehicle with its rotation token would resume (and take over) the vehicle's
+    persistent session. The token only opens the vehicle's enrollment client id, a session of its own."""
+    vehicle = active_vehicle()
+    with stack_db.transaction() as cur:
+        fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests")
+    assert broker.authn_result(vehicle.id, fresh.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
+
+
+def test_a_device_secret_is_refused_on_the_enrollment_client_id(broker, active_vehicle):
+    vehicle = active_vehicle()
+    assert broker.authn_enrolling(vehicle.id, vehicle.secret) == {"result": "deny"}
+
+
+def test_an_enrolling_client_is_authorized_only_under_its_own_enrollment_client_id(broker, new_vehicle):
+    vehicle = new_vehicle()
+    request = topics.vehicle_topic(vehicle.id, topics.Kind.REGISTER_REQUEST)
+    assert broker.authz("enrolling", vehicle.id, "publish", request) == "allow"
+    assert broker.authz("enrolling", vehicle.id, "publish", request, clientid=vehicle.id) == "deny"
+    assert broker.authz("vehicle", vehicle.id, "subscribe", topics.vehicle_topic(vehicle.id, topics.Kind.CMD),
+                        clientid=topics.enrollment_client_id(vehicle.id)) == "deny"
+
+
 def test_pending_vehicle_with_its_enrollment_token_is_allowed_as_enrolling(broker, new_vehicle):
     vehicle = new_vehicle()
-    answer = broker.authn_result(vehicle.id, vehicle.token)
+    answer = broker.authn_enrolling(vehicle.id, vehicle.token)
     assert answer == {"result": "allow", "is_superuser": False,
                       "client_attrs": {"role": "enrolling", "fleet": vehicle.fleet_id},
                       "acl": [{"permission": "allow", "action": "publish",
@@ -59,7 +85,7 @@ def test_active_vehicle_with_a_fresh_token_may_enroll_again(broker, active_vehic
     vehicle = active_vehicle()
     with stack_db.transaction() as cur:
         fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests")
-    assert broker.authn_result(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
+    assert broker.authn_enrolling(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
     assert broker.authn_result(vehicle.id, vehicle.secret)["client_attrs"]["role"] == "vehicle", \
         "the current secret keeps working until the new registration"
 
@@ -104,7 +130,7 @@ def test_decommissioned_vehicle_is_denied(broker, active_vehicle, stack_db):
 
 def test_used_token_is_denied(broker, active_vehicle):
     vehicle = active_vehicle()  # its token was used to register
-    assert broker.authn_result(vehicle.id, vehicle.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, vehicle.token) == {"result": "deny"}
 
 
 def test_expired_token_is_denied(broker, new_vehicle, stack_db):
@@ -112,20 +138,20 @@ def test_expired_token_is_denied(broker, new_vehicle, stack_db):
     with stack_db.transaction() as cur:
         cur.execute("UPDATE enrollment_tokens SET expires_at = now() - interval '1 second' WHERE vehicle_id = %s",
                     (vehicle.id,))
-    assert broker.authn_result(vehicle.id, vehicle.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, vehicle.token) == {"result": "deny"}
 
 
 def test_foreign_token_is_denied(broker, new_vehicle):
     vehicle, other = new_vehicle(), new_vehicle()
-    assert broker.authn_result(vehicle.id, other.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, other.token) == {"result": "deny"}
 
 
 def test_superseded_token_is_denied(broker, new_vehicle, stack_db, device_key):
     vehicle = new_vehicle()
     with stack_db.transaction() as cur:
         fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests")
-    assert broker.authn_result(vehicle.id, vehicle.token) == {"result": "deny"}
-    assert broker.authn_result(vehicle.id, fresh.token)["result"] == "allow"
+    assert broker.authn_enrolling(vehicle.id, vehicle.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, fresh.token)["result"] == "allow"
 
 
 def test_tokens_issued_before_a_revocation_are_withdrawn_but_a_new_one_readmits(broker, new_vehicle, stack_db,
@@ -133,10 +159,10 @@ def test_tokens_issued_before_a_revocation_are_withdrawn_but_a_new_one_readmits(
     vehicle = new_vehicle()
     with stack_db.transaction() as cur:
         registry.revoke_vehicle(cur, vehicle.id, actor_type="operator", actor_id="tests")
-    assert broker.authn_result(vehicle.id, vehicle.token) == {"result": "deny"}
+    assert broker.authn_enrolling(vehicle.id, vehicle.token) == {"result": "deny"}
     with stack_db.transaction() as cur:
         fresh = registry.issue_enrollment_token(cur, device_key, vehicle.id, actor_id="tests", readmit=True)
-    assert broker.authn_result(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
+    assert broker.authn_enrolling(vehicle.id, fresh.token)["client_attrs"]["role"] == "enrolling"
 
 
 @pytest.mark.parametrize("body", [

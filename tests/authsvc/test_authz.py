@@ -77,8 +77,8 @@ def test_missing_role_is_denied(broker):
 
 
 def test_identity_mismatch_is_denied(broker):
-    assert broker.authz("vehicle", V, "publish", f"{OWN}/telemetry", username=OTHER) == "deny"
-    assert broker.authz("vehicle", OTHER, "publish", f"{OWN}/telemetry", username=V) == "deny"
+    assert broker.authz("vehicle", OTHER, "publish", f"{OWN}/telemetry", clientid=V) == "deny"
+    assert broker.authz("vehicle", V, "publish", f"{OWN}/telemetry", clientid=OTHER) == "deny"
 
 
 def test_unknown_action_is_denied(broker):

@@ -26,7 +26,7 @@ def test_enroll_bulk_writes_working_tokens(monkeypatch, stack, broker, fleet_id,
         f"{fleet_id}-0250"
     assert len({r["enrollment_token"] for r in rows}) == 250
     for row in (rows[0], rows[123], rows[-1]):
-        answer = broker.authn_result(row["vehicle_id"], row["enrollment_token"])
+        answer = broker.authn_enrolling(row["vehicle_id"], row["enrollment_token"])
         assert answer["client_attrs"] == {"role": "enrolling", "fleet": fleet_id}
     with stack_db.transaction() as cur:
         cur.execute("SELECT count(*) AS n FROM vehicles WHERE fleet_id = %s AND status = 'pending'", (fleet_id,))

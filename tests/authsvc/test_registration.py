@@ -161,7 +161,7 @@ def test_malformed_requests_are_answered_rejected_malformed(broker, broker_runni
 def test_a_request_on_another_vehicles_topic_is_rejected_and_answered_to_the_sender(broker, broker_running,
                                                                                      new_vehicle, stack_db):
     vehicle, other = new_vehicle(), new_vehicle()
-    summary = registration_summary(broker.register(other.id, other.token, clientid=vehicle.id), broker_running)
+    summary = registration_summary(broker.register(other.id, other.token, sender=vehicle.id), broker_running)
     assert (summary["vehicle_id"], summary["reason"]) == (vehicle.id, "malformed")
     assert vehicle_row(stack_db, other.id)["status"] == "pending"
 
@@ -169,7 +169,11 @@ def test_a_request_on_another_vehicles_topic_is_rejected_and_answered_to_the_sen
 @pytest.mark.parametrize("body", [
     {"username": "veh-1", "topic": "fleet/v1/veh-1/register/request", "payload_b64": "e30="},        # no clientid
     {"clientid": "_bad/id", "topic": "fleet/v1/veh-1/register/request", "payload_b64": "e30="},
-    {"clientid": "veh-1", "topic": "fleet/v1/veh-1/register/request"},                              # no payload
+    {"clientid": "_enroll-veh-1", "username": "veh-1", "topic": "fleet/v1/veh-1/register/request"},  # no payload
+    # the vehicle's own client id: authn never admits a token holder there, so this is not a rule output
+    {"clientid": "veh-1", "username": "veh-1", "topic": "fleet/v1/veh-1/register/request", "payload_b64": "e30="},
+    {"clientid": "_enroll-veh-2", "username": "veh-1", "topic": "fleet/v1/veh-1/register/request",
+     "payload_b64": "e30="},
     "just a string",
 ])
 def test_calls_that_are_not_a_rule_output_are_400(broker, body):

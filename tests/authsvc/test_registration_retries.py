@@ -151,7 +151,7 @@ class Rig:
                                                  vehicle_id=unique("veh"), fleet_id=self.fleet, actor_type="system",
                                                  actor_id="tests")
         vehicle = MqttVehicle("127.0.0.1", self.stack.config.ports.mqtt, enrollment.vehicle_id)
-        vehicle.connect(enrollment.token, clean_session=True, will=False)
+        vehicle.connect_enrolling(enrollment.token)
         assert vehicle.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.REGISTER_RESPONSE)) == [1]
         return vehicle, enrollment.token
 
@@ -277,6 +277,6 @@ def test_a_request_too_large_to_be_a_rule_output_is_413_not_retried_logged_and_c
     assert _delta(before, after) == {"success": 0, "failed": 1}
     [bad_call] = rig.await_events(1, "authsvc", "registration.bad_call", reason="oversized")
     assert bad_call["level"] == "error"
-    [dropped] = rig.await_events(1, "broker", "action.failed", clientid=vehicle.vehicle_id)
+    [dropped] = rig.await_events(1, "broker", "action.failed", clientid=topics.enrollment_client_id(vehicle.vehicle_id))
     assert (dropped["level"], dropped["action"]) == ("error", "http:registration")
 

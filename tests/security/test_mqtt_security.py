@@ -76,15 +76,51 @@ def test_enrollment_token_is_single_use(operator, stack):
 def test_an_enrolling_client_may_only_register(operator, stack):
     vehicle_id = unique("veh")
     token = new_vehicle_token(operator, vehicle_id)
-    enrolling = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id).connect(token, clean_session=True,
-                                                                                         will=False)
+    enrolling = MqttVehicle("127.0.0.1", stack.config.ports.mqtt, vehicle_id).connect_enrolling(token)
     try:
         assert enrolling.subscribe(topics.vehicle_topic(vehicle_id, topics.Kind.CMD)) == [DENIED]
         enrolling.publish(topics.Kind.TELEMETRY, {"lat": 1.0, "lon": 2.0})
-        wait_until(lambda: rejected(stack.database_url, vehicle_id))
+        wait_until(lambda: rejected(stack.database_url, topics.enrollment_client_id(vehicle_id)))
         assert rows(stack.database_url, "SELECT 1 FROM telemetry WHERE vehicle_id = %s", (vehicle_id,)) == []
     finally:
         enrolling.close()
+
+
+def test_a_rotation_token_neither_resumes_nor_takes_over_the_vehicles_session(operator, enroll, stack):
+    """Issue 21 #2: with an operator-issued rotation token, a client connecting as the vehicle with
+    clean_session=false resumed the vehicle's persistent session — it got the queued and live commands and kicked
+    the real vehicle off. The token now opens only the vehicle's enrollment client id, a session of its own."""
+    vehicle = enroll()                                    # persistent session, subscribed to its commands
+    token = operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/enrollment").json()["token"]
+    mqtt_port, disconnects = stack.config.ports.mqtt, len(vehicle.disconnects)   # (registering ended with one)
+
+    def config_update(max_speed: float) -> None:
+        response = operator.put(f"/api/v1/vehicles/{vehicle.vehicle_id}/config", json={"config": {"max_speed":
+                                                                                               max_speed}})
+        assert response.status_code == 200, response.text
+
+    with pytest.raises(ConnectRefused):                   # as the vehicle: refused, the vehicle stays on
+        MqttVehicle("127.0.0.1", mqtt_port, vehicle.vehicle_id).connect(token, clean_session=False, will=False)
+    enrolling = MqttVehicle("127.0.0.1", mqtt_port, vehicle.vehicle_id).connect_enrolling(token,
+                                                                                           clean_session=False)
+    try:
+        assert enrolling.subscribe(topics.vehicle_topic(vehicle.vehicle_id, topics.Kind.CMD)) == [DENIED]
+        config_update(2.0)                                # a live command reaches the real vehicle only
+        assert vehicle.wait_for_command("config.update")["data"]["config"] == {"max_speed": 2.0}
+        assert vehicle.connected and len(vehicle.disconnects) == disconnects
+
+        vehicle.close()                                   # away for a moment: its session keeps the commands
+        config_update(3.0)
+        with pytest.raises(ConnectRefused):
+            MqttVehicle("127.0.0.1", mqtt_port, vehicle.vehicle_id).connect(token, clean_session=False, will=False)
+        vehicle.connect(vehicle.secret)                   # the real vehicle resumes its session: the command is there
+        assert vehicle.wait_for_command("config.update")["data"]["config"] == {"max_speed": 3.0}
+    finally:
+        enrolling.close()
+    leaked = [m for m in enrolling.history if not m.topic.endswith("/register/response")]
+    assert leaked == []
+    record("security", "rotation token used to resume the vehicle's session", attempts=2,
+           commands_leaked=len(leaked), vehicle_kicked=0)
 
 
 def test_two_simultaneous_registrations_with_one_token_yield_one_secret(operator, stack):

@@ -95,6 +95,12 @@ class MqttVehicle:
             raise ConnectRefused(self._connect_result)
         return self
 
+    def connect_enrolling(self, enrollment_token: str, *, clean_session: bool = True,
+                          timeout: float = 10.0) -> MqttVehicle:
+        """Connect as the vehicle's enrolling client (``_enroll-{vid}``, docs/PROTOCOL.md Registration)."""
+        return self.connect(enrollment_token, clean_session=clean_session, will=False, timeout=timeout,
+                            client_id=topics.enrollment_client_id(self.vehicle_id))
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connect_result = str(reason_code)
         if not reason_code.is_failure:
@@ -215,7 +221,7 @@ class MqttVehicle:
     # -- registration ----------------------------------------------------------------------------------------
     def register(self, enrollment_token: str, timeout: float = 15.0) -> str:
         """Enroll with a one-time token over MQTT; returns the device secret. Leaves the vehicle disconnected."""
-        self.connect(enrollment_token, clean_session=True, will=False)
+        self.connect_enrolling(enrollment_token)
         try:
             assert self.subscribe(topics.vehicle_topic(self.vehicle_id, topics.Kind.REGISTER_RESPONSE)) == [1]
             request = self.publish(topics.Kind.REGISTER_REQUEST,
