@@ -98,6 +98,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         return response
 
     from api import (
+        about,
         alarms,
         audit,
         emergency,
@@ -111,8 +112,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         users,
         vehicles,
     )
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms, events,
-                   audit):
+    for module in (about, health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms,
+                   events, audit):
         smorest.register_blueprint(module.blp)
     from api import webui
     app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document
