@@ -298,18 +298,30 @@ class ConfigUpdateResultSchema(Schema):
                             metadata={"description": "the config.update command; `delivered` false: offline"})
 
 
+VEHICLE_SORTS = tuple(f"{order}{key}" for key in ("id", "created_at", "last_seen", "battery", "odometer", "distance")
+                      for order in ("", "-"))
+
+
 class VehicleListQuerySchema(PageQuerySchema):
     fleet_id = fields.String(validate=FLEET_ID)
     status = fields.String(validate=validate.OneOf(("pending", "active", "revoked", "decommissioned")))
     online = fields.Boolean()
     mode = fields.String(validate=validate.OneOf(("AUTO", "MANUAL", "SERVICE", "ESTOP")))
-    near = fields.String(metadata={"description": "lat,lon — order by distance from the latest position"})
-    sort = fields.String(load_default="id", validate=validate.OneOf(
-        ("id", "-id", "created_at", "-created_at", "last_seen", "-last_seen", "battery", "-battery")))
+    near = fields.String(metadata={"description": "lat,lon — adds `distance_m` from the latest position to each "
+                                                  "vehicle, and orders by it unless `sort` says otherwise"})
+    sort = fields.String(validate=validate.OneOf(VEHICLE_SORTS), metadata={
+        "description": "`id` (the default), `created_at`, `last_seen`, `battery`, `odometer` (`odometer_m`, the "
+                       "distance driven) or `distance` (from `near`, its default there); `-` before a name: "
+                       "descending. Vehicles without a value come last either way."})
 
     @validates("near")
     def _near(self, value: str, **_kwargs) -> None:
         parse_lat_lon(value)
+
+    @validates_schema
+    def _distance_needs_a_point(self, data: dict, **_kwargs) -> None:
+        if data.get("sort", "").lstrip("-") == "distance" and not data.get("near"):
+            raise ValidationError("sort=distance needs near=<lat>,<lon>", field_name="sort")
 
 
 def parse_lat_lon(value: str) -> tuple[float, float]:
