@@ -17,7 +17,7 @@ from api.extensions import config
 PACKAGE = "fleet-backend"
 NAME = "Fleet operator API"
 LINKS = {"api": "/api/v1", "docs": "/docs", "openapi": "/openapi.json", "console": "/console/",
-         "health": "/healthz"}
+         "health": "/healthz", "token": "/api/v1/auth/token"}
 
 blp = Blueprint("about", __name__, description="What answers here: name, version, commit, links (no "
                                                  "authentication).")
@@ -31,7 +31,7 @@ class AboutSchema(Schema):
     commit = fields.String(metadata={"description": "the git commit it runs, or `unknown`"})
     links = fields.Dict(keys=fields.String(), values=fields.String(),
                         metadata={"description": "api, docs (Swagger UI), openapi (this document's JSON), console, "
-                                                 "health"})
+                                                 "health, token (OAuth2 token endpoint)"})
 
 
 def _version() -> str:

@@ -4,7 +4,17 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from api import passwords
 from fleetcore import missions as mission_states
@@ -108,6 +118,40 @@ def list_of(item_schema: type[Schema], name: str) -> type[Schema]:
 class LoginSchema(StrictSchema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class OAuthTokenRequestSchema(Schema):
+    """The form of an OAuth2 password grant (RFC 6749 §4.3.2). Unknown parameters are ignored, as §3.2 requires."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    grant_type = fields.String(required=True, validate=validate.Equal("password"),
+                               metadata={"description": "`password`; or `refresh_token` with `refresh_token` "
+                                                        "(RFC 6749 §6) instead of username and password"})
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+    scope = fields.String(validate=validate.Equal(""),
+                          metadata={"description": "no scopes: a token carries the user's role and fleets"})
+    client_id = fields.String(metadata={"description": "ignored: the clients are public (RFC 6749 §2.1)"})
+    client_secret = fields.String(load_only=True, metadata={"description": "ignored, as client_id"})
+
+
+class OAuthRefreshRequestSchema(Schema):
+    """The form of an OAuth2 refresh grant (RFC 6749 §6)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    grant_type = fields.String(required=True, validate=validate.Equal("refresh_token"))
+    refresh_token = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=200))
+    scope = fields.String(validate=validate.Equal(""))
+
+
+class OAuthErrorSchema(ErrorSchema):
+    """An OAuth2 token endpoint error (RFC 6749 §5.2), also in our usual shape."""
+    error = fields.String(required=True, metadata={"example": "invalid_grant"})
+    error_description = fields.String(metadata={"description": "what went wrong, for people"})
 
 
 class RefreshSchema(StrictSchema):

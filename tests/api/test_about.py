@@ -24,7 +24,7 @@ def test_the_root_names_the_service_its_version_commit_and_documentation(anonymo
     for name in ("api", "docs", "openapi", "console", "health"):
         assert anonymous.get(links[name]).status_code == 200, (name, links[name])
     spec = anonymous.get(links["openapi"]).json()
-    assert {"/", "/api/v1"} <= set(spec["paths"])
+    assert {"/", "/api/v1", links["token"]} <= set(spec["paths"])
     assert "swagger-ui" in anonymous.get(links["docs"]).text
 
 
