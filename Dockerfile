@@ -16,6 +16,11 @@ COPY sql ./sql
 # Editable install: the code runs from /app, so sql/ and emqx/ are found next to it. No embedded PostgreSQL here.
 RUN pip install -c constraints.txt -e . && python -m compileall -q fleetcore fleetctl authsvc api
 
+# GET / reports the commit the image was built from:
+#   docker compose build --build-arg FLEET_GIT_COMMIT=$(git rev-parse HEAD)
+ARG FLEET_GIT_COMMIT=unknown
+ENV FLEET_GIT_COMMIT=${FLEET_GIT_COMMIT}
+
 USER fleet
 EXPOSE 8080 8081
 CMD ["python", "-m", "api.server"]

@@ -13,7 +13,7 @@ import uuid
 from datetime import date, datetime
 from decimal import Decimal
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
@@ -65,11 +65,18 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         MAX_CONTENT_LENGTH=cfg.max_request_bytes,
         API_SPEC_OPTIONS={
             "info": {"description": "Operate a fleet of autonomous vehicles: create missions, follow them, pull "
-                                    "reports. Log in at POST /api/v1/auth/login and send the access token as "
-                                    "`Authorization: Bearer <token>`. Errors are JSON `{code, message, details}`; "
-                                    "a query parameter an endpoint does not list is a 400 `unknown_parameter`."},
-            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                                              "bearerFormat": "JWT"}}},
+                                    "reports. Log in at POST /api/v1/auth/login (JSON) or POST /api/v1/auth/token "
+                                    "(OAuth2 password grant, form-encoded; the Authorize button here) and send the "
+                                    "access token as `Authorization: Bearer <token>`. Errors are JSON "
+                                    "`{code, message, details}`; a query parameter an endpoint does not list is a "
+                                    "400 `unknown_parameter`."},
+            # Two ways to one token: paste it (bearerAuth), or let Swagger UI's "Authorize" (or any OAuth2 client)
+            # fetch it with a username and password from the token endpoint (api/tokens.py).
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "oauth2": {"type": "oauth2", "description": "username and password of an operator account",
+                           "flows": {"password": {"tokenUrl": "/api/v1/auth/token",
+                                                  "refreshUrl": "/api/v1/auth/token", "scopes": {}}}}}},
         },
     )
     app.extensions["fleet.config"] = cfg
@@ -98,6 +105,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         return response
 
     from api import (
+        about,
         alarms,
         audit,
         emergency,
@@ -111,8 +119,8 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         users,
         vehicles,
     )
-    for module in (health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms, events,
-                   audit):
+    for module in (about, health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms,
+                   events, audit):
         smorest.register_blueprint(module.blp)
     from api import webui
     app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document
@@ -129,7 +137,7 @@ def _require_json_body() -> None:
     """415 for a body that is not JSON on methods that take one (an empty body is left to validation), 400 for
     JSON nested more than MAX_JSON_DEPTH levels: Python's parser fails near 1,000 levels with a RecursionError,
     and so would every recursive step after it (validation, storing). Checked before any route, login included."""
-    if request.method not in ("POST", "PUT", "PATCH") or not request.content_length:
+    if request.method not in ("POST", "PUT", "PATCH") or not request.content_length or _takes_a_form():
         return
     if not request.is_json:
         raise HttpError(415, "send the body as JSON with Content-Type: application/json")
@@ -143,6 +151,13 @@ def _require_json_body() -> None:
         if _depth(body) <= MAX_JSON_DEPTH:
             return
     raise HttpError(400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _takes_a_form() -> bool:
+    """The route documents a form body (the OAuth2 token endpoint, api/tokens.py): it reads and checks its own body."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    content = getattr(view, "_apidoc", {}).get("manual_doc", {}).get("requestBody", {}).get("content", {})
+    return "application/x-www-form-urlencoded" in content
 
 
 def _depth(value) -> int:

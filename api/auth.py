@@ -23,7 +23,8 @@ from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
-BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+# Either scheme (api/__init__.py): a pasted bearer token, or one Swagger UI fetched by the OAuth2 password flow.
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"oauth2": []}]
 log = logging.getLogger("api.auth")
 
 

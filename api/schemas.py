@@ -4,7 +4,17 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from api import passwords
 from fleetcore import missions as mission_states
@@ -108,6 +118,40 @@ def list_of(item_schema: type[Schema], name: str) -> type[Schema]:
 class LoginSchema(StrictSchema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+
+
+class OAuthTokenRequestSchema(Schema):
+    """The form of an OAuth2 password grant (RFC 6749 §4.3.2). Unknown parameters are ignored, as §3.2 requires."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    grant_type = fields.String(required=True, validate=validate.Equal("password"),
+                               metadata={"description": "`password`; or `refresh_token` with `refresh_token` "
+                                                        "(RFC 6749 §6) instead of username and password"})
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=256))
+    scope = fields.String(validate=validate.Equal(""),
+                          metadata={"description": "no scopes: a token carries the user's role and fleets"})
+    client_id = fields.String(metadata={"description": "ignored: the clients are public (RFC 6749 §2.1)"})
+    client_secret = fields.String(load_only=True, metadata={"description": "ignored, as client_id"})
+
+
+class OAuthRefreshRequestSchema(Schema):
+    """The form of an OAuth2 refresh grant (RFC 6749 §6)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    grant_type = fields.String(required=True, validate=validate.Equal("refresh_token"))
+    refresh_token = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=200))
+    scope = fields.String(validate=validate.Equal(""))
+
+
+class OAuthErrorSchema(ErrorSchema):
+    """An OAuth2 token endpoint error (RFC 6749 §5.2), also in our usual shape."""
+    error = fields.String(required=True, metadata={"example": "invalid_grant"})
+    error_description = fields.String(metadata={"description": "what went wrong, for people"})
 
 
 class RefreshSchema(StrictSchema):
@@ -298,18 +342,30 @@ class ConfigUpdateResultSchema(Schema):
                             metadata={"description": "the config.update command; `delivered` false: offline"})
 
 
+VEHICLE_SORTS = tuple(f"{order}{key}" for key in ("id", "created_at", "last_seen", "battery", "odometer", "distance")
+                      for order in ("", "-"))
+
+
 class VehicleListQuerySchema(PageQuerySchema):
     fleet_id = fields.String(validate=FLEET_ID)
     status = fields.String(validate=validate.OneOf(("pending", "active", "revoked", "decommissioned")))
     online = fields.Boolean()
     mode = fields.String(validate=validate.OneOf(("AUTO", "MANUAL", "SERVICE", "ESTOP")))
-    near = fields.String(metadata={"description": "lat,lon — order by distance from the latest position"})
-    sort = fields.String(load_default="id", validate=validate.OneOf(
-        ("id", "-id", "created_at", "-created_at", "last_seen", "-last_seen", "battery", "-battery")))
+    near = fields.String(metadata={"description": "lat,lon — adds `distance_m` from the latest position to each "
+                                                  "vehicle, and orders by it unless `sort` says otherwise"})
+    sort = fields.String(validate=validate.OneOf(VEHICLE_SORTS), metadata={
+        "description": "`id` (the default), `created_at`, `last_seen`, `battery`, `odometer` (`odometer_m`, the "
+                       "distance driven) or `distance` (from `near`, its default there); `-` before a name: "
+                       "descending. Vehicles without a value come last either way."})
 
     @validates("near")
     def _near(self, value: str, **_kwargs) -> None:
         parse_lat_lon(value)
+
+    @validates_schema
+    def _distance_needs_a_point(self, data: dict, **_kwargs) -> None:
+        if data.get("sort", "").lstrip("-") == "distance" and not data.get("near"):
+            raise ValidationError("sort=distance needs near=<lat>,<lon>", field_name="sort")
 
 
 def parse_lat_lon(value: str) -> tuple[float, float]:

@@ -5,11 +5,20 @@ import logging
 
 from flask import request
 from flask_smorest import Blueprint
+from marshmallow import ValidationError
 
 from api import auth
 from api.extensions import config, database
 from api.queries import audit, sessions
-from api.schemas import LoginSchema, MeSchema, RefreshSchema, TokenSchema
+from api.schemas import (
+    LoginSchema,
+    MeSchema,
+    OAuthErrorSchema,
+    OAuthRefreshRequestSchema,
+    OAuthTokenRequestSchema,
+    RefreshSchema,
+    TokenSchema,
+)
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
@@ -35,8 +44,13 @@ def login(credentials: dict):
     Returns an access token (valid 10 minutes) and a single-use refresh token. After repeated failures
     for the same username and address, further attempts are refused with 429 until the window passes.
     """
+    return log_in(credentials["username"], credentials["password"])
+
+
+def log_in(username: str, password: str) -> dict:
+    """Check the password and open a session: the tokens, or HttpError 401 (wrong) / 429 (throttled). Both
+    /login and the OAuth2 /token endpoint come here, so they share the throttle and the audit trail."""
     cfg = config()
-    username = credentials["username"]
     key = f"{username.lower()}|{auth.client_addr()}"
     with database().transaction() as cur:
         failures = sessions.recent_failures(cur, [key], cfg.login_failure_window_s)
@@ -47,7 +61,7 @@ def login(credentials: dict):
             raise HttpError(429, "too many failed logins; try again later", headers={"Retry-After": str(retry_after)},
                             details={"retry_after_s": retry_after})
         user = sessions.find_user_for_login(cur, username)
-    ok = auth.check_password_or_dummy(credentials["password"], user["password_hash"] if user else None)
+    ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None)
     if user is None or not ok or not user["active"]:
         with database().transaction() as cur:
             sessions.record_failure(cur, key, cfg.login_failure_window_s)
@@ -64,6 +78,81 @@ def login(credentials: dict):
     return body
 
 
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 §5.1, for tokens and errors alike
+FORM = "application/x-www-form-urlencoded"
+GRANTS = {"password": OAuthTokenRequestSchema, "refresh_token": OAuthRefreshRequestSchema}
+
+
+class OAuthError(HttpError):
+    """An OAuth2 token endpoint error (RFC 6749 §5.2): ``error`` and ``error_description`` for OAuth2 clients,
+    beside our usual ``code``/``message``/``details`` (the same values), and never cached."""
+
+    def __init__(self, status: int, error: str, description: str, *, headers: dict | None = None,
+                 details: dict | None = None) -> None:
+        super().__init__(status, description, code=error, details=details,
+                         headers={**NO_STORE, **(headers or {})})
+
+    def body(self) -> dict:
+        return {"error": self.code, "error_description": self.message, **super().body()}
+
+
+@blp.route("/token", methods=["POST"])
+@blp.doc(requestBody={"required": True, "content": {FORM: {"schema": OAuthTokenRequestSchema}}},  # the password grant
+         responses={"400": {"description": "RFC 6749 §5.2: `error` is `invalid_request`, `invalid_grant` (wrong "
+                                           "username or password), `unsupported_grant_type` or `invalid_scope`",
+                            "content": {"application/json": {"schema": OAuthErrorSchema}}},
+                    "429": {"description": "too many failed logins (shared with /login); `Retry-After` says when to "
+                                           "try again",
+                            "content": {"application/json": {"schema": OAuthErrorSchema}}}})
+@blp.response(200, TokenSchema)
+def token():
+    """OAuth2 token endpoint (RFC 6749), for OAuth2 clients and Swagger UI's "Authorize" button: a form with
+    `grant_type=password`, `username` and `password` (§4.3), or `grant_type=refresh_token` and `refresh_token`
+    (§6).
+
+    The same tokens as `POST /auth/login` and `POST /auth/refresh`, with the same failed-login throttle and the same
+    single-use refresh tokens. Errors have RFC 6749's `error` and `error_description` as well as `code` and
+    `message`. There are no registered clients: `client_id` and `client_secret` are ignored; `scope` must be empty.
+    """
+    form = _oauth_form()
+    try:
+        if form["grant_type"] == "refresh_token":
+            tokens = refresh_session(form["refresh_token"])
+        else:
+            tokens = log_in(form["username"], form["password"])
+    except HttpError as exc:
+        if exc.status == 401:
+            raise OAuthError(400, "invalid_grant", exc.message, details=exc.details) from None
+        if exc.status == 429:
+            raise OAuthError(429, "invalid_grant", exc.message, headers=exc.headers, details=exc.details) from None
+        raise
+    return tokens, 200, NO_STORE
+
+
+def _oauth_form() -> dict:
+    """The token request's form, or the RFC 6749 §5.2 error that says what is wrong with it."""
+    if request.mimetype != FORM:
+        raise OAuthError(400, "invalid_request", f"send the request as {FORM} (RFC 6749 §4.3.2)")
+    repeated = sorted(name for name in request.form if len(request.form.getlist(name)) > 1)
+    if repeated:
+        raise OAuthError(400, "invalid_request", f"parameters sent more than once: {', '.join(repeated)}")
+    grant_type = request.form.get("grant_type")
+    if not grant_type:
+        raise OAuthError(400, "invalid_request", "grant_type is missing; use grant_type=password")
+    schema = GRANTS.get(grant_type)
+    if schema is None:
+        raise OAuthError(400, "unsupported_grant_type",
+                         f"grant_type {grant_type!r} is not offered here; use password or refresh_token")
+    try:
+        return schema().load(request.form.to_dict())
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        if set(messages) == {"scope"}:
+            raise OAuthError(400, "invalid_scope", "this API has no scopes: leave scope empty") from None
+        missing = ", ".join(sorted(messages))
+        raise OAuthError(400, "invalid_request", f"missing or invalid: {missing}") from None
+
+
 @blp.route("/refresh", methods=["POST"])
 @blp.arguments(RefreshSchema)
 @blp.response(200, TokenSchema)
@@ -74,7 +163,13 @@ def refresh(body: dict):
     Each refresh token works once. Presenting one that was already used means it leaked: the whole
     session is revoked and every token of it stops working.
     """
-    token_hash = auth.refresh_token_hash(body["refresh_token"])
+    return refresh_session(body["refresh_token"])
+
+
+def refresh_session(refresh_token: str) -> dict:
+    """New tokens for a refresh token, or HttpError 401 (unknown, reused, session ended); /refresh and the OAuth2
+    refresh grant of /token."""
+    token_hash = auth.refresh_token_hash(refresh_token)
     with database().transaction() as cur:
         row = sessions.lock_refresh_token(cur, token_hash)
         if row is None:

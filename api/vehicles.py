@@ -62,8 +62,10 @@ def _conflict(exc: registry.RegistryError) -> HttpError:
 def list_vehicles(args: dict):
     """Vehicles you can see, with presence, latest telemetry and health.
 
-    Filter by `fleet_id`, `status`, `online`, `mode`; sort by `id`, `created_at`, `last_seen`, `battery` (prefix `-`
-    for descending); `near=lat,lon` orders by distance from the latest position instead (`distance_m`).
+    Filter by `fleet_id`, `status`, `online`, `mode`; sort by `id`, `created_at`, `last_seen`, `battery`,
+    `odometer` (prefix `-` for descending). `near=lat,lon` adds each vehicle's `distance_m` from that point and
+    orders by it (`sort=distance`, or `-distance` for the farthest first) unless `sort` names another order.
+    Vehicles without the value sorted on (no telemetry yet) come last in both directions.
     """
     limit, offset = window(args)
     near = parse_lat_lon(args["near"]) if args.get("near") else None

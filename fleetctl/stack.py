@@ -102,6 +102,19 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _git_commit() -> str:
+    """The commit the api runs (GET / shows it), read from git at start; a working tree with changes is marked
+    ``-dirty``. FLEET_GIT_COMMIT wins when set (a copy without .git); else "unknown" outside a git checkout."""
+    if os.environ.get("FLEET_GIT_COMMIT"):
+        return os.environ["FLEET_GIT_COMMIT"]
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40", "--match=NO-TAGS"],
+                              cwd=paths.PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
 class Stack:
     """Start, watch and stop the embedded stack."""
 
@@ -207,7 +220,7 @@ class Stack:
         ports = self.config.ports
         h = self.config.host
         authsvc_env = self.service_env() | {"AUTHSVC_BIND": f"{h}:{ports.authsvc}"}
-        api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}"}
+        api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}", "FLEET_GIT_COMMIT": _git_commit()}
         worker_env = self.service_env() | {"WORKER_BIND": f"{h}:{ports.worker}"}
         return [
             Component("authsvc", "authsvc", [python, "-m", "authsvc.server"], authsvc_env,

@@ -25,6 +25,8 @@ _SORTS = {
     "id": "v.id", "-id": "v.id DESC", "created_at": "v.created_at, v.id", "-created_at": "v.created_at DESC, v.id",
     "last_seen": "s.last_seen_at NULLS FIRST, v.id", "-last_seen": "s.last_seen_at DESC NULLS LAST, v.id",
     "battery": "s.battery_pct NULLS LAST, v.id", "-battery": "s.battery_pct DESC NULLS LAST, v.id",
+    "odometer": "s.odometer_m NULLS LAST, v.id", "-odometer": "s.odometer_m DESC NULLS LAST, v.id",
+    "distance": "distance_m NULLS LAST, v.id", "-distance": "distance_m DESC NULLS LAST, v.id",  # with near only
 }
 
 
@@ -76,9 +78,7 @@ def list_vehicles(cur, visible: list[str] | None, args: dict, near: tuple[float,
     total = cur.fetchone()["n"]
     if near:
         params.update(near_lat=near[0], near_lon=near[1])
-        order = "distance_m NULLS LAST, v.id"
-    else:
-        order = _SORTS[args.get("sort") or "id"]
+    order = _SORTS[args.get("sort") or ("distance" if near else "id")]
     params.update(limit=limit, offset=offset)
     cur.execute(_SELECT.format(distance=_DISTANCE if near else "")
                 + f" WHERE {clause} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s", params)

@@ -71,7 +71,7 @@ def test_openapi_document_covers_the_endpoints_and_errors(anonymous):
     assert "/api/v1/auth/login" in spec["paths"]
     assert "bearerAuth" in spec["components"]["securitySchemes"]
     me = spec["paths"]["/api/v1/auth/me"]["get"]
-    assert me["security"] == [{"bearerAuth": []}]
+    assert me["security"] == [{"bearerAuth": []}, {"oauth2": []}]
     assert "401" in me["responses"]
     error = spec["components"]["schemas"]["Error"]
     assert set(error["properties"]) == {"code", "message", "details"}

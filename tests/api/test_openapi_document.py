@@ -26,7 +26,7 @@ def test_the_safety_endpoints_are_documented(anonymous):
     paths = anonymous.get("/openapi.json").json()["paths"]
     for path, method in SAFETY_PATHS.items():
         assert method in paths.get(path, {}), f"{method.upper()} {path} is not documented"
-        assert paths[path][method]["security"] == [{"bearerAuth": []}]
+        assert paths[path][method]["security"] == [{"bearerAuth": []}, {"oauth2": []}]
     create = paths["/api/v1/missions"]["post"]["responses"]
     assert "422" in create and "beyond_capability" in create["422"]["description"]
     release = paths["/api/v1/vehicles/{vehicle_id}/emergency-release"]["post"]["responses"]

@@ -102,10 +102,13 @@ def test_list_filters_sorts_pages_and_scopes(operator, admin, make_user, stack_d
     assert admin.post("/api/v1/fleets", json={"id": other_fleet, "name": "Other"}).status_code == 201
     hidden = create(admin, other_fleet)["vehicle"]["id"]
     with stack_db.transaction() as cur:  # positions and modes as the ingest would store them
-        for vehicle_id, lat, mode in zip(ids, (48.0, 48.5, 47.0), ("AUTO", "MANUAL", "AUTO"), strict=True):
-            cur.execute("INSERT INTO vehicle_state (vehicle_id, lat, lon, mode, online) VALUES (%s, %s, 11.0, %s, %s) "
+        for vehicle_id, lat, mode, odometer in zip(ids, (48.0, 48.5, 47.0), ("AUTO", "MANUAL", "AUTO"),
+                                                   (1500.0, None, 300.0), strict=True):
+            cur.execute("INSERT INTO vehicle_state (vehicle_id, lat, lon, mode, online, odometer_m) "
+                        "VALUES (%s, %s, 11.0, %s, %s, %s) "
                         "ON CONFLICT (vehicle_id) DO UPDATE SET lat = excluded.lat, lon = excluded.lon, "
-                        "mode = excluded.mode, online = excluded.online", (vehicle_id, lat, mode, mode == "MANUAL"))
+                        "mode = excluded.mode, online = excluded.online, odometer_m = excluded.odometer_m",
+                        (vehicle_id, lat, mode, mode == "MANUAL", odometer))
 
     listed = operator.get("/api/v1/vehicles", params={"per_page": 500}).json()
     assert [v["id"] for v in listed["items"]] == ids and hidden not in str(listed)
@@ -125,8 +128,27 @@ def test_list_filters_sorts_pages_and_scopes(operator, admin, make_user, stack_d
     near = operator.get("/api/v1/vehicles", params={"near": "47.1,11.0"}).json()["items"]
     assert [v["id"] for v in near] == [ids[2], ids[0], ids[1]]
     assert near[0]["distance_m"] < near[1]["distance_m"] < near[2]["distance_m"]
-    for bad in ({"near": "north"}, {"near": "91,0"}, {"sort": "colour"}, {"status": "flying"}, {"per_page": 0}):
-        assert operator.get("/api/v1/vehicles", params=bad).status_code == 422, bad
+
+    def order(**params) -> list[str]:
+        return [v["id"] for v in operator.get("/api/v1/vehicles", params=params).json()["items"]]
+    # Odometer: the vehicle that never reported one comes last in both directions.
+    assert order(sort="odometer") == [ids[2], ids[0], ids[1]]
+    assert order(sort="-odometer") == [ids[0], ids[2], ids[1]]
+    assert [v["telemetry"]["odometer_m"] for v in operator.get("/api/v1/vehicles", params={
+        "sort": "-odometer"}).json()["items"]] == [1500.0, 300.0, None]
+    assert order(near="47.1,11.0", sort="distance") == [ids[2], ids[0], ids[1]]
+    assert order(near="47.1,11.0", sort="-distance") == [ids[1], ids[0], ids[2]]
+    by_odometer_near = operator.get("/api/v1/vehicles", params={"near": "47.1,11.0", "sort": "odometer"}).json()
+    assert [v["id"] for v in by_odometer_near["items"]] == [ids[2], ids[0], ids[1]]
+    assert all(v["distance_m"] > 0 for v in by_odometer_near["items"])
+    assert order(sort="-odometer", per_page=1, page=2) == [ids[2]]
+    for bad in ({"near": "north"}, {"near": "91,0"}, {"sort": "colour"}, {"status": "flying"}, {"per_page": 0},
+                {"sort": "distance"}, {"sort": "odometer_m"}):
+        response = operator.get("/api/v1/vehicles", params=bad)
+        assert response.status_code == 422 and response.json()["code"] == "validation_error", (bad, response.text)
+    assert "sort=distance needs near" in str(operator.get("/api/v1/vehicles", params={"sort": "-distance"}).json())
+    unknown = operator.get("/api/v1/vehicles", params={"order": "odometer"})
+    assert unknown.status_code == 400 and unknown.json()["code"] == "unknown_parameter"
 
 
 def test_viewer_reads_but_cannot_change(make_user, operator):

@@ -260,3 +260,32 @@ def test_swagger_ui_renders_without_the_internet(api_url, browser, screenshots):
     wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".opblock")) > 20, 10)
     browser.save_screenshot(str(screenshots / "swagger-ui.png"))
     assert console_errors(browser) == []
+
+
+def test_swagger_ui_authorize_logs_in_through_the_oauth2_token_endpoint(api_url, make_user, browser):
+    """Swagger UI's "Authorize" button with an operator's username and password (the OAuth2 password flow,
+    api/tokens.py), then "Try it out" on GET /api/v1/auth/me answers 200 for that operator."""
+    from selenium.webdriver.common.by import By
+
+    user = make_user("operator")
+    browser.get(f"{api_url}/docs")
+    click(browser, ".swagger-ui .auth-wrapper .btn.authorize")
+    wait_until(lambda: browser.find_elements(By.ID, "oauth_username"), 10, message="no OAuth2 login in the dialog")
+    browser.find_element(By.ID, "oauth_username").send_keys(user.username)
+    browser.find_element(By.ID, "oauth_password").send_keys(user.password)
+    browser.find_element(By.XPATH, "//input[@id='oauth_username']/ancestor::div[contains(@class, 'auth-container')]"
+                                   "//button[contains(@class, 'authorize')]").click()
+    wait_until(lambda: js(browser, "const a = window.ui.authSelectors.authorized().toJS(); "
+                                   "return !!(a.oauth2 && a.oauth2.token && a.oauth2.token.access_token);"), 15,
+               message="Swagger UI got no token from the token endpoint")
+    click(browser, ".swagger-ui .dialog-ux .btn-done")
+
+    me = "#operations-auth-get_api_v1_auth_me"
+    click(browser, f"{me} .opblock-summary")
+    click(browser, f"{me} .try-out__btn")
+    click(browser, f"{me} .btn.execute")
+    status = f"{me} .live-responses-table tr.response .response-col_status"
+    wait_until(lambda: text_of(browser, status).startswith("200"), 15,
+               message=lambda: f"GET /auth/me answered {text_of(browser, status)!r}")
+    assert f'"username": "{user.username}"' in text_of(browser, f"{me} .live-responses-table .microlight")
+    assert console_errors(browser) == []
