@@ -6,6 +6,11 @@ may publish its own register/request and subscribe to its own register/response.
 wildcards, ``$SYS`` and other ``$`` topics (shared subscriptions included), other vehicles' topics, topics outside
 the tree, an empty or unknown role, and a client whose clientid and username differ.
 
+A VDA 5050 vehicle (docs/VDA5050.md) is a ``vehicle`` whose authn answer carries the client attribute ``vda``
+(``manufacturer/serialNumber``, from the database at login). It may use only its own VDA topics, in the standard's
+direction: publish ``uagv/v2/{vda}/state | connection | factsheet | visualization``, subscribe
+``uagv/v2/{vda}/order | instantActions``. Nothing of ``fleet/v1`` — it does not speak our protocol.
+
 ``session_rules`` turns the same table into the ``acl`` list of the authn answer (EMQX 5.8+ attaches it to the
 session and checks it before the HTTP source): a connected vehicle's own topics are then allowed without a
 callout — it keeps working through an authsvc outage — while everything else still comes here and is denied.
@@ -36,8 +41,8 @@ class AclDecision:
     reason: str
 
 
-def decide(role: str, clientid: str, username: str, action: str, topic: str) -> AclDecision:
-    """May this client do ``action`` (publish | subscribe) on ``topic``?"""
+def decide(role: str, clientid: str, username: str, action: str, topic: str, vda: str = "") -> AclDecision:
+    """May this client do ``action`` (publish | subscribe) on ``topic``? ``vda``: the VDA identity, if any."""
     if role not in (ROLE_VEHICLE, ROLE_ENROLLING):
         return AclDecision(False, "unknown_role" if role else "no_role")
     if action not in ("publish", "subscribe"):
@@ -48,6 +53,8 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str) -> 
         return AclDecision(False, "system_topic")
     if "+" in topic or "#" in topic:
         return AclDecision(False, "wildcard")
+    if vda:
+        return _decide_vda(role, action, topic, vda)
     parsed = topics.parse(topic)
     if parsed is None:
         return AclDecision(False, "outside_tree")
@@ -62,8 +69,28 @@ def decide(role: str, clientid: str, username: str, action: str, topic: str) -> 
     return AclDecision(False, f"{role}_may_not_{action}_{parsed.kind.value.replace('/', '_')}")
 
 
-def session_rules(role: str, vehicle_id: str) -> list[dict]:
+def _decide_vda(role: str, action: str, topic: str, vda: str) -> AclDecision:
+    if role != ROLE_VEHICLE:
+        return AclDecision(False, "vda_not_a_vehicle")
+    parsed = topics.parse_vda(topic)
+    if parsed is None:
+        return AclDecision(False, "outside_vda_tree")
+    if parsed.identity != vda:
+        return AclDecision(False, "other_vehicle")
+    allowed = topics.VDA_VEHICLE_PUBLISHES if action == "publish" else topics.VDA_VEHICLE_SUBSCRIBES
+    if parsed.subtopic in allowed:
+        return AclDecision(True, "own_vda_topic")
+    return AclDecision(False, f"vda_vehicle_may_not_{action}_{parsed.subtopic.value}")
+
+
+def session_rules(role: str, vehicle_id: str, vda: str = "") -> list[dict]:
     """The allow rules of ``decide`` for one client, as EMQX authn-answer ACL rules with literal topics."""
+    if vda:
+        manufacturer, serial_number = vda.split("/")
+        return [{"permission": "allow", "action": action,
+                 "topics": [topics.vda_topic(manufacturer, serial_number, subtopic) for subtopic in sorted(allowed)]}
+                for action, allowed in (("publish", topics.VDA_VEHICLE_PUBLISHES),
+                                        ("subscribe", topics.VDA_VEHICLE_SUBSCRIBES))]
     rules = []
     for action in ("publish", "subscribe"):
         names = [topics.vehicle_topic(vehicle_id, kind) for kind in sorted(_ALLOWED[(role, action)])]
