@@ -132,7 +132,10 @@ def order_message(identity: Identity, header_id: int, body: dict[str, Any]) -> d
 
 
 def instant_actions_message(identity: Identity, header_id: int, actions: list[dict[str, Any]]) -> dict[str, Any]:
-    return {**header(identity, header_id), "actions": actions}
+    """2.0 names the list ``actions``; 1.1 named it ``instantActions``, and so does vda-5050-lib 1.4.0 for 2.0 (it
+    drops a message without it). Both carry the same list: the official schema allows the extra key, and a vehicle
+    reads the one it knows (docs/VDA5050.md, Interop findings)."""
+    return {**header(identity, header_id), "actions": actions, "instantActions": actions}
 
 
 # -- the official schemas -------------------------------------------------------------------------------------------
