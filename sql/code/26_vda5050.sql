@@ -122,6 +122,10 @@ DECLARE
     ll record;
     errors jsonb;
     estop boolean;
+    telemetry jsonb;
+    status jsonb;
+    node_seq bigint;
+    problem text;
     ord record;
     event_prefix text;
     total integer;
@@ -129,38 +133,54 @@ DECLARE
     failure text;
     r record;
 BEGIN
-    -- the position, when the vehicle knows it, is a telemetry point
-    IF pos IS NOT NULL AND (pos -> 'positionInitialized') = 'true'::jsonb THEN
-        ll := ingest.vda5050_to_lat_lon((pos ->> 'x')::float8, (pos ->> 'y')::float8, p_vda.origin_lat,
-                                        p_vda.origin_lon);
-        PERFORM ingest.ingest_telemetry(p_clientid, p_topic, p_received_at, jsonb_build_object(
+    -- Translate first, writing nothing: a number the schema allows but a double or bigint cannot hold (x: 1e400)
+    -- raises here, and is dead-lettered as invalid_value instead of failing the broker's INSERT.
+    BEGIN
+        -- the position, when the vehicle knows it, is a telemetry point
+        IF pos IS NOT NULL AND (pos -> 'positionInitialized') = 'true'::jsonb THEN
+            ll := ingest.vda5050_to_lat_lon((pos ->> 'x')::float8, (pos ->> 'y')::float8, p_vda.origin_lat,
+                                            p_vda.origin_lon);
+            telemetry := jsonb_build_object(
+                'v', 1, 'msg_id', msg_id, 'seq', (p_doc -> 'headerId'), 'ts', ts_ms,
+                'data', jsonb_strip_nulls(jsonb_build_object(
+                    'lat', ll.lat, 'lon', ll.lon,
+                    -- theta: radians counter-clockwise from the map's x axis (east); heading: degrees clockwise
+                    -- from north
+                    'heading_deg', round(((450 - degrees((pos ->> 'theta')::float8))::numeric % 360), 2),
+                    'speed_mps', CASE WHEN vel IS NOT NULL THEN
+                                     round(sqrt(COALESCE((vel ->> 'vx')::float8, 0) ^ 2
+                                                + COALESCE((vel ->> 'vy')::float8, 0) ^ 2)::numeric, 3) END,
+                    'battery_pct', p_doc #> '{batteryState,batteryCharge}')));
+        END IF;
+        -- health: errors with their levels, and the safety state; a paused vehicle counts as stopped (an
+        -- operator's e-stop reaches a VDA vehicle as startPause, api/emergency_commands.py)
+        SELECT COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                   'code', e ->> 'errorType', 'level', e ->> 'errorLevel', 'message', e ->> 'errorDescription',
+                   'references', e -> 'errorReferences'))), '[]'::jsonb)
+          INTO errors FROM jsonb_array_elements(p_doc -> 'errors') e;
+        estop := COALESCE((p_doc ->> 'paused')::boolean, false) OR p_doc #>> '{safetyState,eStop}' <> 'NONE';
+        status := jsonb_build_object(
             'v', 1, 'msg_id', msg_id, 'seq', (p_doc -> 'headerId'), 'ts', ts_ms,
             'data', jsonb_strip_nulls(jsonb_build_object(
-                'lat', ll.lat, 'lon', ll.lon,
-                -- theta: radians counter-clockwise from the map's x axis (east); heading: degrees clockwise from north
-                'heading_deg', round(((450 - degrees((pos ->> 'theta')::float8))::numeric % 360), 2),
-                'speed_mps', CASE WHEN vel IS NOT NULL THEN round(sqrt(COALESCE((vel ->> 'vx')::float8, 0) ^ 2
-                                                                      + COALESCE((vel ->> 'vy')::float8, 0) ^ 2)::numeric, 3)
-                                  END,
-                'battery_pct', p_doc #> '{batteryState,batteryCharge}'))), NULL, s);
+                'mode', CASE p_doc ->> 'operatingMode' WHEN 'AUTOMATIC' THEN 'AUTO' WHEN 'SEMIAUTOMATIC' THEN 'AUTO'
+                                                       WHEN 'MANUAL' THEN 'MANUAL' ELSE 'SERVICE' END,
+                'battery_pct', p_doc #> '{batteryState,batteryCharge}',
+                'charging', p_doc #> '{batteryState,charging}',
+                'estop', estop,
+                'errors', errors)));
+        node_seq := (p_doc ->> 'lastNodeSequenceId')::bigint;
+    EXCEPTION WHEN data_exception THEN
+        problem := left(SQLERRM, 200);
+    END;
+    IF problem IS NOT NULL THEN
+        PERFORM ingest.reject(p_clientid, p_topic, p_received_at, 'invalid_value', 'state: ' || problem, p_raw,
+                              s.rejected_payload_cap);
+        RETURN;
     END IF;
-
-    -- health: errors with their levels, and the safety state; a paused vehicle counts as stopped (an operator's
-    -- e-stop reaches a VDA vehicle as startPause, api/emergency_commands.py)
-    SELECT COALESCE(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
-               'code', e ->> 'errorType', 'level', e ->> 'errorLevel', 'message', e ->> 'errorDescription',
-               'references', e -> 'errorReferences'))), '[]'::jsonb)
-      INTO errors FROM jsonb_array_elements(p_doc -> 'errors') e;
-    estop := COALESCE((p_doc ->> 'paused')::boolean, false) OR p_doc #>> '{safetyState,eStop}' <> 'NONE';
-    PERFORM ingest.store_status(p_clientid, p_topic, p_received_at, jsonb_build_object(
-        'v', 1, 'msg_id', msg_id, 'seq', (p_doc -> 'headerId'), 'ts', ts_ms,
-        'data', jsonb_strip_nulls(jsonb_build_object(
-            'mode', CASE p_doc ->> 'operatingMode' WHEN 'AUTOMATIC' THEN 'AUTO' WHEN 'SEMIAUTOMATIC' THEN 'AUTO'
-                                                   WHEN 'MANUAL' THEN 'MANUAL' ELSE 'SERVICE' END,
-            'battery_pct', p_doc #> '{batteryState,batteryCharge}',
-            'charging', p_doc #> '{batteryState,charging}',
-            'estop', estop,
-            'errors', errors))), p_raw, s);
+    IF telemetry IS NOT NULL THEN
+        PERFORM ingest.ingest_telemetry(p_clientid, p_topic, p_received_at, telemetry, NULL, s);
+    END IF;
+    PERFORM ingest.store_status(p_clientid, p_topic, p_received_at, status, p_raw, s);
 
     -- instant actions we sent: their last reported status
     UPDATE public.vda5050_instant_actions ia SET status = a ->> 'actionStatus', status_at = p_received_at
@@ -237,14 +257,12 @@ BEGIN
         RETURN;
     END IF;
     -- progress: once per node reached (or when it starts driving)
-    IF ((p_doc -> 'driving') = 'true'::jsonb OR (p_doc ->> 'lastNodeSequenceId')::bigint > 0)
-       AND (p_doc ->> 'lastNodeSequenceId')::bigint IS DISTINCT FROM ord.last_node_seq THEN
+    IF ((p_doc -> 'driving') = 'true'::jsonb OR node_seq > 0) AND node_seq IS DISTINCT FROM ord.last_node_seq THEN
         PERFORM public.mission_apply_event(ord.mission_id, 'progress', 'vehicle', p_clientid, ingest.ms_to_ts(ts_ms),
             event_prefix || 'node:' || (p_doc ->> 'lastNodeSequenceId'), jsonb_build_object('progress', jsonb_build_object(
                 'percent', round(100.0 * (total - left_nodes) / GREATEST(total, 1), 1),
                 'step', p_doc ->> 'lastNodeId')));
-        UPDATE public.vda5050_orders SET last_node_seq = (p_doc ->> 'lastNodeSequenceId')::bigint
-         WHERE order_id = ord.order_id;
+        UPDATE public.vda5050_orders SET last_node_seq = node_seq WHERE order_id = ord.order_id;
     END IF;
 END $$;
 
@@ -253,12 +271,27 @@ END $$;
 -- ---------------------------------------------------------------------------------------------------
 -- The whole factsheet is the sheet's document; the typed fields come from protocolFeatures.agvActions (the action
 -- types it performs: what a mission's tasks become), physicalParameters.speedMax and the heaviest loadSet.
-CREATE OR REPLACE FUNCTION ingest.vda5050_apply_factsheet(p_clientid text, p_doc jsonb) RETURNS void
+CREATE OR REPLACE FUNCTION ingest.vda5050_apply_factsheet(p_clientid text, p_topic text, p_received_at timestamptz,
+                                                          p_doc jsonb, p_raw bytea, s ingest.settings) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     sheet jsonb := p_doc - ARRAY['headerId', 'timestamp'];
     next_version integer;
+    task_types text[];
+    max_payload real;
+    max_speed real;
 BEGIN
+    BEGIN  -- typed fields first, writing nothing (a weight of 1e40 does not fit a real)
+        SELECT array_agg(DISTINCT a ->> 'actionType') INTO task_types
+          FROM jsonb_array_elements(p_doc #> '{protocolFeatures,agvActions}') a;
+        SELECT max((l ->> 'maxWeight')::real) INTO max_payload
+          FROM jsonb_array_elements(COALESCE(p_doc #> '{loadSpecification,loadSets}', '[]'::jsonb)) l;
+        max_speed := (p_doc #>> '{physicalParameters,speedMax}')::real;
+    EXCEPTION WHEN data_exception THEN
+        PERFORM ingest.reject(p_clientid, p_topic, p_received_at, 'invalid_value', 'factsheet: ' || left(SQLERRM, 200),
+                              p_raw, s.rejected_payload_cap);
+        RETURN;
+    END;
     IF EXISTS (SELECT 1 FROM public.vehicles v JOIN public.vehicle_capabilities c
                  ON c.vehicle_id = v.id AND c.version = v.capabilities_version
                 WHERE v.id = p_clientid AND c.document = sheet) THEN
@@ -267,13 +300,7 @@ BEGIN
     SELECT COALESCE(max(version), 0) + 1 INTO next_version FROM public.vehicle_capabilities WHERE vehicle_id = p_clientid;
     INSERT INTO public.vehicle_capabilities (vehicle_id, version, document, task_types, max_payload_kg, max_speed_mps,
                                              battery_capacity_wh, source)
-    VALUES (p_clientid, next_version, sheet,
-            (SELECT array_agg(DISTINCT a ->> 'actionType')
-               FROM jsonb_array_elements(p_doc #> '{protocolFeatures,agvActions}') a),
-            (SELECT max((l ->> 'maxWeight')::real)
-               FROM jsonb_array_elements(COALESCE(p_doc #> '{loadSpecification,loadSets}', '[]'::jsonb)) l),
-            (p_doc #>> '{physicalParameters,speedMax}')::real,
-            NULL, 'vda5050_factsheet');
+    VALUES (p_clientid, next_version, sheet, task_types, max_payload, max_speed, NULL, 'vda5050_factsheet');
     UPDATE public.vehicles SET capabilities_version = next_version WHERE id = p_clientid;
 END $$;
 
@@ -357,7 +384,7 @@ BEGIN
                     'data', jsonb_build_object('state', doc ->> 'connectionState'))::text, 'UTF8'), 'base64'),
                 NEW.received_at_ms);
     ELSE
-        PERFORM ingest.vda5050_apply_factsheet(NEW.clientid, doc);
+        PERFORM ingest.vda5050_apply_factsheet(NEW.clientid, NEW.topic, received, doc, raw, s);
     END IF;
     RETURN NEW;
 END $$;
