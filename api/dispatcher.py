@@ -163,8 +163,17 @@ class MissionDispatcher:
 
     def resend_config(self, vehicle_id: str, attempt: int = 0) -> bool:
         """A vehicle that comes online behind its desired configuration gets ``config.update`` again (the one
-        sent while it was offline found no subscriber). Returns whether a command was delivered."""
+        sent while it was offline found no subscriber); a VDA 5050 vehicle is asked for its factsheet. Returns
+        whether a command was delivered."""
         self._config_retries.pop(vehicle_id, None)
+        identity = vda.identity_of(self.db, vehicle_id)
+        if identity is not None:
+            # A VDA 5050 vehicle has no configuration of ours. What it is asked for when it connects is its factsheet
+            # (the instant action factsheetRequest): its capability sheet is then the one it drives with now.
+            delivered = self.vda.send_instant_action(identity, "factsheetRequest")
+            if not delivered and attempt < len(self.CONFIG_RETRIES_S):
+                self._config_retries[vehicle_id] = (time.monotonic() + self.CONFIG_RETRIES_S[attempt], attempt + 1)
+            return delivered
         with self.db.transaction() as cur:
             cur.execute("SELECT desired_config, desired_config_version, reported_config_version FROM vehicles "
                         "WHERE id = %s AND status = 'active'", (vehicle_id,))

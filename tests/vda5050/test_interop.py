@@ -59,6 +59,11 @@ class VirtualAgv:
     def states(self) -> list[dict]:
         return [m["payload"] for m in self.messages("out", topics.VdaSubtopic.STATE)]
 
+    def instant_actions(self) -> list[str]:
+        """The types of the instant actions it received, in order (but the factsheetRequest of every connect)."""
+        return [a["actionType"] for m in self.messages("in", topics.VdaSubtopic.INSTANT_ACTIONS)
+                for a in m["payload"]["actions"] if a["actionType"] != "factsheetRequest"]
+
 
 @pytest.fixture
 def virtual_agv(request, operator, stack, tmp_path):
@@ -123,8 +128,9 @@ def test_mission_completes_and_the_report_shows_it(virtual_agv, operator, stack)
     final = virtual_agv.states()[-1]
     assert final["orderId"] == order["orderId"] and final["lastNodeId"] == order["nodes"][-1]["nodeId"]
     assert final["nodeStates"] == [] and final["edgeStates"] == []
-    assert {(a["actionType"], a["actionStatus"]) for a in final["actionStates"]} == {("pick", "FINISHED"),
-                                                                                    ("drop", "FINISHED")}
+    order_actions = {a["actionId"] for a in order["nodes"][-1]["actions"]}
+    assert sorted((a["actionType"], a["actionStatus"]) for a in final["actionStates"]
+                  if a["actionId"] in order_actions) == [("drop", "FINISHED"), ("pick", "FINISHED")]
     assert final["agvPosition"]["y"] == pytest.approx(40, abs=0.5)
 
     report = operator.get("/api/v1/reports/missions", params={"vehicle_id": virtual_agv.vehicle_id}).json()
@@ -141,6 +147,11 @@ def test_mission_completes_and_the_report_shows_it(virtual_agv, operator, stack)
     assert view["health"]["health"] == "OK" and view["health"]["estop"] is False
     headers = [m["payload"]["headerId"] for m in virtual_agv.messages("in", topics.VdaSubtopic.ORDER)]
     assert headers == sorted(set(headers)), "headerId increases with every order sent"
+    # asked for its factsheet when it connected: that is its capability sheet
+    sheet = wait_until(lambda: operator.get(f"/api/v1/vehicles/{virtual_agv.vehicle_id}/capabilities").json()[
+        "current"])
+    assert sheet["source"] == "vda5050_factsheet" and {"pick", "drop"} <= set(sheet["task_types"])
+    assert sheet["max_speed_mps"] == 2 and sheet["max_payload_kg"] == 50
     assert_every_message_follows_the_official_schemas(virtual_agv)
     assert rejected(stack.database_url, virtual_agv.vehicle_id) == []
 
@@ -153,8 +164,7 @@ def test_mission_cancelled_mid_way(virtual_agv, operator, stack):
     done = mission_in(operator, mission_id, "cancelled", "completed", "failed")
     assert done["state"] == "cancelled", done
 
-    [instant] = [m["payload"] for m in virtual_agv.messages("in", topics.VdaSubtopic.INSTANT_ACTIONS)][:1]
-    assert [a["actionType"] for a in instant["actions"]] == ["cancelOrder"]
+    assert set(virtual_agv.instant_actions()) == {"cancelOrder"}
     final = virtual_agv.states()[-1]
     assert final["nodeStates"] == [] and not final["driving"]
     assert final["agvPosition"]["y"] < 400 - 1, "it stopped before the end of the route"
@@ -175,16 +185,15 @@ def test_emergency_stop_pauses_the_agv_until_released(virtual_agv, operator, sta
                message="the stop was never acknowledged")
     paused = next(s for s in reversed(virtual_agv.states()) if s["paused"])
     assert paused["driving"] is False and paused["nodeStates"], "paused mid-way, with nodes still to go"
-    assert [a["actionType"] for m in virtual_agv.messages("in", topics.VdaSubtopic.INSTANT_ACTIONS)
-            for a in m["payload"]["actions"]][:1] == ["startPause"]
+    assert set(virtual_agv.instant_actions()) == {"startPause"}
     assert operator.get(f"/api/v1/missions/{mission_id}").json()["state"] == "in_progress"
 
     released = operator.post(f"/api/v1/vehicles/{virtual_agv.vehicle_id}/emergency-release", json={"reason": "clear"})
     assert released.status_code == 200, released.text
     done = mission_in(operator, mission_id, "completed", "failed", "cancelled")
     assert done["state"] == "completed", done
-    assert "stopPause" in [a["actionType"] for m in virtual_agv.messages("in", topics.VdaSubtopic.INSTANT_ACTIONS)
-                           for a in m["payload"]["actions"]]
+    sent = virtual_agv.instant_actions()
+    assert set(sent) == {"startPause", "stopPause"} and sent.index("startPause") < sent.index("stopPause")
     assert operator.get(f"/api/v1/vehicles/{virtual_agv.vehicle_id}").json()["health"]["estop"] is False
     assert_every_message_follows_the_official_schemas(virtual_agv)
     assert rejected(stack.database_url, virtual_agv.vehicle_id) == []

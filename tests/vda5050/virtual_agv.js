@@ -42,6 +42,34 @@ mqtt.connect = function (...args) {
     return client;
 };
 
+const FACTSHEET = {
+    typeSpecification: {
+        seriesName: "virtual", agvKinematic: "OMNI", agvClass: "CARRIER", maxLoadMass: 50,
+        localizationTypes: ["NATURAL"], navigationTypes: ["AUTONOMOUS"],
+    },
+    physicalParameters: {
+        speedMin: 0, speedMax: 2, accelerationMax: 1, decelerationMax: 1, heightMax: 1, width: 0.8, length: 1.2,
+    },
+    protocolLimits: { maxStringLens: {}, maxArrayLens: {}, timing: { minOrderInterval: 0.5, minStateInterval: 0.1 } },
+    protocolFeatures: {
+        optionalParameters: [],
+        agvActions: ["noop", "pick", "drop", "initPosition", "startPause", "stopPause", "startCharging",
+                     "stopCharging", "cancelOrder", "stateRequest", "factsheetRequest"]
+            .map((actionType) => ({ actionType, actionScopes: ["INSTANT"] })),
+    },
+    agvGeometry: {},
+    loadSpecification: { loadSets: [{ setName: "EPAL", loadType: "EPAL", maxWeight: 50 }] },
+};
+
+// The virtual adapter reports an empty factsheet when it attaches; a vehicle's integrator fills in its own. This
+// one answers a factsheetRequest (the backend asks whenever it connects) with the adapter's actions and 2 m/s.
+class VirtualAgvWithFactsheet extends VirtualAgvAdapter {
+    attach(context) {
+        super.attach(context);
+        this.controller.updateFactsheet(FACTSHEET);
+    }
+}
+
 async function main() {
     const controller = new AgvController(
         { manufacturer: env("VDA_MANUFACTURER"), serialNumber: env("VDA_SERIAL_NUMBER") },
@@ -56,7 +84,7 @@ async function main() {
                 reconnectPeriod: 500,
             },
         },
-        { agvAdapterType: VirtualAgvAdapter, publishVisualizationInterval: 0 },
+        { agvAdapterType: VirtualAgvWithFactsheet, publishVisualizationInterval: 0 },
         {
             initialPosition: { mapId: env("VDA_MAP_ID"), x: 0, y: 0, theta: 0, lastNodeId: "origin" },
             vehicleSpeed: 2,
