@@ -13,6 +13,7 @@ import pytest
 from fleetcore import topics, vda5050
 from tests.support.database import rejected, rows
 from tests.support.vda5050 import ORIGIN, connected_vda_vehicle
+from tests.support.vehicle import ConnectRefused
 from tests.support.waiting import wait_until
 
 STATE = topics.VdaSubtopic.STATE
@@ -172,3 +173,73 @@ def test_a_mission_is_driven_as_an_order(agv, operator, stack):
                       == "completed" and m)
     assert done["accepted_at"] <= done["started_at"] <= done["finished_at"]
     assert rejected(stack.database_url, agv.vehicle_id) == []
+
+
+def dispatched_order(agv, operator, tasks: list[dict] | None = None) -> tuple[str, dict]:
+    waypoints = [{"lat": ORIGIN[0] + 0.0001, "lon": ORIGIN[1]}]
+    created = operator.post("/api/v1/missions", json={"vehicle_id": agv.vehicle_id, "name": "short",
+                                                      "waypoints": waypoints, "tasks": tasks or []})
+    assert created.status_code == 201, created.text
+    return created.json()["id"], agv.wait_for_vda(topics.VdaSubtopic.ORDER)
+
+
+def mission_state(operator, mission_id: str, state: str) -> dict:
+    return wait_until(lambda: (m := operator.get(f"/api/v1/missions/{mission_id}").json())["state"] == state and m,
+                      message=lambda: f"mission never {state}: {operator.get(f'/api/v1/missions/{mission_id}').json()}")
+
+
+def test_fatal_error_fails_the_mission(agv, operator):
+    mission_id, order = dispatched_order(agv, operator)
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][0]["nodeId"], driving=True)
+    mission_state(operator, mission_id, "in_progress")
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][0]["nodeId"], errors=[
+        {"errorType": "laserScannerFault", "errorLevel": "FATAL", "errorDescription": "scanner dead",
+         "errorReferences": []}])
+    failed = mission_state(operator, mission_id, "failed")
+    assert failed["failure_reason"] == "FATAL laserScannerFault: scanner dead"
+    assert vehicle_view(operator, agv.vehicle_id)["health"]["health"] == "FATAL"
+
+
+def test_failed_action_fails_the_mission(agv, operator):
+    mission_id, order = dispatched_order(agv, operator, tasks=[{"type": "lift", "params": {"height": 1.2}}])
+    [lift] = order["nodes"][-1]["actions"]
+    assert lift["actionParameters"] == [{"key": "height", "value": 1.2}]
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][-1]["nodeId"], lastNodeSequenceId=2,
+              actionStates=[{"actionId": lift["actionId"], "actionType": "lift", "actionStatus": "FAILED",
+                             "resultDescription": "stuck"}])
+    assert mission_state(operator, mission_id, "failed")["failure_reason"] == "action lift failed: stuck"
+
+
+def test_refused_order_rejects_the_mission(agv, operator):
+    mission_id, order = dispatched_order(agv, operator)
+    agv.state(errors=[{"errorType": "orderNoRoute", "errorLevel": "WARNING", "errorDescription": "no route",
+                       "errorReferences": [{"referenceKey": "orderId", "referenceValue": order["orderId"]}]}])
+    assert mission_state(operator, mission_id, "rejected")["failure_reason"] == "orderNoRoute: no route"
+
+
+def test_pause_and_resume_are_start_and_stop_pause(agv, operator):
+    mission_id, order = dispatched_order(agv, operator)
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][0]["nodeId"], driving=True)
+    mission_state(operator, mission_id, "in_progress")
+    assert operator.post(f"/api/v1/missions/{mission_id}/pause", json={"reason": "aisle"}).status_code == 200
+    pause = agv.wait_for_vda(topics.VdaSubtopic.INSTANT_ACTIONS,
+                             lambda m: m["actions"][0]["actionType"] == "startPause")
+    jsonschema.validate(pause, official_schema("instantActions"))
+    assert len(pause["actions"]) == 1 and pause["instantActions"] == pause["actions"]
+    assert mission_state(operator, mission_id, "paused")["pending_command"] == "pause"   # until the vehicle confirms
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][0]["nodeId"], paused=True)
+    wait_until(lambda: operator.get(f"/api/v1/missions/{mission_id}").json()["pending_command"] is None)
+    assert operator.post(f"/api/v1/missions/{mission_id}/resume", json={}).status_code == 200
+    resume = agv.wait_for_vda(topics.VdaSubtopic.INSTANT_ACTIONS,
+                              lambda m: m["actions"][0]["actionType"] == "stopPause")
+    assert resume["headerId"] > pause["headerId"]
+    agv.state(orderId=order["orderId"], lastNodeId=order["nodes"][0]["nodeId"], paused=False, driving=True)
+    wait_until(lambda: operator.get(f"/api/v1/missions/{mission_id}").json()["pending_command"] is None)
+    assert operator.get(f"/api/v1/missions/{mission_id}").json()["state"] == "in_progress"
+
+
+def test_revoked_vda_vehicle_is_refused(agv, operator):
+    assert operator.post(f"/api/v1/vehicles/{agv.vehicle_id}/revoke", json={"reason": "stolen"}).status_code == 200
+    wait_until(lambda: not agv.connected, message="the revoked vehicle was not disconnected")
+    with pytest.raises(ConnectRefused):
+        agv.connect_vda(agv.secret)
