@@ -21,8 +21,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from api import vda5050 as vda
 from api.queries import missions
-from fleetcore import envelope, topics
+from fleetcore import envelope, topics, vda5050
 from fleetcore import missions as mission_states
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
@@ -45,6 +46,7 @@ class Claim:
     vehicle_id: str
     mission_id: str
     command: dict
+    vda_order_id: str | None = None   # a VDA 5050 vehicle gets this order instead of the command
 
 
 def mission_command(mission: dict, msg_id: str) -> dict:
@@ -63,6 +65,7 @@ class MissionDispatcher:
     def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
         self.emqx = emqx
+        self.vda = vda.VdaOutbound(db, emqx)
         # vehicle → (when to try again, attempts so far): a vehicle that just connected may not have subscribed
         # to its commands yet, so an undelivered config.update is tried again a few times.
         self._config_retries: dict[str, tuple[float, int]] = {}
@@ -97,6 +100,9 @@ class MissionDispatcher:
         if not result["applied"]:
             return DispatchResult(str(mission["id"]), mission["state"], False, result["error"] or "not_applied")
         missions.record_dispatch_attempt(cur, str(mission["id"]), command["msg_id"])
+        identity = vda5050.identity_of(cur, vehicle_id)
+        if identity is not None:
+            return Claim(vehicle_id, str(mission["id"]), command, vda.claim_order(cur, identity, mission))
         return Claim(vehicle_id, str(mission["id"]), command)
 
     def send(self, claim: Claim | DispatchResult) -> DispatchResult:
@@ -105,12 +111,16 @@ class MissionDispatcher:
         if isinstance(claim, DispatchResult):
             return claim
         vehicle_id, mission_id, command = claim.vehicle_id, claim.mission_id, claim.command
-        try:
-            published = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1)
-            reason = "delivered" if published.delivered else "no_subscriber"
-        except EmqxApiError as exc:
-            published, reason = None, f"broker_error: {exc}"
-        if published is not None and published.delivered:
+        if claim.vda_order_id is not None:
+            delivered = self.vda.send_order(claim.vda_order_id)
+            reason = "delivered" if delivered else "no_subscriber"
+        else:
+            try:
+                published = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1)
+                delivered, reason = published.delivered, "delivered" if published.delivered else "no_subscriber"
+            except EmqxApiError as exc:
+                delivered, reason = False, f"broker_error: {exc}"
+        if delivered:
             log_event(log, "mission.dispatched", mission=mission_id, vehicle=vehicle_id, msg_id=command["msg_id"])
             return DispatchResult(mission_id, mission_states.DISPATCHED, True, reason)
         with self.db.transaction() as cur:
@@ -123,12 +133,17 @@ class MissionDispatcher:
                              sends: int = 0) -> bool:
         """Publish an operator's ``mission.cancel`` / ``.pause`` / ``.resume`` and record the send; until the vehicle
         confirms, ``resend_commands`` sends it again with back-off. Returns whether a session received it."""
-        message = envelope.command(f"mission.{command}", {"mission_id": mission_id, "reason": reason})
-        try:
-            delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), message, qos=1).delivered
-        except EmqxApiError as exc:
-            log_event(log, f"mission.{command}_not_sent", logging.WARNING, mission=mission_id, error=str(exc))
-            delivered = False
+        identity = vda.identity_of(self.db, vehicle_id)
+        if identity is not None:
+            delivered = self.vda.send_instant_action(identity, vda.MISSION_COMMAND_ACTIONS[command], mission_id)
+        else:
+            message = envelope.command(f"mission.{command}", {"mission_id": mission_id, "reason": reason})
+            try:
+                delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), message,
+                                              qos=1).delivered
+            except EmqxApiError as exc:
+                log_event(log, f"mission.{command}_not_sent", logging.WARNING, mission=mission_id, error=str(exc))
+                delivered = False
         with self.db.transaction() as cur:
             missions.record_command_send(cur, mission_id, command, self.COMMAND_RETRIES_S[
                 min(sends, len(self.COMMAND_RETRIES_S) - 1)])
@@ -148,8 +163,17 @@ class MissionDispatcher:
 
     def resend_config(self, vehicle_id: str, attempt: int = 0) -> bool:
         """A vehicle that comes online behind its desired configuration gets ``config.update`` again (the one
-        sent while it was offline found no subscriber). Returns whether a command was delivered."""
+        sent while it was offline found no subscriber); a VDA 5050 vehicle is asked for its factsheet. Returns
+        whether a command was delivered."""
         self._config_retries.pop(vehicle_id, None)
+        identity = vda.identity_of(self.db, vehicle_id)
+        if identity is not None:
+            # A VDA 5050 vehicle has no configuration of ours. What it is asked for when it connects is its factsheet
+            # (the instant action factsheetRequest): its capability sheet is then the one it drives with now.
+            delivered = self.vda.send_instant_action(identity, "factsheetRequest")
+            if not delivered and attempt < len(self.CONFIG_RETRIES_S):
+                self._config_retries[vehicle_id] = (time.monotonic() + self.CONFIG_RETRIES_S[attempt], attempt + 1)
+            return delivered
         with self.db.transaction() as cur:
             cur.execute("SELECT desired_config, desired_config_version, reported_config_version FROM vehicles "
                         "WHERE id = %s AND status = 'active'", (vehicle_id,))
@@ -190,6 +214,7 @@ class MissionDispatcher:
         self.expire_and_time_out()
         self.retry_configs()
         self.resend_commands()
+        self.vda.resend_unseen_orders()
         with self.db.transaction() as cur:
             waiting = missions.vehicles_waiting_for_dispatch(cur)
         for vehicle_id in waiting:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from api import vda5050 as vda
 from api.queries import emergency
 from fleetcore import envelope, topics
 from fleetcore.db import Database
@@ -57,6 +58,7 @@ class EmergencyCommands:
     def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
         self.emqx = emqx
+        self.vda = vda.VdaOutbound(db, emqx)
 
     def send_to(self, vehicle_ids: list[str]) -> dict[str, bool]:
         """Send each of these vehicles (that just connected) its unacknowledged command now; {vehicle: delivered}.
@@ -108,6 +110,12 @@ class EmergencyCommands:
         return {row["vehicle_id"]: delivered for row, (_, delivered) in zip(rows, results, strict=True)}
 
     def _send_one(self, row: dict) -> tuple[str | None, bool]:
+        identity = vda.identity_of(self.db, row["vehicle_id"])
+        if identity is not None:
+            # VDA 5050 has no e-stop command: startPause stops it where it is, stopPause lets it go on. The stop
+            # stays latched here all the same, and is confirmed by the state's `paused` (sql/code/26_vda5050.sql).
+            delivered = self.vda.send_instant_action(identity, vda.EMERGENCY_ACTIONS[row["command"]])
+            return f"vda5050:{vda.EMERGENCY_ACTIONS[row['command']]}", delivered
         command = command_message(row)
         try:
             delivered = self.emqx.publish(topics.vehicle_topic(row["vehicle_id"], topics.Kind.CMD), command,

@@ -18,6 +18,7 @@ from marshmallow import (
 
 from api import passwords
 from fleetcore import missions as mission_states
+from fleetcore import topics
 from fleetcore.topics import VEHICLE_ID_PATTERN
 
 
@@ -230,12 +231,24 @@ class FleetUpdateSchema(StrictSchema):
 # --------------------------------------------------------------------------------------------------------------
 # Vehicles
 # --------------------------------------------------------------------------------------------------------------
+class Vda5050IdentitySchema(StrictSchema):
+    manufacturer = fields.String(required=True, validate=validate.Regexp(f"^{topics.VDA_IDENTITY_LEVEL}$"))
+    serial_number = fields.String(required=True, validate=validate.Regexp(f"^{topics.VDA_IDENTITY_LEVEL}$"))
+    map_id = fields.String(load_default="map", validate=validate.Length(min=1, max=100))
+    origin_lat = fields.Float(required=True, validate=validate.Range(min=-89, max=89),
+                              metadata={"description": "latitude of the map's origin (x = y = 0)"})
+    origin_lon = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
+
+
 class VehicleCreateSchema(StrictSchema):
     id = fields.String(required=True, validate=VEHICLE_ID, metadata={"description": "also its MQTT client id"})
     fleet_id = fields.String(required=True, validate=FLEET_ID)
     name = fields.String(validate=validate.Length(max=200), allow_none=True)
     model = fields.String(validate=validate.Length(max=200), allow_none=True)
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    vda5050 = fields.Nested(Vda5050IdentitySchema, metadata={
+        "description": "a VDA 5050 2.0 vehicle: its topics are uagv/v2/{manufacturer}/{serial_number}/… "
+                       "(docs/VDA5050.md); its MQTT client id and username are still its id"})
 
 
 class VehicleUpdateSchema(StrictSchema):
@@ -292,6 +305,8 @@ class VehicleSchema(Schema):
     registered_at = fields.DateTime(allow_none=True)
     revoked_at = fields.DateTime(allow_none=True)
     decommissioned_at = fields.DateTime(allow_none=True)
+    protocol = fields.String(metadata={"description": "fleet/v1 (ours) or vda5050"})
+    vda5050 = fields.Nested(Vda5050IdentitySchema, allow_none=True)
     presence = fields.Nested(PresenceSchema)
     telemetry = fields.Nested(LatestTelemetrySchema)
     health = fields.Nested(HealthSchema)

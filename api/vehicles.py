@@ -94,7 +94,8 @@ def create_vehicle(body: dict):
             enrollment = registry.create_vehicle(
                 cur, config().device_secret_key, vehicle_id=body["id"], fleet_id=body["fleet_id"],
                 name=body.get("name"), model=body.get("model"), metadata=body.get("metadata"),
-                actor_type="operator", actor_id=user.username, token_ttl_s=config().enrollment_token_ttl_s)
+                actor_type="operator", actor_id=user.username, token_ttl_s=config().enrollment_token_ttl_s,
+                vda5050=body.get("vda5050"))
     except registry.RegistryError as exc:
         raise _conflict(exc) from None
     log_event(log, "vehicle.created", vehicle=body["id"], fleet=body["fleet_id"], user=user.username)

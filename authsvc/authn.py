@@ -53,7 +53,9 @@ class Authenticator:
                       reason=decision.reason, peer=peer)
             return DENY_BODY
         log_event(log, "authn.allow", vehicle=clientid, role=decision.role, fleet=decision.fleet_id, peer=peer)
-        return json.dumps({"result": "allow", "is_superuser": False,
-                           "client_attrs": {"role": decision.role, "fleet": decision.fleet_id},
-                           "acl": acl.session_rules(decision.role, body["username"])},
+        attrs = {"role": decision.role, "fleet": decision.fleet_id}
+        if decision.vda:
+            attrs["vda"] = decision.vda   # its VDA 5050 topics (authsvc/acl.py); set only when there is one
+        return json.dumps({"result": "allow", "is_superuser": False, "client_attrs": attrs,
+                           "acl": acl.session_rules(decision.role, body["username"], decision.vda or "")},
                           separators=(",", ":")).encode()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from fleetcore import paths
+from fleetcore import paths, vda5050
 
 FILE_PATTERN = re.compile(r"^(?P<version>\d{3,})_(?P<name>[a-z0-9_]+)\.sql$")
 CODE_DIRECTORY = "code"
@@ -243,6 +243,7 @@ def migrate(conn: psycopg2.extensions.connection, directory: Path | None = None,
         if outcome.code_changes:
             _apply_code(conn, code_files, outcome.code_changes, log)
             outcome.code = code_files
+        _sync_vda5050_schemas(conn, log)
         return outcome
     finally:
         with conn.cursor() as cur:
@@ -314,6 +315,18 @@ def _apply_code(conn: psycopg2.extensions.connection, code_files: list[CodeFile]
         because = ", ".join(f"{filename} {change}" for filename, change in sorted(changes.items()))
     log(f"applied {len(code_files)} code file(s) from {CODE_DIRECTORY}/ in "
         f"{int((time.monotonic() - started) * 1000)} ms ({because})")
+
+
+def _sync_vda5050_schemas(conn: psycopg2.extensions.connection, log: Callable[[str], None]) -> None:
+    """The official VDA 5050 schemas are data from an installed package, not a migration: store the installed
+    version on every migrate, so upgrading the package is all an update takes (fleetcore/vda5050.py)."""
+    if not _table_exists(conn, "vda5050_schemas"):
+        return
+    with conn.cursor() as cur:
+        changed = vda5050.sync_schemas(cur)
+    conn.commit()
+    if changed:
+        log(f"stored {changed} VDA 5050 schema(s) from {vda5050.SCHEMA_DISTRIBUTION}")
 
 
 def status(conn: psycopg2.extensions.connection, directory: Path | None = None) -> list[tuple[str, str]]:

@@ -59,6 +59,10 @@ class VehicleExists(RegistryError):
     code = "vehicle_exists"
 
 
+class VdaIdentityTaken(RegistryError):
+    code = "vda_identity_taken"
+
+
 class VehicleStateConflict(RegistryError):
     code = "vehicle_state_conflict"
 
@@ -83,6 +87,7 @@ class AuthnDecision:
     reason: str             # why (logged; never contains the password)
     role: str | None = None
     fleet_id: str | None = None
+    vda: str | None = None  # a VDA 5050 vehicle's manufacturer/serialNumber (docs/VDA5050.md)
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,10 @@ def _lock_vehicle(cur, vehicle_id: str) -> dict:
 
 def create_vehicle(cur, key: str, *, vehicle_id: str, fleet_id: str, name: str | None = None,
                    model: str | None = None, metadata: dict | None = None, actor_type: str = "operator",
-                   actor_id: str | None = None, token_ttl_s: int = DEFAULT_TOKEN_TTL_S) -> Enrollment:
-    """A new ``pending`` vehicle and its first enrollment token."""
+                   actor_id: str | None = None, token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
+                   vda5050: dict | None = None) -> Enrollment:
+    """A new ``pending`` vehicle and its first enrollment token. ``vda5050`` (manufacturer, serial_number,
+    origin_lat, origin_lon, map_id): it speaks VDA 5050 (docs/VDA5050.md) under that identity."""
     if not topics.is_vehicle_id(vehicle_id):
         raise RegistryError(f"not a valid vehicle id: {vehicle_id!r}")
     cur.execute("SELECT 1 FROM fleets WHERE id = %s", (fleet_id,))
@@ -138,9 +145,17 @@ def create_vehicle(cur, key: str, *, vehicle_id: str, fleet_id: str, name: str |
                 "ON CONFLICT (id) DO NOTHING", (vehicle_id, fleet_id, name, model, metadata or {}))
     if cur.rowcount != 1:
         raise VehicleExists(f"vehicle {vehicle_id} already exists")
+    if vda5050 is not None:
+        cur.execute("INSERT INTO vda5050_vehicles (vehicle_id, manufacturer, serial_number, map_id, origin_lat, "
+                    "origin_lon) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (manufacturer, serial_number) DO NOTHING",
+                    (vehicle_id, vda5050["manufacturer"], vda5050["serial_number"], vda5050.get("map_id") or "map",
+                     vda5050["origin_lat"], vda5050["origin_lon"]))
+        if cur.rowcount != 1:
+            raise VdaIdentityTaken(f"another vehicle is {vda5050['manufacturer']}/{vda5050['serial_number']}")
     token, expires_at = _insert_token(cur, key, vehicle_id, actor_id, token_ttl_s)
     _audit(cur, actor_type, actor_id, "vehicle.create", vehicle_id,
-           {"fleet_id": fleet_id, "token_expires_at": expires_at.isoformat()})
+           {"fleet_id": fleet_id, "token_expires_at": expires_at.isoformat(),
+            **({"vda5050": vda5050} if vda5050 else {})})
     return Enrollment(vehicle_id, fleet_id, token, expires_at)
 
 
@@ -216,7 +231,9 @@ def verify_credentials(cur, key: str, clientid: str, username: str, password: st
             return AuthnDecision(False, "device_secret_on_enrollment_client")
         if status != "active":
             return AuthnDecision(False, f"vehicle_{status}")
-        return AuthnDecision(True, "device_secret", ROLE_VEHICLE, fleet_id)
+        vda = (topics.vda_identity(row["vda_manufacturer"], row["vda_serial_number"])
+               if row["vda_manufacturer"] else None)
+        return AuthnDecision(True, "device_secret", ROLE_VEHICLE, fleet_id, vda)
     if row["token_vehicle_id"] is None:
         # Neither the active secret nor any token: a wrong, rotated or revoked secret.
         return AuthnDecision(False, "vehicle_revoked" if status == "revoked" and row["secret_hash"] is None

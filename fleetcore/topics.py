@@ -79,3 +79,68 @@ def parse(topic: str) -> ParsedTopic | None:
     if not is_vehicle_id(owner):
         return None
     return ParsedTopic(owner, kind)
+
+
+# -- VDA 5050 (docs/VDA5050.md) ---------------------------------------------------------------------------------
+# uagv/v2/{manufacturer}/{serialNumber}/{subtopic}: the standard's topic tree (interfaceName "uagv", major version
+# "v2"). A VDA vehicle's MQTT client id and username stay our vehicle id; its manufacturer and serial number are
+# the vehicle's VDA identity (sql/060_vda5050.sql), handed to the broker as the client attribute ``vda``.
+VDA_PREFIX = "uagv/v2"
+VDA_IDENTITY_LEVEL = r"[A-Za-z0-9_.:-]{1,64}"
+_VDA_LEVEL = re.compile(VDA_IDENTITY_LEVEL)
+
+
+class VdaSubtopic(StrEnum):
+    ORDER = "order"
+    INSTANT_ACTIONS = "instantActions"
+    STATE = "state"
+    CONNECTION = "connection"
+    FACTSHEET = "factsheet"
+    VISUALIZATION = "visualization"
+
+
+# The direction the standard gives each subtopic: the vehicle publishes these …
+VDA_VEHICLE_PUBLISHES = frozenset({VdaSubtopic.STATE, VdaSubtopic.CONNECTION, VdaSubtopic.FACTSHEET,
+                                   VdaSubtopic.VISUALIZATION})
+# … and subscribes to these (master control publishes them).
+VDA_VEHICLE_SUBSCRIBES = frozenset({VdaSubtopic.ORDER, VdaSubtopic.INSTANT_ACTIONS})
+
+
+def is_vda_identity_level(value: str) -> bool:
+    return bool(_VDA_LEVEL.fullmatch(value))
+
+
+def vda_topic(manufacturer: str, serial_number: str, subtopic: VdaSubtopic) -> str:
+    if not (is_vda_identity_level(manufacturer) and is_vda_identity_level(serial_number)):
+        raise ValueError(f"not a valid VDA 5050 identity: {manufacturer!r}/{serial_number!r}")
+    return f"{VDA_PREFIX}/{manufacturer}/{serial_number}/{subtopic.value}"
+
+
+def vda_identity(manufacturer: str, serial_number: str) -> str:
+    """The vehicle's ``manufacturer/serialNumber`` as one string: the broker's client attribute ``vda``."""
+    return f"{manufacturer}/{serial_number}"
+
+
+@dataclass(frozen=True)
+class ParsedVdaTopic:
+    manufacturer: str
+    serial_number: str
+    subtopic: VdaSubtopic
+
+    @property
+    def identity(self) -> str:
+        return vda_identity(self.manufacturer, self.serial_number)
+
+
+def parse_vda(topic: str) -> ParsedVdaTopic | None:
+    """The identity and subtopic of a VDA 5050 topic, or None for anything else (wildcards included)."""
+    prefix = VDA_PREFIX + "/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix):].split("/")
+    if len(parts) != 3 or not all(is_vda_identity_level(level) for level in parts[:2]):
+        return None
+    try:
+        return ParsedVdaTopic(parts[0], parts[1], VdaSubtopic(parts[2]))
+    except ValueError:
+        return None

@@ -11,9 +11,13 @@ SELECT v.id, v.fleet_id, v.name, v.model, v.status, v.metadata, v.created_at, v.
        s.disconnect_reason, s.last_seen_at,
        s.telemetry_ts, s.telemetry_received_at, s.lat, s.lon, s.heading_deg, s.speed_mps, s.battery_pct,
        s.odometer_m,
-       s.status_ts, s.mode, s.health, s.charging, s.estop, s.errors, s.sw_version
+       s.status_ts, s.mode, s.health, s.charging, s.estop, s.errors, s.sw_version,
+       CASE WHEN vda.vehicle_id IS NULL THEN NULL ELSE json_build_object(
+           'manufacturer', vda.manufacturer, 'serial_number', vda.serial_number, 'map_id', vda.map_id,
+           'origin_lat', vda.origin_lat, 'origin_lon', vda.origin_lon) END AS vda5050
        {distance}
   FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle_id = v.id
+  LEFT JOIN vda5050_vehicles vda ON vda.vehicle_id = v.id
 """
 
 # Great-circle distance in metres from (%(near_lat)s, %(near_lon)s) to the latest position (NULL if none).
@@ -34,6 +38,8 @@ def shape(row: dict) -> dict:
     """A vehicle row as the API returns it (nested presence, telemetry, health, config)."""
     out = {k: row[k] for k in ("id", "fleet_id", "name", "model", "status", "metadata", "created_at",
                                 "registered_at", "revoked_at", "decommissioned_at")}
+    out["protocol"] = "vda5050" if row["vda5050"] else "fleet/v1"
+    out["vda5050"] = row["vda5050"]
     out["presence"] = {k: row[k] for k in ("online", "connection_state", "connected_at", "disconnected_at",
                                            "disconnect_reason", "last_seen_at")}
     out["telemetry"] = {"ts": row["telemetry_ts"], "received_at": row["telemetry_received_at"],

@@ -9,7 +9,10 @@
 -- (vehicles PK, device_credentials_one_active, enrollment_tokens.token_hash), one round trip. PL/pgSQL keeps
 -- the plan cached per connection, so a reconnect storm does not re-plan it thousands of times.
 -- The hash comparison itself is done by the caller in constant time; this function only fetches.
-CREATE OR REPLACE FUNCTION vehicle_authn_lookup(p_vehicle_id text, p_password_hash bytea)
+-- A VDA 5050 vehicle's identity comes along (a fourth index probe), for its topic ACL (authsvc/acl.py).
+-- DROP first: CREATE OR REPLACE cannot change the columns a function returns.
+DROP FUNCTION IF EXISTS vehicle_authn_lookup(text, bytea);
+CREATE FUNCTION vehicle_authn_lookup(p_vehicle_id text, p_password_hash bytea)
 RETURNS TABLE (
     fleet_id          text,
     status            text,
@@ -17,14 +20,18 @@ RETURNS TABLE (
     token_vehicle_id  text,
     token_expired     boolean,
     token_used        boolean,
-    token_revoked     boolean
+    token_revoked     boolean,
+    vda_manufacturer  text,
+    vda_serial_number text
 )
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
     SELECT v.fleet_id, v.status, c.secret_hash,
-           t.vehicle_id, t.expires_at <= now(), t.used_at IS NOT NULL, t.revoked_at IS NOT NULL
+           t.vehicle_id, t.expires_at <= now(), t.used_at IS NOT NULL, t.revoked_at IS NOT NULL,
+           vda.manufacturer, vda.serial_number
       FROM vehicles v
+      LEFT JOIN vda5050_vehicles vda ON vda.vehicle_id = v.id
       LEFT JOIN device_credentials c ON c.vehicle_id = v.id AND c.revoked_at IS NULL
       LEFT JOIN enrollment_tokens t ON t.token_hash = p_password_hash
      WHERE v.id = p_vehicle_id;

@@ -7,7 +7,7 @@ import pytest
 from tests.sql.conftest import envelope
 
 INBOXES = ["telemetry_inbox", "status_inbox", "mission_inbox", "connection_inbox", "presence_inbox",
-           "authz_denied_inbox"]
+           "authz_denied_inbox", "vda5050_inbox"]
 
 FORBIDDEN = [
     "SELECT * FROM ingest.telemetry_inbox",
