@@ -128,8 +128,9 @@ def session_rules(role: str, vehicle_id: str, vda: str = "") -> list[dict]:
     for action in ("publish", "subscribe"):
         kinds = sorted(_ALLOWED[(role, action)])
         if action == "publish":
-            rules += _publish_rules([topics.vehicle_topic(vehicle_id, kind) for kind in kinds if kind in _RETAINABLE],
-                                    [topics.vehicle_topic(vehicle_id, kind) for kind in kinds if kind not in _RETAINABLE])
+            names = [topics.vehicle_topic(vehicle_id, kind) for kind in kinds]
+            rules += _publish_rules([n for n, kind in zip(names, kinds, strict=True) if kind in _RETAINABLE],
+                                    [n for n, kind in zip(names, kinds, strict=True) if kind not in _RETAINABLE])
             continue
         names = [topics.vehicle_topic(vehicle_id, kind) for kind in kinds]
         if role == ROLE_VEHICLE:

@@ -132,10 +132,6 @@ class EmqxApi:
         return sorted({a for rule in rules if rule.get("enable", True) for a in rule.get("actions", [])
                        if isinstance(a, str)})
 
-    def action_metrics(self, action_id: str) -> dict[str, Any]:
-        """``GET /api/v5/actions/{type:name}/metrics`` → its ``metrics`` (matched, success, failed, dropped…)."""
-        return self._get_json(f"/api/v5/actions/{quote(action_id, safe=':')}/metrics")["metrics"]
-
     def rule_metrics(self, rule_id: str) -> dict[str, Any]:
         return self._get_json(f"/api/v5/rules/{quote(rule_id, safe='')}/metrics")["metrics"]
 
@@ -145,6 +141,8 @@ class EmqxApi:
         left = {}
         for action_id in action_ids:
             m = self.action_metrics(action_id)
+            if m is None:
+                raise EmqxApiError(f"no action {action_id}", 404)
             pending = max(m["matched"] - m["success"] - m["failed"] - m["dropped"], m["queuing"] + m["inflight"])
             if pending:
                 left[action_id] = pending

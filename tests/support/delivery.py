@@ -35,7 +35,9 @@ class RuleActions:
         return self._action_ids
 
     def metrics(self, action_id: str) -> dict[str, Any]:
-        return self.api.action_metrics(action_id)
+        metrics = self.api.action_metrics(action_id)
+        assert metrics is not None, f"the broker has no action {action_id}"
+        return metrics
 
     def rule_metrics(self, rule_id: str) -> dict[str, Any]:
         return self.api.rule_metrics(rule_id)
