@@ -17,8 +17,14 @@ class ApiConfig(ServiceConfig):
     device_secret_key: str = secret("FLEET_DEVICE_SECRET_KEY", min_length=32)  # HMAC key shared with authsvc
     access_token_ttl_s: int = setting("API_ACCESS_TOKEN_TTL_S", 600)
     refresh_token_ttl_s: int = setting("API_REFRESH_TOKEN_TTL_S", 30 * 24 * 3600)
-    login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)           # per username and client address …
-    login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)  # … within this window, then 429
+    # Failed logins within the window before 429, per scope (api/throttle.py says what each holds back); 0: off.
+    login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)
+    login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)                 # per username and address
+    login_max_failures_per_user: int = setting("API_LOGIN_MAX_FAILURES_PER_USER", 50)   # per username, any address
+    login_max_failures_per_addr: int = setting("API_LOGIN_MAX_FAILURES_PER_ADDR", 50)   # per address, any username
+    login_max_failures_global: int = setting("API_LOGIN_MAX_FAILURES_GLOBAL", 1000)     # all logins together
+    login_concurrency: int = setting("API_LOGIN_CONCURRENCY", 2)   # password checks (bcrypt) at once, then 503
+    trusted_proxies: str = setting("API_TRUSTED_PROXIES", "")      # X-Forwarded-For is read from these only
     mission_default_timeout_s: int = setting("API_MISSION_DEFAULT_TIMEOUT_S", 600)
     enrollment_token_ttl_s: int = setting("API_ENROLLMENT_TOKEN_TTL_S", 24 * 3600)
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
