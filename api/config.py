@@ -34,6 +34,8 @@ class ApiConfig(ServiceConfig):
     events_recheck_s: float = setting("API_EVENTS_RECHECK_S", 30.0)      # a stream checks its login session
     console_tile_url: str = setting("CONSOLE_TILE_URL", "")        # the console map's tiles ({z}/{x}/{y}); "": grid
     console_tile_attribution: str = setting("CONSOLE_TILE_ATTRIBUTION", "")
+    # When set, GET /metrics needs "Authorization: Bearer <this>" (api/health.py); empty: open (private network).
+    metrics_token: str = setting("FLEET_METRICS_TOKEN", "")
     git_commit: str = setting("FLEET_GIT_COMMIT", "unknown")   # shown by GET / (api/about.py)
 
 

@@ -1,0 +1,47 @@
+"""``GET /metrics`` of the api can be restricted to a scraper holding ``FLEET_METRICS_TOKEN`` (api/health.py), on
+this module's own api; the session's stack leaves it open, as the embedded stack does."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+from fleetctl.stack import Stack, StackConfig
+from tests.conftest import free_ports
+
+TOKEN = "metrics-" + os.urandom(12).hex()
+
+
+@pytest.fixture(scope="module")
+def metrics_url(tmp_path_factory):
+    config = StackConfig(state_dir=tmp_path_factory.mktemp("metrics-token-stack"), ports=free_ports(),
+                         durable=False, components=("api",),
+                         extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO"),
+                                    "FLEET_METRICS_TOKEN": TOKEN})
+    stack = Stack(config, out=lambda line: None)
+    stack.start()
+    yield f"{stack.url('api')}/metrics"
+    stack.stop("metrics token tests finished")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "])
+def test_metrics_without_the_token_are_refused(metrics_url, header):
+    response = requests.get(metrics_url, headers={"Authorization": header} if header else {}, timeout=10)
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized" and "fleet_" not in response.text
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_metrics_with_the_token_answer(metrics_url):
+    response = requests.get(metrics_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert response.status_code == 200
+    assert "fleet_database_up 1" in response.text
+
+
+def test_health_checks_need_no_token(metrics_url):
+    assert requests.get(metrics_url.replace("/metrics", "/healthz"), timeout=10).status_code == 200
+
+
+def test_without_a_token_metrics_are_open(api_url):
+    assert requests.get(f"{api_url}/metrics", timeout=10).status_code == 200
