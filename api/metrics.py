@@ -84,8 +84,14 @@ def database_gauges(cur) -> list[str]:
     # Counted as rejects are written (sql/code/45_ingest_totals.sql): never lowered by retention, one row per reason.
     lines += ["# HELP fleet_ingest_rejected_total Inbound MQTT messages dead-lettered, by reason.",
               "# TYPE fleet_ingest_rejected_total counter"]
-    cur.execute("SELECT reason, total FROM ingest_rejected_totals ORDER BY reason")
-    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in cur.fetchall()]
+    cur.execute("SELECT reason, total, not_stored FROM ingest_rejected_totals ORDER BY reason")
+    totals = cur.fetchall()
+    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in totals]
+    # Of those, the ones past a client's dead-letter cap per minute: counted only (sql/071_dead_letter_cap.sql).
+    lines += ["# HELP fleet_ingest_rejected_not_stored_total Dead letters counted but not stored: their client was "
+              "past ingest.settings.max_rejected_per_minute.", "# TYPE fleet_ingest_rejected_not_stored_total counter"]
+    lines += [f'fleet_ingest_rejected_not_stored_total{{reason="{row["reason"]}"}} {row["not_stored"]}'
+              for row in totals]
     # Messages the ingest could not apply yet (sql/code/25_ingest_parked.sql): the worker re-applies them.
     cur.execute("SELECT parked, oldest_s, max_attempts FROM ingest.parked_summary()")
     parked = cur.fetchone()
