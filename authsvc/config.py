@@ -18,6 +18,9 @@ class AuthsvcConfig(ServiceConfig):
     db_pool_size: int = setting("AUTHSVC_DB_POOL_SIZE", 8)             # per server process (its threads share it)
     max_body_bytes: int = setting("AUTHSVC_MAX_BODY_BYTES", 16 * 1024)  # a larger authn/authz body is denied unread
     replay_window_s: int = setting("AUTHSVC_REGISTRATION_REPLAY_WINDOW_S", DEFAULT_REPLAY_WINDOW_S)
+    # Rejected registrations audited per vehicle per minute; past it the enrolling client is disconnected instead
+    # (authsvc/registration.py).
+    rejections_per_minute: int = setting("AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE", 10)
     emqx_timeout_s: float = 5.0
 
 
