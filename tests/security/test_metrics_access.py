@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
+import psycopg2
+import psycopg2.extras
 import pytest
 import requests
 
+from api.metrics import database_gauges
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
 
@@ -45,3 +48,23 @@ def test_health_checks_need_no_token(metrics_url):
 
 def test_without_a_token_metrics_are_open(api_url):
     assert requests.get(f"{api_url}/metrics", timeout=10).status_code == 200
+
+
+def test_a_scrape_never_reads_the_dead_letters(db_url):
+    """The scrape reads the totals the ingest keeps (ingest_rejected_totals: one row per reason), never the
+    dead-letter table itself: before, every scrape ran a GROUP BY over all of rejected_messages."""
+    statements: list[str] = []
+
+    class Recording(psycopg2.extras.RealDictCursor):
+        def execute(self, query, vars=None):  # noqa: A002 - psycopg2's parameter name
+            statements.append(query)
+            return super().execute(query, vars)
+
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn.cursor(cursor_factory=Recording) as cur:
+            lines = database_gauges(cur)
+    finally:
+        conn.close()
+    assert any(line.startswith("# TYPE fleet_ingest_rejected_total counter") for line in lines)
+    assert statements and not [s for s in statements if "rejected_messages" in s]
