@@ -36,6 +36,8 @@ class ApiConfig(ServiceConfig):
     console_tile_attribution: str = setting("CONSOLE_TILE_ATTRIBUTION", "")
     # When set, GET /metrics needs "Authorization: Bearer <this>" (api/health.py); empty: open (private network).
     metrics_token: str = setting("FLEET_METRICS_TOKEN", "")
+    # /metrics reuses its database and broker gauges for this long (0: each scrape reads them, one at a time).
+    metrics_cache_s: float = setting("API_METRICS_CACHE_S", 0.0)
     git_commit: str = setting("FLEET_GIT_COMMIT", "unknown")   # shown by GET / (api/about.py)
 
 

@@ -52,14 +52,20 @@ def metrics():
     """
     _require_metrics_token()
     lines = current_app.extensions["fleet.metrics"].render()
+    lines += current_app.extensions["fleet.metrics_scrape"].get(config().metrics_cache_s, _gauges)
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _gauges() -> list[str]:
+    """What a scrape reads from the database and the broker (api/metrics.py ScrapeCache decides how often)."""
+    lines = []
     try:
         with database().transaction() as cur:
             lines += database_gauges(cur)
         lines.append("fleet_database_up 1")
     except Exception:  # noqa: BLE001 - metrics must still answer when the database does not
         lines.append("fleet_database_up 0")
-    lines += broker_action_counters(broker())
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return lines + broker_action_counters(broker())
 
 
 def _require_metrics_token() -> None:

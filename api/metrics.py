@@ -54,9 +54,32 @@ class RequestMetrics:
         return lines
 
 
+class ScrapeCache:
+    """The database and broker part of a scrape, computed by one scrape at a time (the others wait and take its
+    result, or compute a fresh one when it is older than ``API_METRICS_CACHE_S``): however often /metrics is called,
+    at most one set of gauge queries runs at once per process, and with a cache at most one per period."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[str] | None = None
+        self._at = 0.0
+
+    def get(self, max_age_s: float, compute) -> list[str]:
+        asked = time.monotonic()
+        with self._lock:
+            # Computed after this scrape arrived (while it waited), or young enough: share it.
+            if self._lines is not None and (self._at >= asked or asked - self._at < max_age_s):
+                return self._lines
+            started = time.monotonic()
+            self._lines = compute()
+            self._at = started
+            return self._lines
+
+
 def install(app: Flask) -> RequestMetrics:
     metrics = RequestMetrics()
     app.extensions["fleet.metrics"] = metrics
+    app.extensions["fleet.metrics_scrape"] = ScrapeCache()
 
     @app.before_request
     def _start_timer() -> None:

@@ -17,15 +17,21 @@ TOKEN = "metrics-" + os.urandom(12).hex()
 
 
 @pytest.fixture(scope="module")
-def metrics_url(tmp_path_factory):
+def metrics_stack(tmp_path_factory):
     config = StackConfig(state_dir=tmp_path_factory.mktemp("metrics-token-stack"), ports=free_ports(),
                          durable=False, components=("api",),
                          extra_env={"FLEET_LOG_LEVEL": os.environ.get("FLEET_TEST_LOG_LEVEL", "INFO"),
-                                    "FLEET_METRICS_TOKEN": TOKEN})
+                                    "FLEET_METRICS_TOKEN": TOKEN, "API_METRICS_CACHE_S": "3600"})
     stack = Stack(config, out=lambda line: None)
     stack.start()
-    yield f"{stack.url('api')}/metrics"
+    stack.metrics_url = f"{stack.url('api')}/metrics"
+    yield stack
     stack.stop("metrics token tests finished")
+
+
+@pytest.fixture(scope="module")
+def metrics_url(metrics_stack) -> str:
+    return metrics_stack.metrics_url
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "])
@@ -68,3 +74,27 @@ def test_a_scrape_never_reads_the_dead_letters(db_url):
         conn.close()
     assert any(line.startswith("# TYPE fleet_ingest_rejected_total counter") for line in lines)
     assert statements and not [s for s in statements if "rejected_messages" in s]
+
+
+def test_gauges_are_read_from_the_database_at_most_once_per_cache_period(metrics_stack, metrics_url):
+    """With API_METRICS_CACHE_S (here an hour) a scrape flood costs the database nothing after the first scrape;
+    the process's own request counters stay live."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def scrape() -> str:
+        response = requests.get(metrics_url, headers=headers, timeout=10)
+        assert response.status_code == 200
+        return response.text
+    first = scrape()
+    with psycopg2.connect(metrics_stack.database_url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO rejected_messages (received_at, clientid, topic, reason) "
+                    "VALUES (now(), 'probe', 'fleet/v1/probe/telemetry', 'cache_probe')")
+    conn.close()
+    second = scrape()
+    assert "cache_probe" not in second, "the database gauges come from the cache"
+    assert _requests_total(second) > _requests_total(first), "request counters are not cached"
+
+
+def _requests_total(text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('fleet_api_requests_total{method="GET",endpoint="/metrics",status="200"}'))
