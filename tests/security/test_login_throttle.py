@@ -159,3 +159,15 @@ def test_a_login_flood_is_refused_with_503_not_queued(api_url, make_user):
     assert len(busy) + sum(r.status_code == 200 for r in responses) == 32
     record("security", "32 logins at once (bcrypt gate of 2)", logins=32, refused_503=len(busy),
            server_errors=sum(r.status_code >= 500 and r.status_code != 503 for r in responses))
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_changes_nothing(api_url, make_user):
+    """The session's stack trusts no proxy: a client writing its own X-Forwarded-For is still counted at its own
+    address, so a fresh header per attempt does not buy fresh tries."""
+    user = make_user("viewer")
+
+    def attempt(password: str) -> int:
+        return requests.post(f"{api_url}/api/v1/auth/login", json={"username": user.username, "password": password},
+                             headers={"X-Forwarded-For": new_address()}, timeout=60).status_code
+    assert [attempt("wrong") for _ in range(6)] == [401] * 5 + [429]
+    assert attempt(user.password) == 429
