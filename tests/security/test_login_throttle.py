@@ -171,3 +171,11 @@ def test_x_forwarded_for_from_an_untrusted_peer_changes_nothing(api_url, make_us
                              headers={"X-Forwarded-For": new_address()}, timeout=60).status_code
     assert [attempt("wrong") for _ in range(6)] == [401] * 5 + [429]
     assert attempt(user.password) == 429
+
+
+@pytest.mark.parametrize("username", ["nul\u0000byte", "trailing-newline\n", "é" * 64])
+def test_odd_usernames_are_answered_not_crashed_on(anonymous, username):
+    """The username becomes part of a counter's key (api/throttle.py): what PostgreSQL text cannot hold is a 4xx."""
+    response = anonymous.post("/api/v1/auth/login", json={"username": username, "password": "wrong"})
+    assert response.status_code in (401, 422), response.text
+    assert response.headers["Content-Type"].startswith("application/json")
