@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sql.conftest import OTHER_VEHICLE, VEHICLE, envelope, now_ms
+from tests.support.reliability import record
 
 CAP = 5
 
@@ -35,6 +36,8 @@ def test_dead_letters_per_client_and_minute_are_capped_and_the_rest_counted(inbo
     inbox.telemetry("{not json", received_at_ms=minute + 60_000)
     assert _stored(q, VEHICLE) == CAP + 1, "and per minute"
     assert _totals(q, "not_json") == (CAP + 9, 7)
+    record("security", "bad messages from one client within a minute (dead-letter cap lowered to 5)",
+           messages=CAP + 7, stored=CAP, counted_not_stored=7)
 
 
 def test_the_cap_holds_within_one_batch(inbox, vehicles, q, conn):

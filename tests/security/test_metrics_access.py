@@ -12,6 +12,7 @@ import requests
 from api.metrics import database_gauges
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
+from tests.support.reliability import record
 
 TOKEN = "metrics-" + os.urandom(12).hex()
 
@@ -93,6 +94,7 @@ def test_gauges_are_read_from_the_database_at_most_once_per_cache_period(metrics
     second = scrape()
     assert "cache_probe" not in second, "the database gauges come from the cache"
     assert _requests_total(second) > _requests_total(first), "request counters are not cached"
+    record("security", "metrics scrapes with a gauge cache (API_METRICS_CACHE_S)", scrapes=2, database_reads=1)
 
 
 def _requests_total(text: str) -> float:
