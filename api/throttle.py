@@ -116,7 +116,13 @@ UPDATE login_throttle t SET failures = greatest(t.failures - 1, 0)
   FROM (SELECT key FROM login_throttle WHERE key = ANY(%s) ORDER BY key FOR UPDATE) AS locked
  WHERE t.key = locked.key
 """
-_PRUNE = "DELETE FROM login_throttle WHERE window_start < now() - make_interval(secs => %s)"
+# Expired counters go, a bounded batch at a time; a row another attempt holds is skipped (never waited for, so the
+# prune cannot deadlock with an attempt locking its counters in key order).
+_PRUNE = """
+DELETE FROM login_throttle WHERE key IN (
+    SELECT key FROM login_throttle WHERE window_start < now() - make_interval(secs => %s)
+     LIMIT 1000 FOR UPDATE SKIP LOCKED)
+"""
 
 
 class Throttled(HttpError):

@@ -17,6 +17,7 @@ import psycopg2.extras
 import pytest
 import requests
 
+from api import throttle
 from api.throttle import client_address, trusted_networks
 from fleetctl.stack import Stack, StackConfig
 from tests.conftest import free_ports
@@ -179,3 +180,20 @@ def test_odd_usernames_are_answered_not_crashed_on(anonymous, username):
     response = anonymous.post("/api/v1/auth/login", json={"username": username, "password": "wrong"})
     assert response.status_code in (401, 422), response.text
     assert response.headers["Content-Type"].startswith("application/json")
+
+
+def test_expired_counters_are_pruned_and_live_ones_kept(db_url):
+    limits = throttle.Limits(window_s=900, pair=5, user=50, addr=50, global_=1000)
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute("INSERT INTO login_throttle (key, failures, window_start) VALUES "
+                        "('user:old', 3, now() - interval '901 seconds'), "
+                        "('user:live', 3, now() - interval '60 seconds')")
+            attempt = throttle.reserve(cur, limits, "someone", "192.0.2.7")
+            attempt.failed(cur)
+            cur.execute("SELECT key, failures FROM login_throttle ORDER BY key")
+            assert {row["key"]: row["failures"] for row in cur.fetchall()} == {
+                "addr:192.0.2.7": 1, "global": 1, "pair:someone|192.0.2.7": 1, "user:live": 3, "user:someone": 1}
+    finally:
+        conn.close()
