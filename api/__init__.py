@@ -74,6 +74,9 @@ def create_app(config: ApiConfig | None = None) -> Flask:
             # fetch it with a username and password from the token endpoint (api/tokens.py).
             "components": {"securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                # The vehicle HTTP fallback (api/vehicle_gateway.py): a vehicle token, never an operator's.
+                "vehicleBearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                  "description": "a vehicle token from POST /api/v1/vehicle/token"},
                 "oauth2": {"type": "oauth2", "description": "username and password of an operator account",
                            "flows": {"password": {"tokenUrl": "/api/v1/auth/token",
                                                   "refreshUrl": "/api/v1/auth/token", "scopes": {}}}}}},
@@ -117,10 +120,11 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         telemetry,
         tokens,
         users,
+        vehicle_gateway,
         vehicles,
     )
     for module in (about, health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms,
-                   events, audit):
+                   events, audit, vehicle_gateway):
         smorest.register_blueprint(module.blp)
     from api import webui
     app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document

@@ -21,6 +21,7 @@ class ApiConfig(ServiceConfig):
     login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)  # … within this window, then 429
     mission_default_timeout_s: int = setting("API_MISSION_DEFAULT_TIMEOUT_S", 600)
     enrollment_token_ttl_s: int = setting("API_ENROLLMENT_TOKEN_TTL_S", 24 * 3600)
+    vehicle_token_ttl_s: int = setting("API_VEHICLE_TOKEN_TTL_S", 900)   # HTTP fallback token (api/vehicle_auth.py)
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
     swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "/docs/swagger-ui/")  # served by the api (api/webui.py)

@@ -166,6 +166,42 @@ class TokenSchema(Schema):
     refresh_token = fields.String(metadata={"description": "single use; exchange at /auth/refresh"})
 
 
+class VehicleTokenRequestSchema(StrictSchema):
+    vehicle_id = fields.String(required=True, validate=VEHICLE_ID)
+    secret = fields.String(required=True, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "the device secret from register.accepted"})
+
+
+class VehicleTokenSchema(Schema):
+    access_token = fields.String(metadata={"description": "JWT (audience fleet-vehicle); send as Authorization: "
+                                                          "Bearer <token> on the /api/v1/vehicle routes"})
+    token_type = fields.String(metadata={"example": "Bearer"})
+    expires_in = fields.Integer(metadata={"description": "seconds until the token expires"})
+
+
+class DeadLetterSchema(Schema):
+    reason = fields.String(metadata={"description": "the rejected_messages reason (docs/PROTOCOL.md, Errors and "
+                                                    "dead letters)", "example": "missing_field"})
+    detail = fields.String(allow_none=True, metadata={"example": "data.lat"})
+
+
+class IngestResultSchema(Schema):
+    rejected = fields.List(fields.Nested(DeadLetterSchema), metadata={
+        "description": "what the ingest dead-lettered (for a batch: per bad item); empty when everything was stored "
+                       "or was a duplicate"})
+    parked = fields.Boolean(metadata={"description": "the database could not apply it at once (a lock, a message "
+                                                     "of this vehicle still waiting): it is kept and applied later, "
+                                                     "in order; do not send it again"})
+
+
+class VehicleDesiredConfigSchema(Schema):
+    vehicle_id = fields.String()
+    version = fields.Integer(metadata={"description": "the desired configuration's version (config.update version)"})
+    config = fields.Dict(metadata={"description": "the desired configuration"})
+    reported_version = fields.Integer(allow_none=True, metadata={"description": "the version your last status "
+                                                                                "reported"})
+
+
 class MeSchema(Schema):
     id = fields.Integer()
     username = fields.String()

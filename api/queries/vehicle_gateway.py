@@ -1,0 +1,40 @@
+"""SQL of the vehicle HTTP fallback (api/vehicle_gateway.py): the ingest inboxes, and what the ingest did."""
+from __future__ import annotations
+
+# The very statement the broker's pgsql actions run (emqx/emqx.conf), into the same view: validation, dedup,
+# dead-lettering and parking are the trigger's, exactly as for MQTT. {inbox} is one of INBOXES, never user input.
+INBOXES = {"telemetry": "ingest.telemetry_inbox", "status": "ingest.status_inbox", "mission": "ingest.mission_inbox"}
+_INSERT = "INSERT INTO {inbox} (clientid, topic, payload_b64, received_at_ms) VALUES (%s, %s, %s, %s)"
+
+# What the ingest made of the message: the dead letters and parked rows it wrote for this client after the id
+# watermark read just before the INSERT (the trigger writes them in a subtransaction of its own, so xmin cannot
+# tell them apart). Each is one probe of a primary key or the (clientid, …) index.
+_WATERMARKS = """
+SELECT (SELECT COALESCE(max(id), 0) FROM rejected_messages) AS rejected,
+       (SELECT COALESCE(max(id), 0) FROM ingest.parked) AS parked
+"""
+_REJECTED_SINCE = """
+SELECT reason, detail FROM rejected_messages
+ WHERE clientid = %s AND received_at = ingest.broker_time(%s) AND id > %s
+ ORDER BY id
+"""
+_PARKED_SINCE = "SELECT EXISTS (SELECT 1 FROM ingest.parked WHERE clientid = %s AND id > %s)"
+
+
+def insert_into_inbox(cur, kind: str, clientid: str, topic: str, payload_b64: str, received_at_ms: int) -> dict:
+    """Hand one message to its inbox, and read back what the ingest made of it (in the same transaction)."""
+    cur.execute(_WATERMARKS)
+    marks = cur.fetchone()
+    cur.execute(_INSERT.format(inbox=INBOXES[kind]), (clientid, topic, payload_b64, received_at_ms))
+    cur.execute(_REJECTED_SINCE, (clientid, received_at_ms, marks["rejected"]))
+    rejected = [{"reason": r["reason"], "detail": r["detail"]} for r in cur.fetchall()]
+    cur.execute(_PARKED_SINCE, (clientid, marks["parked"]))
+    return {"rejected": rejected, "parked": cur.fetchone()["exists"]}
+
+
+def desired_config(cur, vehicle_id: str) -> dict:
+    cur.execute("SELECT desired_config, desired_config_version, reported_config_version FROM vehicles WHERE id = %s",
+                (vehicle_id,))
+    row = cur.fetchone()
+    return {"vehicle_id": vehicle_id, "version": row["desired_config_version"], "config": row["desired_config"],
+            "reported_version": row["reported_config_version"]}
