@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from api import passwords
+from api.vehicle_commands import MAX_WAIT_S
 from fleetcore import missions as mission_states
 from fleetcore import topics
 from fleetcore.topics import VEHICLE_ID_PATTERN
@@ -200,6 +201,20 @@ class VehicleDesiredConfigSchema(Schema):
     config = fields.Dict(metadata={"description": "the desired configuration"})
     reported_version = fields.Integer(allow_none=True, metadata={"description": "the version your last status "
                                                                                 "reported"})
+
+
+class CommandsQuerySchema(StrictSchema):
+    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_S), metadata={
+        "description": "seconds to wait for a command when none is pending (long-poll); 0 answers at once"})
+
+
+class CommandAckSchema(Schema):
+    msg_id = fields.String()
+    type = fields.String(metadata={"example": "mission.dispatch"})
+    acked_at = fields.DateTime(metadata={"description": "when it was first acknowledged"})
+    acked_via = fields.String(metadata={"description": "`http`, or `mqtt` when a confirmation that came over MQTT "
+                                                      "acknowledged it first", "example": "http"})
+    acked_now = fields.Boolean(metadata={"description": "false: it had been acknowledged before; nothing changed"})
 
 
 class MeSchema(Schema):

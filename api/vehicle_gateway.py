@@ -9,7 +9,9 @@ A vehicle gets a short-lived token for its id and device secret (api/vehicle_aut
   deduplication, dead-lettering and parking are the SQL's (sql/code/2x_*.sql), exactly as over MQTT; nothing is
   checked twice in Python. The answer is always 202 (the message was handed over, as a PUBACK says over MQTT) and
   says what the ingest dead-lettered or parked, read back in the same transaction;
-* ``GET /config`` — its desired configuration.
+* ``GET /config`` — its desired configuration;
+* ``GET /commands?wait=25`` — its pending commands, in order, waiting up to ``wait`` seconds for one (a long-poll
+  that holds no request thread: api/vehicle_commands.py); ``POST /commands/{msg_id}/ack`` acknowledges one.
 
 The body limit is the api's (``API_MAX_REQUEST_BYTES``, 1 MiB, like the broker's MQTT packet limit): a larger body is
 a 413 before it is read whole; between the ingest's own limit (256 KiB) and that, it is dead-lettered `oversize`,
@@ -24,16 +26,20 @@ import time
 from flask import request
 from flask_smorest import Blueprint
 
-from api import vehicle_auth
-from api.extensions import database
+from api import vehicle_auth, vehicle_commands
+from api.asgi import stream_response
+from api.extensions import config, database
 from api.queries import vehicle_gateway as sql
 from api.schemas import (
+    CommandAckSchema,
+    CommandsQuerySchema,
     IngestResultSchema,
     VehicleDesiredConfigSchema,
     VehicleTokenRequestSchema,
     VehicleTokenSchema,
 )
 from fleetcore import topics
+from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
 
 blp = Blueprint("vehicle", __name__, url_prefix="/api/v1/vehicle",
@@ -115,3 +121,48 @@ def get_config():
     with database().transaction() as cur:
         vehicle = vehicle_auth.vehicle_in(cur)
         return sql.desired_config(cur, vehicle.id)
+
+
+@blp.route("/commands", methods=["GET"])
+@vehicle_auth.requires_vehicle
+@blp.arguments(CommandsQuerySchema, location="query")
+@blp.doc(responses={"200": {"description": "`{\"commands\": [command, …]}`: the commands not yet acknowledged, oldest "
+                                          "first (at most 100), each the envelope exactly as published on "
+                                          "`fleet/v1/{vid}/cmd` (docs/schemas/command.schema.json); empty when none "
+                                          "came within `wait` seconds.",
+                            "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                "commands": {"type": "array", "items": {"type": "object"}}}}}}}})
+def get_commands(args: dict):
+    """Long-poll for commands: answers at once when some are pending, else waits up to `wait` seconds (0–30) for
+    the next one. A command stays pending until acknowledged — `POST /commands/{msg_id}/ack`, or the confirmation
+    the protocol asks for anyway (the mission event or status that answers it), over either channel — and is handed
+    out for at most 2 hours. Handle each `msg_id` once: the same command may also arrive over MQTT."""
+    with database().transaction() as cur:
+        vehicle = vehicle_auth.vehicle_in(cur)
+        sql.record_poll(cur, vehicle.id)
+    database_url, wait_s = config().database_url, float(args["wait"])
+
+    async def chunks():
+        pending = await vehicle_commands.waits(database_url).poll(vehicle.id, wait_s)
+        yield ('{"commands":' + pending + "}").encode()
+
+    return stream_response(chunks, "application/json", headers={"Cache-Control": "no-store"})
+
+
+@blp.route("/commands/<string(maxlength=64):msg_id>/ack", methods=["POST"])
+@vehicle_auth.requires_vehicle
+@blp.response(200, CommandAckSchema)
+@blp.alt_response(404, response="NOT_FOUND")
+def ack_command(msg_id: str):
+    """Acknowledge a command: it is not handed out again. Once per command whichever way it comes (this call, or
+    the mission event or status that confirms it, over MQTT or HTTP): a repeated acknowledgement changes nothing
+    and says when and how the first one came (`acked_now: false`). Acknowledging is not confirming: a stop is
+    confirmed by your status `estop: true`, a mission command by your mission event, as over MQTT."""
+    with database().transaction() as cur:
+        vehicle = vehicle_auth.vehicle_in(cur)
+        row = sql.ack_command(cur, vehicle.id, msg_id)
+    if row is None:
+        raise HttpError(404, f"no command {msg_id} for this vehicle")
+    if row["acked_now"]:
+        log_event(log, "command.acked", vehicle=vehicle.id, msg_id=msg_id, via="http")
+    return row

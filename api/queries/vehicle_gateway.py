@@ -23,6 +23,8 @@ _PARKED_SINCE = "SELECT EXISTS (SELECT 1 FROM ingest.parked WHERE clientid = %s 
 
 def insert_into_inbox(cur, kind: str, clientid: str, topic: str, payload_b64: str, received_at_ms: int) -> dict:
     """Hand one message to its inbox, and read back what the ingest made of it (in the same transaction)."""
+    # which channel the confirmations it may carry came over (vehicle_command_channel(), 90_vehicle_commands.sql)
+    cur.execute("SELECT set_config('fleet.ingest_channel', 'http', true)")
     cur.execute(_WATERMARKS)
     marks = cur.fetchone()
     cur.execute(_INSERT.format(inbox=INBOXES[kind]), (clientid, topic, payload_b64, received_at_ms))
@@ -38,3 +40,24 @@ def desired_config(cur, vehicle_id: str) -> dict:
     row = cur.fetchone()
     return {"vehicle_id": vehicle_id, "version": row["desired_config_version"], "config": row["desired_config"],
             "reported_version": row["reported_config_version"]}
+
+
+def record_poll(cur, vehicle_id: str) -> None:
+    """The vehicle fetches its commands over HTTP now (api/vehicle_commands.py, HTTP_ACTIVE_S)."""
+    cur.execute("INSERT INTO vehicle_http_polls (vehicle_id, polled_at) VALUES (%s, now()) "
+                "ON CONFLICT (vehicle_id) DO UPDATE SET polled_at = EXCLUDED.polled_at", (vehicle_id,))
+
+
+def ack_command(cur, vehicle_id: str, msg_id: str) -> dict | None:
+    """Acknowledge once: the first acknowledgement stays (when, which channel); None if there is no such command."""
+    cur.execute("""
+        WITH acked AS (
+            UPDATE vehicle_commands SET acked_at = now(), acked_via = 'http'
+             WHERE vehicle_id = %(v)s AND msg_id = %(m)s AND acked_at IS NULL
+            RETURNING msg_id, type, acked_at, acked_via)
+        SELECT msg_id, type, acked_at, acked_via, true AS acked_now FROM acked
+         UNION ALL
+        SELECT msg_id, type, acked_at, acked_via, false FROM vehicle_commands
+         WHERE vehicle_id = %(v)s AND msg_id = %(m)s AND NOT EXISTS (SELECT 1 FROM acked)""",
+                {"v": vehicle_id, "m": msg_id})
+    return cur.fetchone()

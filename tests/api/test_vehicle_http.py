@@ -3,6 +3,7 @@ embedded stack: the token exchange and its separation from operator tokens, and 
 same SQL ingest as MQTT (stored, deduplicated, dead-lettered with a reason, only ever as the token's vehicle)."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import requests
 
 from tests.support.database import rows
 from tests.support.vehicle import new_msg_id
+from tests.support.waiting import wait_until
 
 TOKEN = "/api/v1/vehicle/token"
 
@@ -185,3 +187,103 @@ def test_desired_config(http_vehicle, operator):
     body = vehicle.get("config").json()
     assert body == {"vehicle_id": vehicle.vehicle_id, "version": 1, "config": {"max_speed_mps": 1.5},
                     "reported_version": None}
+
+
+# -- commands -------------------------------------------------------------------------------------------------
+def commands_of(vehicle: HttpVehicle, wait: int = 0) -> list[dict]:
+    response = vehicle.get("commands", params={"wait": wait})
+    assert response.status_code == 200, response.text
+    return response.json()["commands"]
+
+
+def set_config(operator, vehicle_id: str, config: dict) -> str:
+    response = operator.put(f"/api/v1/vehicles/{vehicle_id}/config", json={"config": config})
+    assert response.status_code == 200, response.text
+    return response.json()["command"]["msg_id"]
+
+
+def test_commands_come_in_order_and_are_acknowledged_once(http_vehicle, operator):
+    vehicle = http_vehicle()
+    assert commands_of(vehicle) == []
+    first = set_config(operator, vehicle.vehicle_id, {"max_speed_mps": 1.0})
+    second = set_config(operator, vehicle.vehicle_id, {"max_speed_mps": 2.0})
+    pending = commands_of(vehicle)
+    assert [(c["msg_id"], c["type"], c["data"]["version"]) for c in pending] == [
+        (first, "config.update", 1), (second, "config.update", 2)]
+    assert set(pending[0]) == {"v", "msg_id", "ts", "type", "data"}   # the envelope as published over MQTT
+
+    ack = vehicle.post(f"commands/{first}/ack")
+    assert ack.status_code == 200 and ack.json()["acked_now"] is True and ack.json()["acked_via"] == "http"
+    again = vehicle.post(f"commands/{first}/ack")
+    assert again.status_code == 200 and again.json()["acked_now"] is False
+    assert again.json()["acked_at"] == ack.json()["acked_at"]
+    assert [c["msg_id"] for c in commands_of(vehicle)] == [second]
+    assert vehicle.post("commands/no-such-command/ack").status_code == 404
+
+
+def test_another_vehicles_commands_are_neither_seen_nor_acknowledged(http_vehicle, operator):
+    vehicle, other = http_vehicle(), http_vehicle()
+    msg_id = set_config(operator, other.vehicle_id, {"a": 1})
+    assert commands_of(vehicle) == []
+    assert vehicle.post(f"commands/{msg_id}/ack").status_code == 404
+    assert [c["msg_id"] for c in commands_of(other)] == [msg_id]
+
+
+def test_wait_is_bounded(http_vehicle):
+    vehicle = http_vehicle()
+    response = vehicle.get("commands", params={"wait": 31})
+    assert response.status_code == 422, response.text
+    assert "wait" in str(response.json()["details"])
+
+
+def test_long_poll_returns_when_a_command_is_created(http_vehicle, operator, stack):
+    vehicle = http_vehicle()
+    answers: list[list[dict]] = []
+    poller = threading.Thread(target=lambda: answers.append(commands_of(vehicle, wait=30)))
+    poller.start()
+    wait_until(lambda: rows(stack.database_url, "SELECT 1 FROM vehicle_http_polls WHERE vehicle_id = %s",
+                            (vehicle.vehicle_id,)), message="the poll never started")
+    msg_id = set_config(operator, vehicle.vehicle_id, {"x": 1})
+    # far less than the 30 s the poll may wait: only a wake-up returns it this early
+    poller.join(timeout=15)
+    assert not poller.is_alive(), "the long-poll did not return when the command was created"
+    assert [c["msg_id"] for c in answers[0]] == [msg_id]
+
+
+def test_a_vehicle_on_http_gets_its_mission_and_confirms_it_over_http(http_vehicle, operator, stack):
+    vehicle = http_vehicle()
+    assert commands_of(vehicle) == []                       # it polls: the outbox delivers its commands
+    assert vehicle.post("telemetry", json=envelope({"lat": 48.1, "lon": 11.5})).json()["rejected"] == []
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["presence"]["online"],
+               message="telemetry over HTTP never made the vehicle online")
+    response = operator.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "over http",
+                                                       "waypoints": [{"lat": 48.1, "lon": 11.5}]})
+    assert response.status_code == 201, response.text
+    mission = response.json()
+    assert mission["state"] == "dispatched"                 # not requeued for want of an MQTT subscriber
+    dispatch = [c for c in commands_of(vehicle) if c["type"] == "mission.dispatch"]
+    assert [c["data"]["mission_id"] for c in dispatch] == [mission["id"]]
+    event = envelope({"mission_id": mission["id"], "event": "accepted"})
+    assert vehicle.post("mission", json=event).json() == {"rejected": [], "parked": False}
+    assert operator.get(f"/api/v1/missions/{mission['id']}").json()["state"] == "accepted"
+    # the accepted event acknowledged the dispatch: handed out no more, acknowledged once, over http
+    assert [c for c in commands_of(vehicle) if c["type"] == "mission.dispatch"] == []
+    acked = rows(stack.database_url, "SELECT acked_via FROM vehicle_commands WHERE msg_id = %s",
+                 (dispatch[0]["msg_id"],))
+    assert acked == [{"acked_via": "http"}]
+    assert vehicle.post(f"commands/{dispatch[0]['msg_id']}/ack").json()["acked_now"] is False
+
+
+def test_a_confirmation_over_mqtt_and_an_ack_over_http_count_once(enroll, operator, api_url, stack):
+    mqtt_vehicle = enroll()
+    vehicle = HttpVehicle(api_url, mqtt_vehicle.vehicle_id, mqtt_vehicle.secret).login()
+    response = operator.post("/api/v1/missions", json={"vehicle_id": vehicle.vehicle_id, "name": "over mqtt",
+                                                       "waypoints": [{"lat": 48.1, "lon": 11.5}]})
+    mission = response.json()
+    command = mqtt_vehicle.wait_for_command("mission.dispatch")
+    assert [c["msg_id"] for c in commands_of(vehicle)] == [command["msg_id"]]   # the same command, both ways
+    mqtt_vehicle.mission_event(mission["id"], "accepted")
+    wait_until(lambda: operator.get(f"/api/v1/missions/{mission['id']}").json()["state"] == "accepted")
+    assert commands_of(vehicle) == []
+    ack = vehicle.post(f"commands/{command['msg_id']}/ack").json()
+    assert (ack["acked_now"], ack["acked_via"]) == (False, "mqtt")
