@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-from flask import g
+from flask import g, request
 from flask_smorest import Blueprint
 
 from api.auth import client_addr, log_denied
@@ -77,7 +77,6 @@ def check_still_valid(cur, vehicle_id: str, credential_id: int) -> CurrentVehicl
 
 
 def _authenticate() -> tuple[str, int]:
-    from flask import request
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HttpError(401, "send a vehicle token: Authorization: Bearer <token> from POST /api/v1/vehicle/token",
