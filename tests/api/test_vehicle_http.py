@@ -287,3 +287,28 @@ def test_a_confirmation_over_mqtt_and_an_ack_over_http_count_once(enroll, operat
     assert commands_of(vehicle) == []
     ack = vehicle.post(f"commands/{command['msg_id']}/ack").json()
     assert (ack["acked_now"], ack["acked_via"]) == (False, "mqtt")
+
+
+def test_status_over_http_confirms_a_stop_and_a_configuration(http_vehicle, operator, stack):
+    vehicle = http_vehicle()
+    assert commands_of(vehicle) == []
+    assert vehicle.post("telemetry", json=envelope({"lat": 48.1, "lon": 11.5})).json()["rejected"] == []
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle.vehicle_id}").json()["presence"]["online"],
+               message="telemetry over HTTP never made the vehicle online")
+    config_msg_id = set_config(operator, vehicle.vehicle_id, {"max_speed_mps": 1.0})
+    response = operator.post(f"/api/v1/vehicles/{vehicle.vehicle_id}/emergency-stop", json={"reason": "test"})
+    assert response.status_code == 200 and response.json()["delivered"] is True, response.text
+    stop_id = response.json()["stop"]["id"]
+    pending = commands_of(vehicle)
+    assert [c["type"] for c in pending][:2] == ["config.update", "emergency.stop"]
+    # one status confirms both, as over MQTT: the stop (estop true) and the configuration (config_version 1)
+    report = envelope({"mode": "ESTOP", "estop": True, "errors": [], "config_version": 1,
+                       "config": {"max_speed_mps": 1.0}})
+    assert vehicle.post("status", json=report).json() == {"rejected": [], "parked": False}
+    assert commands_of(vehicle) == []
+    acked = rows(stack.database_url, "SELECT type, acked_via FROM vehicle_commands WHERE vehicle_id = %s "
+                 "AND msg_id = ANY(%s) ORDER BY id", (vehicle.vehicle_id, [c["msg_id"] for c in pending]))
+    assert {(r["type"], r["acked_via"]) for r in acked} == {("config.update", "http"), ("emergency.stop", "http")}
+    assert config_msg_id in [c["msg_id"] for c in pending]
+    wait_until(lambda: operator.get(f"/api/v1/emergency-stops/{stop_id}").json()["acknowledged"] == 1,
+               message="the status over HTTP confirms the stop")
