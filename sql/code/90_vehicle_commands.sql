@@ -27,6 +27,8 @@ END $$;
 
 -- The channel of the message being ingested: the api's HTTP fallback marks its transaction (set_config
 -- 'fleet.ingest_channel' = 'http', api/queries/vehicle_gateway.py); the broker's inserts leave it unset.
+-- A message parked and re-applied later by the worker (ingest.retry_parked) counts as 'mqtt': the worker's
+-- transaction cannot know; only acked_via is affected, never whether the command is acknowledged.
 CREATE OR REPLACE FUNCTION public.vehicle_command_channel() RETURNS text
 LANGUAGE sql STABLE AS $$ SELECT COALESCE(NULLIF(current_setting('fleet.ingest_channel', true), ''), 'mqtt') $$;
 

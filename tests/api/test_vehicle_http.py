@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import jwt
 import pytest
 import requests
 
@@ -312,3 +313,19 @@ def test_status_over_http_confirms_a_stop_and_a_configuration(http_vehicle, oper
     assert config_msg_id in [c["msg_id"] for c in pending]
     wait_until(lambda: operator.get(f"/api/v1/emergency-stops/{stop_id}").json()["acknowledged"] == 1,
                message="the status over HTTP confirms the stop")
+
+
+def test_expired_and_foreign_tokens_are_refused(http_vehicle, stack):
+    """Signed with the api's own key, so only the claims decide: an expired vehicle token, and one without the
+    vehicle audience (an operator token's shape) carrying the vehicle's id and credential."""
+    vehicle = http_vehicle()
+    claims = jwt.decode(vehicle.session.headers["Authorization"].split()[1], options={"verify_signature": False})
+    secret = stack.secrets["FLEET_JWT_SECRET"]
+    now = int(time.time())
+    expired = jwt.encode({**claims, "iat": now - 100, "nbf": now - 100, "exp": now - 10}, secret, algorithm="HS256")
+    no_audience = jwt.encode({k: v for k, v in claims.items() if k != "aud"}, secret, algorithm="HS256")
+    other_role = jwt.encode({**claims, "role": "operator"}, secret, algorithm="HS256")
+    for token, code in ((expired, "token_expired"), (no_audience, "invalid_token"), (other_role, "invalid_token")):
+        response = requests.get(vehicle.api_url + "/api/v1/vehicle/config",
+                                headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert (response.status_code, response.json()["code"]) == (401, code)
