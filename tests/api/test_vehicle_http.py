@@ -329,3 +329,25 @@ def test_expired_and_foreign_tokens_are_refused(http_vehicle, stack):
         response = requests.get(vehicle.api_url + "/api/v1/vehicle/config",
                                 headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert (response.status_code, response.json()["code"]) == (401, code)
+
+
+def test_waiting_long_polls_hold_no_request_thread(http_vehicle, operator, stack):
+    """More polls wait at once than the api has threads (API_THREADS, 16): each still reaches its view (its poll is
+    recorded), the api still answers, and each returns with its own command. If a poll held a thread, the 17th
+    would queue behind the others for their whole 30 s."""
+    vehicles = [http_vehicle() for _ in range(20)]
+    answers: dict[str, list[dict]] = {}
+    pollers = [threading.Thread(target=lambda v=v: answers.__setitem__(v.vehicle_id, commands_of(v, wait=30)))
+               for v in vehicles]
+    for poller in pollers:
+        poller.start()
+    ids = [v.vehicle_id for v in vehicles]
+    wait_until(lambda: len(rows(stack.database_url, "SELECT 1 FROM vehicle_http_polls WHERE vehicle_id = ANY(%s)",
+                                (ids,))) == len(ids), timeout=15, message="some polls never reached their view")
+    assert operator.get("/api/v1/vehicles", timeout=10).status_code == 200
+    sent = {v.vehicle_id: set_config(operator, v.vehicle_id, {"n": 1}) for v in vehicles}
+    for poller in pollers:
+        poller.join(timeout=15)
+    assert not any(p.is_alive() for p in pollers)
+    assert {vid: [c["msg_id"] for c in cmds] for vid, cmds in answers.items()} == \
+        {vid: [msg_id] for vid, msg_id in sent.items()}
