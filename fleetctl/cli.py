@@ -240,11 +240,12 @@ def _admin_password() -> str:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     """Create the operator 'admin' unless an admin exists (DATABASE_URL, or the embedded database)."""
-    from api import first_admin
+    from api import first_admin, passwords
     password = _admin_password()
     first_admin.check_password(password)  # before a database is even started
+    hash_cost = passwords.hash_cost()
     with _database_url() as url:
-        created = first_admin.create(url, password)
+        created = first_admin.create(url, password, hash_cost)
     _say("created the operator 'admin'" if created else "an admin exists already; nothing to do")
     return 0
 

@@ -289,9 +289,10 @@ class Stack:
     def _create_first_admin(self) -> None:
         """The operator 'admin' with FLEET_ADMIN_PASSWORD from the secrets file, as ``fleetctl create-admin`` does
         in production; a password that breaks the rule stops the start."""
-        from api import first_admin
+        from api import first_admin, passwords
         try:
-            created = first_admin.create(self.database_url, self.secrets[first_admin.PASSWORD_VARIABLE])
+            created = first_admin.create(self.database_url, self.secrets[first_admin.PASSWORD_VARIABLE],
+                                         passwords.hash_cost(self.service_env()))  # the api's setting
         except ConfigError as exc:
             raise StackError(f"{exc} (set in {self.state_dir / 'secrets.env'})") from None
         if created:
