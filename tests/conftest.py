@@ -48,6 +48,16 @@ def pytest_configure(config):
     os.environ.setdefault(passwords.HASH_COST_VARIABLE, str(passwords.MIN_HASH_COST))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` (``make test``): a file, or a package with a package-scoped stack, per unit of work
+    (tests/support/xdist.py)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.xdist import StackScopeScheduling
+    return StackScopeScheduling(config, log)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI=true a skipped test is a failed one: whatever was missing (tests/support/required.py) must be

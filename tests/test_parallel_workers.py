@@ -1,13 +1,16 @@
-"""fleetctl/ports.py: parallel test workers choose ports from disjoint slices, and one process never hands out the
-same port twice in a row — two stacks on one port would share connections through SO_REUSEPORT instead of
-failing."""
+"""``make test`` runs the tests on two pytest-xdist workers. fleetctl/ports.py: the workers choose ports from
+disjoint slices, and one process never hands out the same port twice in a row — two stacks on one port would share
+connections through SO_REUSEPORT instead of failing. tests/support/xdist.py: a file, or a package with a
+package-scoped stack, runs on one worker."""
 from __future__ import annotations
 
 import itertools
 
 import pytest
 
+from fleetcore import paths
 from fleetctl import ports
+from tests.support.xdist import StackScopeScheduling, packages_with_package_fixtures
 
 
 def slices(monkeypatch, count: int) -> list[range]:
@@ -42,3 +45,14 @@ def test_outside_xdist_the_whole_range_is_used(monkeypatch):
     whole = ports.port_range()
     assert whole.stop == ports._ephemeral_low() and len(whole) >= 1000
     assert slices(monkeypatch, 2)[0].start == whole.start
+
+
+def test_a_file_or_a_package_with_a_package_stack_is_one_unit_of_work():
+    assert "tests/failure/" in packages_with_package_fixtures(paths.PROJECT_ROOT)
+    assert "tests/api/" not in packages_with_package_fixtures(paths.PROJECT_ROOT)
+    scheduler = StackScopeScheduling.__new__(StackScopeScheduling)   # without an xdist session
+    scheduler.packages = ("tests/failure/",)
+    assert scheduler._split_scope("tests/failure/test_outages.py::test_x[1]") == "tests/failure/"
+    assert scheduler._split_scope("tests/failure/test_ingest_faults.py::test_y") == "tests/failure/"
+    assert scheduler._split_scope("tests/api/test_auth.py::TestLogin::test_z") == "tests/api/test_auth.py"
+    assert scheduler._split_scope("tests/api/test_auth.py::test_w") == "tests/api/test_auth.py"
