@@ -56,3 +56,40 @@ def test_a_file_or_a_package_with_a_package_stack_is_one_unit_of_work():
     assert scheduler._split_scope("tests/failure/test_ingest_faults.py::test_y") == "tests/failure/"
     assert scheduler._split_scope("tests/api/test_auth.py::TestLogin::test_z") == "tests/api/test_auth.py"
     assert scheduler._split_scope("tests/api/test_auth.py::test_w") == "tests/api/test_auth.py"
+
+
+def test_granians_own_threads_get_the_thread_tracer():
+    """fleetcore/http_server.traced_threads: coverage of authsvc under make test. A thread started outside the
+    threading module (as granian's are) gets the process's thread tracer before the application runs in it; without
+    one the application is served unchanged."""
+    import _thread
+    import sys
+    import threading
+
+    from fleetcore.http_server import traced_threads
+
+    def app(environ, start_response):
+        return [sys.gettrace()]
+
+    def tracer(frame, event, arg):
+        return None
+
+    answers: list = []
+    done = threading.Event()
+    previous = threading.gettrace()            # coverage's own under make test
+    try:
+        threading.settrace(None)
+        assert traced_threads(app) is app      # production: no tracer, nothing wrapped
+        threading.settrace(tracer)
+        wrapped = traced_threads(app)
+    finally:
+        threading.settrace(previous)
+
+    def native_thread():
+        answers.append((sys.gettrace(), wrapped({}, None)[0]))
+        sys.settrace(None)
+        done.set()
+
+    _thread.start_new_thread(native_thread, ())
+    assert done.wait(10)
+    assert answers == [(None, tracer)]
