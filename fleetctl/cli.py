@@ -66,6 +66,9 @@ def _summary(stack) -> str:
     if "broker" in running:
         rows.append(f"  MQTT           mqtt://{h}:{p.mqtt}   ws://{h}:{p.mqtt_ws}/mqtt"
                     + (f"   mqtts://{h}:{p.mqtt_tls}" if (stack.tls_dir / "server.pem").exists() else ""))
+        if (stack.tls_dir / "server.pem").exists():
+            rows.append(f"  MQTT mTLS      mqtts://{h}:{p.mqtt_mtls}   (client certificates from the fleet CA "
+                        f"{stack.tls_dir}/fleet-ca.pem; docs/PROTOCOL.md)")
         rows.append(f"  Broker API     {stack.url('emqx_api')}/api/v5   (basic auth: key '{API_KEY_NAME}', "
                     f"secret FLEET_EMQX_API_SECRET in {secrets_file})")
         rows.append(f"  Dashboard      {stack.url('emqx_api')}/   (user 'admin', password "
