@@ -265,3 +265,14 @@ def test_a_certificate_that_is_not_a_ca_is_refused_as_the_fleet_ca(stack, tmp_pa
     leaf = certs.write_identity(tmp_path, "leaf", key, certs.self_signed_client_cert(tmp_path / "ca", key, "x"))
     with pytest.raises(ConfigError, match="not a CA certificate"):
         authsvc_app(stack, fleet_ca_cert_file=leaf[0], fleet_ca_key_file=leaf[1])
+
+
+def test_fleetctl_fleet_ca_makes_the_ca_once(tmp_path, capsys):
+    from fleetctl import cli
+    assert cli.main(["fleet-ca", str(tmp_path / "fleet-ca")]) == 0
+    pem, key = tmp_path / "fleet-ca" / certificates.CA_CERT_FILE, tmp_path / "fleet-ca" / certificates.CA_KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600 and pem.stat().st_mode & 0o777 == 0o644
+    first = pem.read_bytes()
+    assert cli.main(["fleet-ca", str(tmp_path / "fleet-ca")]) == 0 and pem.read_bytes() == first, "kept"
+    assert "PRIVATE KEY" not in capsys.readouterr().out + capsys.readouterr().err, "the key is never printed"
+    certificates.FleetCA.load(pem, key)
