@@ -109,16 +109,17 @@ def _request_envelope(payload_b64: str) -> dict:
             "sheet": sheet, "csr": data.get("csr")}
 
 
-def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> dict:
+def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None,
+            ca_chain: list[str] | None = None) -> dict:
     """The register.accepted / register.rejected envelope. Its msg_id is derived from the request, so a re-sent
-    answer carries the same msg_id and the vehicle can recognise it as a repeat."""
+    answer carries the same msg_id and the vehicle can recognise it as a repeat. With a certificate, ``ca_chain`` is
+    the fleet CA's certificate: what the vehicle's certificate chains to."""
     if outcome.accepted and outcome.certificate_pem is not None:
-        ca = fleet_ca()
         not_after = outcome.certificate_not_after
         answer = envelope.reply("register.accepted", {
             "request_msg_id": request_msg_id, "vehicle_id": outcome.vehicle_id, "fleet_id": outcome.fleet_id,
             "username": outcome.vehicle_id, "certificate": outcome.certificate_pem,
-            "ca_chain": ca.chain_pem if ca else [],
+            "ca_chain": ca_chain or [],
             "not_after": not_after.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if not_after else None})
     elif outcome.accepted:
         answer = envelope.reply("register.accepted", {
@@ -209,7 +210,8 @@ def register():
                "replayed": outcome.replayed, "rotated": outcome.rotated}
     try:
         published = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.REGISTER_RESPONSE),
-                                     _answer(outcome, request_msg_id), qos=1)
+                                     _answer(outcome, request_msg_id, ca.chain_pem if (ca := fleet_ca()) else None),
+                                     qos=1)
     except EmqxApiError as exc:
         # 503 whether the broker was unreachable or refused the publish: only a retry of this very request can
         # still bring the vehicle its answer (a 502 would make EMQX drop it).
