@@ -46,7 +46,7 @@ class AclDecision:
 # A retained telemetry, status or mission message would be stored by the broker and replayed to every subscriber.
 # The same holds for a VDA 5050 vehicle: only its `connection` topic is retained (the standard's Last Will).
 _RETAINABLE = frozenset({Kind.CONNECTION})
-_VDA_RETAINABLE = frozenset({topics.VdaSubtopic.CONNECTION})
+_VDA_RETAINABLE = frozenset({topics.VdaSubtopic.CONNECTION, topics.VdaSubtopic.FACTSHEET})
 
 
 def decide(role: str, clientid: str, username: str, action: str, topic: str,

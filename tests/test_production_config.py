@@ -306,8 +306,8 @@ def test_every_action_bounds_its_buffer_and_the_docs_show_the_arithmetic(emqx_co
             total += workers * _bytes(size)
             row = f"| `{kind}:{name}` | {workers} × {size[:-2]} {size[-2:]} |"
             assert row in operations, f"docs/OPERATIONS.md lacks the row {row}"
-    assert total == 2432 * 1024 ** 2
-    assert "2,432 MB" in operations
+    assert total == 2688 * 1024 ** 2
+    assert "2,688 MB" in operations
 
 
 def test_no_action_sets_an_option_emqx_ignores(emqx_conf):

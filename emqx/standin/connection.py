@@ -357,7 +357,9 @@ class Connection:
             # 0x97, which a 3.1.1 PUBACK/PUBREC cannot carry — the client sees a plain ack (limiter.py)
             metrics["packets.publish.quota_exceeded"] += 1
             if qos:
-                self._push_ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid, None)
+                if qos == 2:
+                    session.awaiting_rel.add(pid)    # the client's PUBREL is answered like any other
+                self._ack(codec.PUBACK if qos == 1 else codec.PUBREC, pid)
             else:
                 metrics["messages.dropped"] += 1
                 metrics["messages.dropped.quota_exceeded"] += 1

@@ -25,6 +25,9 @@ BEGIN
         WHEN 'presence' THEN
             PERFORM ingest.apply_presence(m ->> 'clientid', m ->> 'event', m ->> 'reason', (m ->> 'at_ms')::bigint,
                                           (m ->> 'connected_at_ms')::bigint, m ->> 'role');
+        WHEN 'vda5050' THEN
+            PERFORM ingest.apply_vda5050(m ->> 'clientid', m ->> 'topic', m ->> 'payload_b64',
+                                         (m ->> 'received_at_ms')::bigint);
         WHEN 'authz_denied' THEN
             PERFORM ingest.apply_authz_denied(m ->> 'clientid', m ->> 'topic', m ->> 'action',
                                               (m ->> 'at_ms')::bigint);
@@ -32,8 +35,8 @@ BEGIN
 END $$;
 
 -- Re-apply up to p_limit parked rows that are due, oldest first, each in its own subtransaction. Where order
--- matters — mission events (a mission moves by the order of its events), and with them status, connection and
--- presence — a row whose vehicle has an earlier such row still parked (failed again this round, not due yet, or
+-- matters — mission events (a mission moves by the order of its events), and with them status, connection,
+-- presence and a VDA 5050 state (which carries mission progress) — a row whose vehicle has an earlier such row still parked (failed again this round, not due yet, or
 -- being retried by another worker: SKIP LOCKED) waits, so they are applied in the order they arrived. Telemetry
 -- does not wait: its latest state is ordered by (device time, seq), and a vehicle's backlog of points is not held
 -- up behind one bad point. A failure backs off exponentially (250 ms, doubling, at most park_backoff_max); after
@@ -51,10 +54,10 @@ BEGIN
     applied := 0; failed := 0; dead_lettered := 0; waiting := 0;
     FOR r IN SELECT * FROM ingest.parked p WHERE p.next_attempt_at <= now()
               ORDER BY p.id LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
-        IF r.inbox IN ('mission', 'status', 'connection', 'presence') AND r.clientid IS NOT NULL
+        IF r.inbox IN ('mission', 'status', 'connection', 'presence', 'vda5050') AND r.clientid IS NOT NULL
            AND EXISTS (SELECT 1 FROM ingest.parked q
                         WHERE q.clientid = r.clientid AND q.id < r.id
-                          AND q.inbox IN ('mission', 'status', 'connection', 'presence')) THEN
+                          AND q.inbox IN ('mission', 'status', 'connection', 'presence', 'vda5050')) THEN
             waiting := waiting + 1;
             CONTINUE;
         END IF;

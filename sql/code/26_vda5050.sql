@@ -307,12 +307,15 @@ END $$;
 -- ---------------------------------------------------------------------------------------------------
 -- The inbox
 -- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION ingest.vda5050_inbox_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- One inbox row. Raises whatever goes wrong beyond the message's content; the trigger below (and
+-- ingest.retry_parked) catch it and park the row, as for our own topics.
+CREATE OR REPLACE FUNCTION ingest.apply_vda5050(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     s ingest.settings;
-    received timestamptz := ingest.broker_time(NEW.received_at_ms);
-    parts text[] := string_to_array(NEW.topic, '/');
+    received timestamptz := ingest.broker_time(p_received_ms);
+    parts text[] := string_to_array(p_topic, '/');
     subtopic text := parts[5];
     vda public.vda5050_vehicles;
     problem text;
@@ -324,27 +327,27 @@ DECLARE
     v record;
 BEGIN
     s := ingest.current_settings();
-    IF NEW.topic IS NULL OR array_length(parts, 1) <> 5 OR parts[1] <> 'uagv' OR parts[2] <> 'v2'
+    IF p_topic IS NULL OR array_length(parts, 1) <> 5 OR parts[1] <> 'uagv' OR parts[2] <> 'v2'
        OR subtopic NOT IN ('state', 'connection', 'factsheet') THEN
         problem := 'bad_topic';
     ELSE
-        SELECT * INTO vda FROM public.vda5050_vehicles WHERE vehicle_id = NEW.clientid;
+        SELECT * INTO vda FROM public.vda5050_vehicles WHERE vehicle_id = p_clientid;
         IF NOT FOUND THEN
-            problem := COALESCE(ingest.vehicle_problem(NEW.clientid), 'topic_client_mismatch');
+            problem := COALESCE(ingest.vehicle_problem(p_clientid), 'topic_client_mismatch');
             detail := 'not a VDA 5050 vehicle';
         ELSIF vda.manufacturer <> parts[3] OR vda.serial_number <> parts[4] THEN
             problem := 'topic_client_mismatch';
-            detail := format('%s is %s/%s', NEW.clientid, vda.manufacturer, vda.serial_number);
+            detail := format('%s is %s/%s', p_clientid, vda.manufacturer, vda.serial_number);
         END IF;
     END IF;
     IF problem IS NULL THEN
-        IF subtopic <> 'state' AND (NEW.payload_b64 IS NULL OR NEW.payload_b64 = '') THEN
-            RETURN NEW;  -- clearing a retained connection or factsheet message is not a message
+        IF subtopic <> 'state' AND (p_b64 IS NULL OR p_b64 = '') THEN
+            RETURN;  -- clearing a retained connection or factsheet message is not a message
         END IF;
-        dec := ingest.decode_payload(NEW.payload_b64, s.max_payload_bytes);
+        dec := ingest.decode_payload(p_b64, s.max_payload_bytes);
         doc := dec.doc; raw := dec.raw; problem := dec.reason; detail := dec.detail;
     ELSE
-        raw := ingest.decode_or_null(NEW.payload_b64);
+        raw := ingest.decode_or_null(p_b64);
     END IF;
     IF problem IS NULL THEN
         SELECT document INTO schema_doc FROM public.vda5050_schemas WHERE name = subtopic;
@@ -365,27 +368,45 @@ BEGIN
                                                   NOT BETWEEN 946684800000 AND 4102444800000 THEN
         problem := 'ts_out_of_range'; detail := left(doc ->> 'timestamp', 40);
     END IF;
-    problem := COALESCE(problem, ingest.vehicle_problem(NEW.clientid));
+    problem := COALESCE(problem, ingest.vehicle_problem(p_clientid));
     IF problem IS NOT NULL THEN
-        PERFORM ingest.reject(NEW.clientid, NEW.topic, received, problem, detail, raw, s.rejected_payload_cap);
-        RETURN NEW;
+        PERFORM ingest.reject(p_clientid, p_topic, received, problem, detail, raw, s.rejected_payload_cap);
+        RETURN;
     END IF;
 
     IF subtopic = 'state' THEN
-        PERFORM ingest.vda5050_apply_state(NEW.clientid, NEW.topic, received, doc, raw, vda, s);
+        PERFORM ingest.vda5050_apply_state(p_clientid, p_topic, received, doc, raw, vda, s);
     ELSIF subtopic = 'connection' THEN
         -- ONLINE / OFFLINE / CONNECTIONBROKEN mean what they mean in our protocol: the same handler decides
         INSERT INTO ingest.connection_inbox (clientid, topic, payload_b64, received_at_ms)
-        VALUES (NEW.clientid, 'fleet/v1/' || NEW.clientid || '/connection',
+        VALUES (p_clientid, 'fleet/v1/' || p_clientid || '/connection',
                 encode(convert_to(jsonb_build_object(
                     'v', 1, 'msg_id', format('vda-%s-%s', doc ->> 'headerId', doc ->> 'timestamp'),
                     'seq', doc -> 'headerId', 'ts', LEAST(ingest.vda5050_epoch_ms(doc ->> 'timestamp'),
-                                                          NEW.received_at_ms),
+                                                          p_received_ms),
                     'data', jsonb_build_object('state', doc ->> 'connectionState'))::text, 'UTF8'), 'base64'),
-                NEW.received_at_ms);
+                p_received_ms);
     ELSE
-        PERFORM ingest.vda5050_apply_factsheet(NEW.clientid, NEW.topic, received, doc, raw, s);
+        PERFORM ingest.vda5050_apply_factsheet(p_clientid, p_topic, received, doc, raw, s);
     END IF;
+    RETURN;
+END $$;
+
+
+-- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql). A vehicle with a parked
+-- message parks its later ones behind it.
+CREATE OR REPLACE FUNCTION ingest.vda5050_inbox_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
+        PERFORM ingest.park('vda5050', NEW.clientid, to_jsonb(NEW), 'behind');
+        RETURN NEW;
+    END IF;
+    BEGIN
+        PERFORM ingest.apply_vda5050(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+    EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
+        PERFORM ingest.park('vda5050', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+    END;
     RETURN NEW;
 END $$;
 

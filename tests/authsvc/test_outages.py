@@ -46,7 +46,7 @@ def test_authz_needs_no_database(client):
 
 def test_registration_without_database_is_503_so_the_broker_retries(client):
     payload = base64.b64encode(b'{"v":1,"msg_id":"m1","ts":1,"data":{"enrollment_token":"enr_x"}}').decode()
-    response = post(client, "/mqtt/register", {"clientid": "veh-1", "username": "veh-1", "payload_b64": payload,
+    response = post(client, "/mqtt/register", {"clientid": "_enroll-veh-1", "username": "veh-1", "payload_b64": payload,
                                                "topic": "fleet/v1/veh-1/register/request",
                                                "publish_received_at": 1})
     assert response.status_code == 503

@@ -192,7 +192,8 @@ def test_authz_request_is_exactly_what_emqx_sends_and_cache_hits():
     assert req["headers"]["x-fleet-broker-token"] == TOKEN
     assert req["headers"]["content-type"] == "application/json"
     assert req["json"] == {"clientid": "veh-7", "username": "veh-7", "topic": "fleet/v1/veh-7/telemetry",
-                           "action": "publish", "qos": "1", "retain": "false", "role": "vehicle"}
+                           "action": "publish", "qos": "1", "retain": "false", "role": "vehicle",
+                           "vda": ""}                  # a client without the attribute renders it empty
     assert requests[1]["json"]["action"] == "subscribe" and requests[1]["json"]["topic"] == "fleet/v1/#"
     assert requests[1]["json"]["qos"] == "0"
     assert calls == [("publish", "fleet/v1/veh-7/telemetry", "allow", "http"),

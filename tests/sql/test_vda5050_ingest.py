@@ -113,3 +113,25 @@ def test_the_loaded_schemas_are_the_packages(q):
     for name, (document, source) in installed.items():
         assert stored[name]["document"] == document and stored[name]["source"] == source
     assert json.dumps(stored["state"]["document"]["required"]).count("safetyState") == 1
+
+
+def test_a_state_that_cannot_take_its_lock_is_parked_and_applied_once_free(vda, conn, ingest_conn, q):
+    # like our own inboxes (tests/sql/test_parking.py): the broker's INSERT succeeds while vehicle_state is locked,
+    # the state waits in ingest.parked, and the worker's retry applies it once the lock is gone
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE vehicle_state IN ACCESS EXCLUSIVE MODE")
+    try:
+        send(ingest_conn, state())
+    finally:
+        conn.rollback()
+        conn.autocommit = True
+    [parked] = q("SELECT inbox, clientid, last_error FROM ingest.parked")
+    assert (parked["inbox"], parked["clientid"]) == ("vda5050", VEHICLE)
+    assert parked["last_error"].startswith("55P03")
+    assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 0
+    [done] = q("SELECT * FROM ingest.retry_parked()")
+    assert (done["applied"], done["failed"], done["dead_lettered"]) == (1, 0, 0)
+    assert q("SELECT count(*) AS n FROM ingest.parked")[0]["n"] == 0
+    assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 1
+    assert q("SELECT * FROM rejected_messages") == []

@@ -240,55 +240,67 @@ class PgsqlAction(BufferedAction):
         assert converters is not None
         return tuple(conv(v) for conv, v in zip(converters, values, strict=True))
 
+    async def _run(self, conn: asyncpg.Connection, batch: list[Item]) -> list[BaseException | None]:
+        connector = self.connector
+        if self.converters is None:
+            try:
+                await self.describe(conn)
+            except asyncpg.PostgresError as exc:
+                # PostgreSQL refuses the statement (undefined table…): emqx_postgresql on_sql_query makes
+                # undefined_table unrecoverable, like every error the server reports.
+                return [Unrecoverable(f"{type(exc).__name__} {exc.sqlstate}: {exc}")] * len(batch)
+        results: list[BaseException | None] = [None] * len(batch)
+        rows, positions = [], []
+        for index, item in enumerate(batch):
+            try:
+                rows.append(self._convert(item.payload))
+                positions.append(index)
+            except BadParam as exc:
+                results[index] = exc
+        if not rows:
+            return results
+        try:
+            if len(rows) == 1:
+                await conn.execute(self.sql, *rows[0])
+            else:
+                async with conn.transaction():
+                    await conn.executemany(self.sql, rows)
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+            # The batch reached PostgreSQL and failed: an error it reported (emqx_postgresql
+            # handle_batch_result / handle_result) or the connection lost under the running statement
+            # (epgsql answers {error, sock_closed}, which handle_result makes unrecoverable too). EMQX
+            # drops the whole batch as failed; it is not retried.
+            error = Unrecoverable(f"{type(exc).__name__} {getattr(exc, 'sqlstate', '') or ''}: {exc}")
+            for index in positions:
+                results[index] = error
+            if not isinstance(exc, asyncpg.PostgresError) or conn.is_closed() or \
+                    (getattr(exc, "sqlstate", "") or "").startswith(("08", "57P")):
+                conn.terminate()          # never hand a broken connection back to the pool
+                connector.mark_failed(exc)
+            return results
+        connector.mark_ok()
+        return results
+
     async def execute(self, batch: list[Item]) -> list[BaseException | None]:
         connector = self.connector
+        outcome: list[BaseException | None] | None = None
         try:
             pool = await connector._ensure_pool()  # noqa: SLF001 - the connector's own actions share its pool
             # No acquire timeout: an EMQX buffer worker waits for its ecpool connection however busy it is.
             async with pool.acquire() as conn:
-                if self.converters is None:
-                    try:
-                        await self.describe(conn)
-                    except asyncpg.PostgresError as exc:
-                        # PostgreSQL refuses the statement (undefined table…): emqx_postgresql on_sql_query makes
-                        # undefined_table unrecoverable, like every error the server reports.
-                        return [Unrecoverable(f"{type(exc).__name__} {exc.sqlstate}: {exc}")] * len(batch)
-                results: list[BaseException | None] = [None] * len(batch)
-                rows, positions = [], []
-                for index, item in enumerate(batch):
-                    try:
-                        rows.append(self._convert(item.payload))
-                        positions.append(index)
-                    except BadParam as exc:
-                        results[index] = exc
-                if not rows:
-                    return results
-                try:
-                    if len(rows) == 1:
-                        await conn.execute(self.sql, *rows[0])
-                    else:
-                        async with conn.transaction():
-                            await conn.executemany(self.sql, rows)
-                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
-                    # The batch reached PostgreSQL and failed: an error it reported (emqx_postgresql
-                    # handle_batch_result / handle_result) or the connection lost under the running statement
-                    # (epgsql answers {error, sock_closed}, which handle_result makes unrecoverable too). EMQX
-                    # drops the whole batch as failed; it is not retried.
-                    error = Unrecoverable(f"{type(exc).__name__} {getattr(exc, 'sqlstate', '') or ''}: {exc}")
-                    for index in positions:
-                        results[index] = error
-                    if not isinstance(exc, asyncpg.PostgresError) or conn.is_closed() or \
-                            (getattr(exc, "sqlstate", "") or "").startswith(("08", "57P")):
-                        conn.terminate()          # never hand a broken connection back to the pool
-                        connector.mark_failed(exc)
-                    return results
-                connector.mark_ok()
-                return results
+                outcome = await self._run(conn, batch)
+            return outcome
         except CONNECTION_ERRORS as exc:
             connector.mark_failed(exc)
+            if outcome is not None:
+                # The statement's outcome is known; only handing the connection back to the pool failed (it was
+                # killed after the COMMIT). EMQX has the answer already: retrying would store the batch twice.
+                return outcome
             raise Recoverable(f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             # Refused while connecting (server starting up, too many connections, bad password): EMQX's ecpool
             # worker is then not connected, and its requests wait for it.
             connector.mark_failed(exc)
+            if outcome is not None:
+                return outcome            # as above: only handing the connection back failed
             raise Recoverable(f"{type(exc).__name__}: {exc}") from exc
