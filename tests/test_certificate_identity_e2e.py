@@ -90,6 +90,8 @@ def test_a_vehicle_provisioned_by_csr_connects_over_mtls_and_its_telemetry_is_st
                                         "WHERE vehicle_id = %s", (vehicle.id,))
     assert bytes(stored["fingerprint_sha256"]) == certificates.fingerprint(certs.der_of(data["certificate"]))
     assert stored["revoked_at"] is None
+    shown = vehicle.operator.get(f"/api/v1/vehicles/{vehicle.id}").json()["certificate"]
+    assert shown["not_after"].startswith(data["not_after"][:19]), (shown, data["not_after"])
 
     client = vehicle.mtls()
     try:
@@ -98,6 +100,15 @@ def test_a_vehicle_provisioned_by_csr_connects_over_mtls_and_its_telemetry_is_st
                     (message["msg_id"],)) == [{"vehicle_id": vehicle.id, "lat": 48.25}]
     finally:
         client.close()
+
+
+def test_a_secret_vehicle_shows_no_certificate_and_revocation_hides_it(cert_vehicle, operator, stack):
+    vehicle = cert_vehicle()
+    assert operator.get(f"/api/v1/vehicles/{vehicle.id}").json()["certificate"] is None, "pending: none yet"
+    assert vehicle.register()["type"] == "register.accepted"
+    assert operator.get(f"/api/v1/vehicles/{vehicle.id}").json()["certificate"] is not None
+    assert operator.post(f"/api/v1/vehicles/{vehicle.id}/revoke", json={}).status_code == 200
+    assert operator.get(f"/api/v1/vehicles/{vehicle.id}").json()["certificate"] is None
 
 
 def test_a_certificate_of_another_ca_is_refused_in_the_tls_handshake(cert_vehicle, tmp_path):
