@@ -125,6 +125,16 @@ def test_a_certificate_of_another_ca_is_refused_in_the_tls_handshake(cert_vehicl
     vehicle.mtls().close()                # its own certificate still works
 
 
+def test_a_client_without_a_certificate_is_refused_in_the_tls_handshake(cert_vehicle, stack):
+    """fail_if_no_peer_cert = true: a secret vehicle's way of connecting does not work on 8884."""
+    vehicle = cert_vehicle()
+    assert vehicle.register()["type"] == "register.accepted"
+    client = MqttVehicle("127.0.0.1", stack.config.ports.mqtt_mtls, vehicle.id)
+    with pytest.raises(TLS_REFUSED) as refused:
+        client.connect("any-password", tls_ca=str(stack.tls_dir / "ca.pem"))
+    assert "Not authorized" not in str(refused.value), refused.value
+
+
 def test_a_fleet_ca_certificate_that_registration_never_issued_is_refused(cert_vehicle, stack, tmp_path):
     vehicle = cert_vehicle()
     assert vehicle.register()["type"] == "register.accepted"
