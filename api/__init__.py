@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import metrics, parameters
+from api import metrics, parameters, passwords
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
@@ -52,6 +52,7 @@ class FleetApi(Api):
 def create_app(config: ApiConfig | None = None) -> Flask:
     logs.configure("api")
     cfg = config or ApiConfig.from_env()
+    passwords.check_hash_cost(cfg.password_hash_cost)
     app = Flask(__name__)
     app.json = FleetJSONProvider(app)
     app.config.update(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api import passwords
 from fleetcore.config import ServiceConfig, secret, setting
 from fleetcore.http_server import ServerSettings
 
@@ -17,6 +18,7 @@ class ApiConfig(ServiceConfig):
     device_secret_key: str = secret("FLEET_DEVICE_SECRET_KEY", min_length=32)  # HMAC key shared with authsvc
     access_token_ttl_s: int = setting("API_ACCESS_TOKEN_TTL_S", 600)
     refresh_token_ttl_s: int = setting("API_REFRESH_TOKEN_TTL_S", 30 * 24 * 3600)
+    password_hash_cost: int = setting(passwords.HASH_COST_VARIABLE, passwords.DEFAULT_HASH_COST)  # bcrypt's
     login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)           # per username and client address …
     login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)  # … within this window, then 429
     mission_default_timeout_s: int = setting("API_MISSION_DEFAULT_TIMEOUT_S", 600)

@@ -345,6 +345,13 @@ class VehicleConfigSchema(Schema):
     reported_version = fields.Integer(allow_none=True)
 
 
+class VehicleCertificateSchema(Schema):
+    serial_number = fields.String(metadata={"description": "hex"})
+    issued_at = fields.DateTime()
+    not_before = fields.DateTime()
+    not_after = fields.DateTime(metadata={"description": "renew before this: a new enrollment token and a new CSR"})
+
+
 class VehicleSchema(Schema):
     id = fields.String()
     fleet_id = fields.String()
@@ -358,6 +365,9 @@ class VehicleSchema(Schema):
     decommissioned_at = fields.DateTime(allow_none=True)
     protocol = fields.String(metadata={"description": "fleet/v1 (ours) or vda5050"})
     vda5050 = fields.Nested(Vda5050IdentitySchema, allow_none=True)
+    certificate = fields.Nested(VehicleCertificateSchema, allow_none=True, metadata={
+        "description": "its current client certificate when it registered with a CSR (certificate identity, "
+                       "docs/PROTOCOL.md); null for a vehicle with a device secret"})
     presence = fields.Nested(PresenceSchema)
     telemetry = fields.Nested(LatestTelemetrySchema)
     health = fields.Nested(HealthSchema)

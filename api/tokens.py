@@ -61,7 +61,7 @@ def log_in(username: str, password: str) -> dict:
             raise HttpError(429, "too many failed logins; try again later", headers={"Retry-After": str(retry_after)},
                             details={"retry_after_s": retry_after})
         user = sessions.find_user_for_login(cur, username)
-    ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None)
+    ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None, cfg.password_hash_cost)
     if user is None or not ok or not user["active"]:
         with database().transaction() as cur:
             sessions.record_failure(cur, key, cfg.login_failure_window_s)
