@@ -7,6 +7,7 @@ import threading
 import time
 
 import jwt
+import psycopg2
 import pytest
 import requests
 
@@ -351,3 +352,31 @@ def test_waiting_long_polls_hold_no_request_thread(http_vehicle, operator, stack
     assert not any(p.is_alive() for p in pollers)
     assert {vid: [c["msg_id"] for c in cmds] for vid, cmds in answers.items()} == \
         {vid: [msg_id] for vid, msg_id in sent.items()}
+
+
+def test_a_message_the_database_cannot_apply_at_once_is_parked_and_applied_later(http_vehicle, stack):
+    vehicle = http_vehicle()
+    assert vehicle.post("telemetry", json=envelope({"lat": 1.0, "lon": 2.0})).json()["rejected"] == []
+    holder = psycopg2.connect(stack.database_url)   # an operator's transaction holds the vehicle's latest state
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1 FROM vehicle_state WHERE vehicle_id = %s FOR UPDATE", (vehicle.vehicle_id,))
+        point = envelope({"lat": 3.0, "lon": 4.0}, seq=2)
+        assert vehicle.post("telemetry", json=point).json() == {"rejected": [], "parked": True}
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_until(lambda: rows(stack.database_url, "SELECT 1 FROM telemetry WHERE vehicle_id = %s AND msg_id = %s",
+                            (vehicle.vehicle_id, point["msg_id"])), timeout=30,
+               message="the worker never applied the parked message")
+
+
+def test_a_new_registration_ends_the_old_secrets_token(enroll, operator, api_url, stack):
+    registered = enroll(connect=False)
+    vehicle = HttpVehicle(api_url, registered.vehicle_id, registered.secret).login()
+    response = operator.post(f"/api/v1/vehicles/{registered.vehicle_id}/enrollment", json={})
+    assert response.status_code == 201, response.text
+    new_secret = registered.register(response.json()["token"])
+    response = vehicle.get("config")
+    assert (response.status_code, response.json()["code"]) == (401, "credentials_revoked")
+    assert HttpVehicle(api_url, registered.vehicle_id, new_secret).login().get("config").status_code == 200
