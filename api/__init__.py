@@ -70,7 +70,9 @@ def create_app(config: ApiConfig | None = None) -> Flask:
                                     "(OAuth2 password grant, form-encoded; the Authorize button here) and send the "
                                     "access token as `Authorization: Bearer <token>`. Errors are JSON "
                                     "`{code, message, details}`; a query parameter an endpoint does not list is a "
-                                    "400 `unknown_parameter`."},
+                                    "400 `unknown_parameter`. Vehicles whose network blocks MQTT use the `vehicle` "
+                                    "routes (`/api/v1/vehicle/…`) with a vehicle token from POST /api/v1/vehicle/token "
+                                    "(docs/PROTOCOL.md, HTTP fallback); operator tokens are not accepted there."},
             # Two ways to one token: paste it (bearerAuth), or let Swagger UI's "Authorize" (or any OAuth2 client)
             # fetch it with a username and password from the token endpoint (api/tokens.py).
             "components": {"securitySchemes": {
