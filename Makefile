@@ -21,8 +21,20 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fleetctl run
 
+# The suite on TEST_WORKERS pytest-xdist workers, each with its own stack (tests/support/xdist.py), measured by
+# coverage.py in every Python process it starts ([tool.coverage] in pyproject.toml). Fails when a test fails or
+# the total coverage is below fail_under; the figures per file are in var/coverage/report.txt afterwards.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@rm -rf var/coverage && mkdir -p var/coverage
+	@echo "coverage run -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)"; status=0; \
+	$(BIN)/coverage run -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/coverage combine --quiet && $(BIN)/coverage report > var/coverage/report.txt; \
+	total=$$($(BIN)/coverage report --format=total --fail-under=0); \
+	echo "coverage: $$total % of fleetcore, fleetctl, authsvc, api, emqx, simulator (per file: var/coverage/report.txt)"; \
+	gate=$$($(BIN)/coverage report --format=total) || { echo "$$gate" | tail -n 1; [ $$status -ne 0 ] || status=3; }; \
+	exit $$status
 
 # ruff over the whole repository and mypy over fleetcore, authsvc and api (settings in pyproject.toml).
 lint: $(STAMP)

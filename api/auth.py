@@ -50,8 +50,9 @@ class CurrentUser:
 
 
 # -- passwords ----------------------------------------------------------------------------------------------
-def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode("ascii")
+def hash_password(password: str, cost: int) -> str:
+    """A bcrypt hash of ``password`` at ``cost`` (``API_PASSWORD_HASH_COST``, api/passwords.py)."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(cost)).decode("ascii")
 
 
 def check_password(password: str, password_hash: str) -> bool:
@@ -61,12 +62,15 @@ def check_password(password: str, password_hash: str) -> bool:
         return False
 
 
-# A real hash to compare against when the user does not exist, so the answer takes as long either way.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt()).decode("ascii")
+@functools.cache
+def _dummy_hash(cost: int) -> str:
+    """A real hash to compare against when the user does not exist, at the configured cost, so the answer takes
+    as long either way. Made on first use: importing the api costs no bcrypt round."""
+    return bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(cost)).decode("ascii")
 
 
-def check_password_or_dummy(password: str, password_hash: str | None) -> bool:
-    return check_password(password, password_hash or _DUMMY_HASH) and password_hash is not None
+def check_password_or_dummy(password: str, password_hash: str | None, cost: int) -> bool:
+    return check_password(password, password_hash or _dummy_hash(cost)) and password_hash is not None
 
 
 # -- tokens -------------------------------------------------------------------------------------------------

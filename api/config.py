@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api import passwords
 from fleetcore.config import ServiceConfig, secret, setting
 from fleetcore.http_server import ServerSettings
 
@@ -17,6 +18,7 @@ class ApiConfig(ServiceConfig):
     device_secret_key: str = secret("FLEET_DEVICE_SECRET_KEY", min_length=32)  # HMAC key shared with authsvc
     access_token_ttl_s: int = setting("API_ACCESS_TOKEN_TTL_S", 600)
     refresh_token_ttl_s: int = setting("API_REFRESH_TOKEN_TTL_S", 30 * 24 * 3600)
+    password_hash_cost: int = setting(passwords.HASH_COST_VARIABLE, passwords.DEFAULT_HASH_COST)  # bcrypt's
     # Failed logins within the window before 429, per scope (api/throttle.py says what each holds back); 0: off.
     login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)
     login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)                 # per username and address
@@ -27,6 +29,7 @@ class ApiConfig(ServiceConfig):
     trusted_proxies: str = setting("API_TRUSTED_PROXIES", "")      # X-Forwarded-For is read from these only
     mission_default_timeout_s: int = setting("API_MISSION_DEFAULT_TIMEOUT_S", 600)
     enrollment_token_ttl_s: int = setting("API_ENROLLMENT_TOKEN_TTL_S", 24 * 3600)
+    vehicle_token_ttl_s: int = setting("API_VEHICLE_TOKEN_TTL_S", 900)   # HTTP fallback token (api/vehicle_auth.py)
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
     swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "/docs/swagger-ui/")  # served by the api (api/webui.py)

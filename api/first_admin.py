@@ -27,15 +27,16 @@ def check_password(password: str) -> None:
         raise ConfigError(f"{PASSWORD_VARIABLE} is not a valid operator password: it must have {problem}")
 
 
-def create(database_url: str, password: str) -> bool:
-    """Create ``admin`` unless an admin exists; True if it was created. ConfigError for a bad password."""
+def create(database_url: str, password: str, hash_cost: int) -> bool:
+    """Create ``admin`` unless an admin exists; True if it was created. ConfigError for a bad password.
+    ``hash_cost``: bcrypt's, ``passwords.hash_cost()``."""
     check_password(password)
     database = Database(database_url, max_connections=1, application_name="fleetctl-create-admin")
     try:
         with database.transaction() as cur:
             if users.admin_exists(cur):
                 return False
-        password_hash = hash_password(password)  # bcrypt: outside the transaction
+        password_hash = hash_password(password, hash_cost)  # bcrypt: outside the transaction
         with database.transaction() as cur:
             created = users.create_first_admin(cur, password_hash)
             if created:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from api import auth
-from api.extensions import database
+from api.extensions import config, database
 from api.pagination import page_of, window
 from api.queries import audit, sessions, users
 from api.schemas import PageQuerySchema, UserCreateSchema, UserSchema, UserUpdateSchema, list_of
@@ -39,7 +39,8 @@ def create_user(body: dict):
         missing = users.missing_fleets(cur, body["fleets"])
         if missing:
             raise HttpError(422, "unknown fleets", details={"fleets": missing})
-        user_id = users.create_user(cur, body["username"], auth.hash_password(body["password"]), body["role"])
+        password_hash = auth.hash_password(body["password"], config().password_hash_cost)
+        user_id = users.create_user(cur, body["username"], password_hash, body["role"])
         users.set_fleets(cur, user_id, body["fleets"])
         audit.record(cur, "operator", admin.username, "user.create", "user", str(user_id),
                      {"username": body["username"], "role": body["role"], "fleets": body["fleets"]})
@@ -77,7 +78,7 @@ def update_user(body: dict, user_id: int):
             raise HttpError(409, "this is the last active admin; create another admin first")
         changes = {k: body[k] for k in ("role", "active") if k in body}
         if "password" in body:
-            changes["password_hash"] = auth.hash_password(body["password"])
+            changes["password_hash"] = auth.hash_password(body["password"], config().password_hash_cost)
         users.update_user(cur, user_id, changes)
         if "fleets" in body:
             missing = users.missing_fleets(cur, body["fleets"])

@@ -27,7 +27,8 @@ from api.schemas import (
     list_of,
     parse_lat_lon,
 )
-from fleetcore import capabilities, envelope, registry, topics
+from api.vehicle_commands import VehicleCommands
+from fleetcore import capabilities, envelope, registry
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -200,7 +201,7 @@ def put_config(body: dict, vehicle_id: str):
         audit.record(cur, "operator", user.username, "vehicle.config_update", "vehicle", vehicle_id,
                      {"version": version, "msg_id": command["msg_id"]})
     try:
-        delivered = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
+        delivered = VehicleCommands(database(), broker()).publish(vehicle_id, command).delivered
     except EmqxApiError as exc:
         log_event(log, "vehicle.config_not_sent", logging.ERROR, vehicle=vehicle_id, version=version, error=str(exc))
         raise HttpError(503, "the desired configuration is stored, but the broker could not be reached to send it; "

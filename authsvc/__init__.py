@@ -9,7 +9,8 @@ from __future__ import annotations
 from flask import Flask
 
 from authsvc.config import AuthsvcConfig
-from fleetcore import errors, logs
+from fleetcore import certificates, errors, logs
+from fleetcore.config import ConfigError
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi
 
@@ -24,6 +25,7 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
                                             application_name="authsvc")
     app.extensions["authsvc.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret,
                                              timeout=cfg.emqx_timeout_s)
+    app.extensions["authsvc.fleet_ca"] = _fleet_ca(cfg)
     errors.register(app, "authsvc")
 
     # Imported here, not at the top: authsvc/server.py imports this package before it sets PROMETHEUS_MULTIPROC_DIR,
@@ -39,3 +41,18 @@ def create_app(config: AuthsvcConfig | None = None) -> Flask:
     app.wsgi_app = BrokerCallouts(  # type: ignore[method-assign]
         app.wsgi_app, routes, app.extensions["authsvc.broker_token"], cfg.max_body_bytes)
     return app
+
+
+def _fleet_ca(cfg: AuthsvcConfig) -> certificates.FleetCA | None:
+    """The fleet CA from its two files, or None when neither is set; anything half-configured stops the start."""
+    if not 1 <= cfg.certificate_validity_days <= 3650:
+        raise ConfigError("AUTHSVC_CERTIFICATE_VALIDITY_DAYS must be 1–3650, got "
+                          f"{cfg.certificate_validity_days}")
+    if not cfg.fleet_ca_cert_file and not cfg.fleet_ca_key_file:
+        return None
+    if not cfg.fleet_ca_cert_file or not cfg.fleet_ca_key_file:
+        raise ConfigError("AUTHSVC_FLEET_CA_CERT_FILE and AUTHSVC_FLEET_CA_KEY_FILE are set together or not at all")
+    try:
+        return certificates.FleetCA.load(cfg.fleet_ca_cert_file, cfg.fleet_ca_key_file)
+    except certificates.CertificateAuthorityError as exc:
+        raise ConfigError(str(exc)) from None

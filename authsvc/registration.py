@@ -5,8 +5,10 @@ The broker forwards every ``fleet/v1/{vid}/register/request`` as the rule output
 enrollment token into a device secret (``fleetcore.registry.register``: atomic, one secret per token) and
 publishes the answer (QoS 1) to ``fleet/v1/{username}/register/response`` through the broker's publish API:
 ``register.accepted`` with ``username``/``password``, or ``register.rejected`` with a reason (docs/PROTOCOL.md,
-Registration). The answer always goes to the verified identity (``username``, bound to the client id by authn),
-never to anything named in the payload.
+Registration). A request with a CSR (``data.csr``) is answered instead with a certificate signed by the fleet CA and
+the CA chain, and no password (fleetcore/certificates.py; docs/PROTOCOL.md, Certificate identity); a CSR that cannot
+be signed is ``register.rejected`` with reason ``csr_invalid`` and what is wrong with it. The answer always goes to
+the verified identity (``username``, bound to the client id by authn), never to anything named in the payload.
 
 HTTP answer: ``200`` once handled — accepted or rejected, and the answer published (``delivered`` false when the
 vehicle had not subscribed: the broker dropped it, and the vehicle may repeat the same request). EMQX's HTTP action
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import logging
 import uuid
@@ -48,8 +51,8 @@ import psycopg2
 from flask import Blueprint, jsonify
 
 from authsvc.broker_request import MalformedRequest, json_object, read_body, require_broker_token
-from authsvc.extensions import broker, config, database
-from fleetcore import capabilities, envelope, registry, topics
+from authsvc.extensions import broker, config, database, fleet_ca
+from fleetcore import capabilities, certificates, envelope, registry, topics
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError, log_unavailable
 from fleetcore.logs import log_event
@@ -106,13 +109,22 @@ def _request_envelope(payload_b64: str) -> dict:
         except capabilities.InvalidSheet as exc:
             raise _Malformed(f"data.{exc}", msg_id) from None
     return {"msg_id": msg_id, "token": token, "model": data.get("model"), "sw_version": data.get("sw_version"),
-            "sheet": sheet}
+            "sheet": sheet, "csr": data.get("csr")}
 
 
-def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> dict:
+def _answer(outcome: registry.RegistrationOutcome, request_msg_id: str | None,
+            ca_chain: list[str] | None = None) -> dict:
     """The register.accepted / register.rejected envelope. Its msg_id is derived from the request, so a re-sent
-    answer carries the same msg_id and the vehicle can recognise it as a repeat."""
-    if outcome.accepted:
+    answer carries the same msg_id and the vehicle can recognise it as a repeat. With a certificate, ``ca_chain`` is
+    the fleet CA's certificate: what the vehicle's certificate chains to."""
+    if outcome.accepted and outcome.certificate_pem is not None:
+        not_after = outcome.certificate_not_after
+        answer = envelope.reply("register.accepted", {
+            "request_msg_id": request_msg_id, "vehicle_id": outcome.vehicle_id, "fleet_id": outcome.fleet_id,
+            "username": outcome.vehicle_id, "certificate": outcome.certificate_pem,
+            "ca_chain": ca_chain or [],
+            "not_after": not_after.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if not_after else None})
+    elif outcome.accepted:
         answer = envelope.reply("register.accepted", {
             "request_msg_id": request_msg_id, "vehicle_id": outcome.vehicle_id, "fleet_id": outcome.fleet_id,
             "username": outcome.vehicle_id, "password": outcome.secret})
@@ -135,11 +147,25 @@ def _decide(body: dict, vehicle_id: str) -> tuple[registry.RegistrationOutcome, 
     except _Malformed as exc:
         return registry.rejected(vehicle_id, "malformed", exc.message), exc.request_msg_id
     cfg = config()
+    issue = None
+    if request["csr"] is not None:
+        ca = fleet_ca()
+        if ca is None:
+            return registry.rejected(vehicle_id, "certificates_unavailable"), request["msg_id"]
+        try:
+            csr = certificates.parse_csr(request["csr"], vehicle_id)
+        except certificates.InvalidCsr as exc:
+            return registry.rejected(vehicle_id, "csr_invalid", exc.message), request["msg_id"]
+        validity = datetime.timedelta(days=cfg.certificate_validity_days)
+
+        def issue() -> certificates.IssuedCertificate:   # signed only once the token has been accepted
+            return ca.issue(csr, vehicle_id, validity)
     with database().transaction() as cur:
         outcome = registry.register(cur, cfg.device_secret_key, vehicle_id=vehicle_id,
                                     enrollment_token=request["token"], request_msg_id=request["msg_id"],
                                     model=request["model"], sw_version=request["sw_version"],
-                                    sheet=request["sheet"], replay_window_s=cfg.replay_window_s)
+                                    sheet=request["sheet"], replay_window_s=cfg.replay_window_s,
+                                    issue_certificate=issue)
     return outcome, request["msg_id"]
 
 
@@ -214,7 +240,8 @@ def register():
                "replayed": outcome.replayed, "rotated": outcome.rotated}
     try:
         published = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.REGISTER_RESPONSE),
-                                     _answer(outcome, request_msg_id), qos=1)
+                                     _answer(outcome, request_msg_id, ca.chain_pem if (ca := fleet_ca()) else None),
+                                     qos=1)
     except EmqxApiError as exc:
         # 503 whether the broker was unreachable or refused the publish: only a retry of this very request can
         # still bring the vehicle its answer (a 502 would make EMQX drop it).

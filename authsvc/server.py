@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from authsvc import create_app
 from authsvc.config import AuthsvcServerConfig
 from fleetcore import http_server
 
@@ -25,9 +26,14 @@ def metrics_directory() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="authsvc-metrics-")
 
 
+def application():
+    """What each granian worker process serves (fleetcore/http_server.py)."""
+    return http_server.traced_threads(create_app())
+
+
 def main() -> None:
     metrics_directory()
-    http_server.serve("authsvc", "authsvc:create_app", "wsgi", AuthsvcServerConfig.from_env())
+    http_server.serve("authsvc", "authsvc.server:application", "wsgi", AuthsvcServerConfig.from_env())
 
 
 if __name__ == "__main__":

@@ -70,9 +70,10 @@ def time_per_call(fn, min_seconds: float, min_calls: int = 3) -> dict:
 def credential_checks(key: str, secret: str, seconds: float) -> dict:
     """HMAC device-secret check vs one bcrypt operator-password check (the api's own functions)."""
     from api.auth import check_password, hash_password  # the operator login path
+    from api.passwords import DEFAULT_HASH_COST
     stored = credentials.keyed_hash(key, secret)
     hmac_check = time_per_call(lambda: credentials.matches(key, secret, stored), seconds)
-    password_hash = hash_password("correct horse battery staple")
+    password_hash = hash_password("correct horse battery staple", DEFAULT_HASH_COST)
     bcrypt_check = time_per_call(lambda: check_password("correct horse battery staple", password_hash), seconds)
     return {"hmac": hmac_check, "bcrypt": bcrypt_check, "bcrypt_cost": int(password_hash.split("$")[2])}
 

@@ -6,8 +6,10 @@ then throughput: missions/s created and delivered with several operators posting
 Latency is measured from the moment the POST is sent to the moment the vehicle receives the command (the command
 usually arrives before the POST's response, so "response → receive" would be negative); the POST round trip is
 shown beside it. Each vehicle answers ``accepted`` then ``completed`` (QoS 1, one after the other's PUBACK); the
-broker writes them in that order (one client, one buffer worker), and the vehicle is idle again for its next
-mission once ``completed`` is stored — the next dispatch waits for that.
+broker writes them in that order (one client, one buffer worker). A PUBACK means received, not stored (EMQX
+acknowledges on receipt, docs/EMQX.md §5.6a), so the vehicle is idle again for its next mission once ``completed``
+is stored, read from the database — the next dispatch waits for that. The time from the vehicle sending
+``completed`` to the mission's ``finished_at`` is the mission event → mission state latency.
 
 Baseline in the same run: the raw broker path the api uses — ``POST /api/v5/publish`` of a command-sized message
 to the same vehicles' cmd topics → paho receive — sequential and with the same concurrency.
@@ -52,6 +54,8 @@ class Vehicle:
         self.inflight: int | None = None
         self._last_event = ""
         self.seq = 0
+        self.last_mission: str | None = None        # the mission whose completed was acknowledged last
+        self.completed_sent_at = 0.0                 # time.time() when that completed was published
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=vehicle_id, clean_session=True)
         self.client.username_pw_set(vehicle_id, password)
         self.client.on_connect = self._on_connect
@@ -82,16 +86,20 @@ class Vehicle:
         self.seq += 1
         data = self.pending.pop(0)
         envelope = {"v": 1, "msg_id": uuid.uuid4().hex, "seq": self.seq, "ts": int(time.time() * 1000), "data": data}
+        if data["event"] == "completed":
+            self.completed_sent_at = time.time()
         info = self.client.publish(topics.vehicle_topic(self.vehicle_id, topics.Kind.MISSION), json.dumps(envelope),
                                    qos=1)
         self.inflight = info.mid
         self._last_event = data["event"]
+        self._last_mission_id = data["mission_id"]
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if mid != self.inflight:
             return
         self.inflight = None
         if self._last_event == "completed" and not self.pending:
+            self.last_mission = self._last_mission_id
             self.idle.set()
         self._send_next()
 
@@ -160,10 +168,33 @@ def _all_online(database_url: str, ids: list[str]) -> bool:
 class MissionPoster:
     """POST /api/v1/missions for a vehicle once it is idle; returns (sent, responded, mission id, state)."""
 
-    def __init__(self, api_url: str, token: str) -> None:
+    def __init__(self, api_url: str, token: str, database_url: str) -> None:
         self.url = api_url + "/api/v1/missions"
         self.local = threading.local()
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.database_url = database_url
+        self.event_to_state_ms: list[float] = []     # completed sent → mission finished_at, per mission
+
+    def _stored(self, vehicle: Vehicle) -> None:
+        """Wait until the vehicle's last completed is stored; record how long that took from its publish."""
+        if vehicle.last_mission is None:
+            return
+        if not hasattr(self.local, "db"):
+            self.local.db = psycopg2.connect(self.database_url)
+            self.local.db.autocommit = True
+        deadline = time.monotonic() + 30
+        with self.local.db.cursor() as cur:
+            while True:
+                cur.execute("SELECT extract(epoch FROM finished_at) FROM missions WHERE id = %s AND state = "
+                            "'completed'", (vehicle.last_mission,))
+                row = cur.fetchone()
+                if row is not None:
+                    self.event_to_state_ms.append((float(row[0]) - vehicle.completed_sent_at) * 1000)
+                    vehicle.last_mission = None
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{vehicle.vehicle_id}: mission {vehicle.last_mission} never completed")
+                time.sleep(0.002)
 
     def session(self) -> requests.Session:
         if not hasattr(self.local, "session"):
@@ -174,6 +205,7 @@ class MissionPoster:
     def post(self, vehicle: Vehicle, n: int) -> tuple[float, float, str, str]:
         if not vehicle.idle.wait(30):
             raise RuntimeError(f"{vehicle.vehicle_id} did not finish its previous mission")
+        self._stored(vehicle)
         vehicle.idle.clear()
         body = {"vehicle_id": vehicle.vehicle_id, "name": f"bench mission {n}", "waypoints": WAYPOINTS,
                 "timeout_s": 600}
@@ -266,10 +298,11 @@ def main(argv: list[str] | None = None) -> None:
             login = requests.post(stack.url("api") + "/api/v1/auth/login", timeout=30,
                                   json={"username": "admin", "password": stack.secrets["FLEET_ADMIN_PASSWORD"]})
             login.raise_for_status()
-            api = MissionPoster(stack.url("api"), login.json()["access_token"])
+            api = MissionPoster(stack.url("api"), login.json()["access_token"], stack.database_url)
             raw = RawPublisher(stack.url("emqx_api"), stack.secrets["FLEET_EMQX_API_SECRET"])
             run_phase(fleet, api, min(20, n_missions), 1)     # warm-up: pools, code paths
             run_phase(fleet, raw, min(20, n_missions), 1)
+            api.event_to_state_ms.clear()
             for label, poster, concurrency in (("raw publish, sequential", raw, 1),
                                                ("api mission, sequential", api, 1),
                                                (f"raw publish, {args.concurrency} at once", raw, args.concurrency),
@@ -282,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
                 fleet.join(timeout=10)
             stack.stop("benchmark finished")
 
+    event_to_state = percentiles(api.event_to_state_ms)
     rows, summary = [], []
     for label, r in results.items():
         base = results["raw publish, sequential" if r["concurrency"] == 1
@@ -298,6 +332,9 @@ def main(argv: list[str] | None = None) -> None:
                    f"{seq['receive_ms']['p99']} ms over {seq['delivered']} missions (target p99 < 50 ms: {verdict}) "
                    f"= {seq['receive_ms']['p50'] / seq_base['receive_ms']['p50']:.2f}× the raw publish path "
                    f"(p50 {seq_base['receive_ms']['p50']} ms)")
+    summary.append(f"mission event → mission state (a vehicle publishes completed → the mission's finished_at): "
+                   f"p50 {event_to_state['p50']} ms, p99 {event_to_state['p99']} ms over {len(api.event_to_state_ms)} "
+                   "missions")
     summary.append(f"throughput with {args.concurrency} operators posting at once: {par['per_s']:,.0f} missions/s "
                    f"created and delivered = {par['per_s'] / par_base['per_s']:.2f}× raw publishes/s "
                    f"({par_base['per_s']:,.0f}/s) to the same vehicles")
@@ -312,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     report.write("dispatch", "Mission dispatch: POST /missions → vehicle receives the command",
                  ["path", "requests", "delivered", "per s", "× raw per s", "receive p50 ms", "receive p99 ms",
                   "× raw p50", "POST p50 ms", "POST p99 ms", "state at response"], rows, summary, notes,
-                 raw={"results": results, "quick": args.quick, "vehicles": n_vehicles})
+                 raw={"results": results, "quick": args.quick, "vehicles": n_vehicles,
+                      "event_to_state_ms": event_to_state})
 
 
 if __name__ == "__main__":

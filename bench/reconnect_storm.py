@@ -105,7 +105,8 @@ def _measured(label: str, port: int, credentials, timeout_s: float, roots: dict[
 def _bcrypt_check_seconds() -> float:
     """One operator-password check (api.auth, bcrypt), median of 3: what a bcrypt device secret would cost."""
     from api.auth import check_password, hash_password
-    password_hash = hash_password("correct horse battery staple")
+    from api.passwords import DEFAULT_HASH_COST
+    password_hash = hash_password("correct horse battery staple", DEFAULT_HASH_COST)
     samples = []
     for _ in range(3):
         started = time.perf_counter()

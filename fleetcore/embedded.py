@@ -33,6 +33,7 @@ class Ports:
     mqtt: int = 1883
     mqtt_ws: int = 8083
     mqtt_tls: int = 8883
+    mqtt_mtls: int = 8884          # TLS with client certificates (certificate identity)
     emqx_api: int = 18083
     authsvc: int = 8081
     api: int = 8080

@@ -19,7 +19,11 @@ directory — so two stacks on one machine never touch each other's servers (tes
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fleetcore.config import ConfigError, Settings
 
@@ -65,6 +69,22 @@ def log_config(component: str) -> dict:
         "loggers": {"_granian": {"handlers": ["console"], "propagate": False},
                     "granian.access": {"handlers": ["console"], "level": "WARNING", "propagate": False}},
     }
+
+
+def traced_threads(app: Callable[..., Any]) -> Callable[..., Any]:
+    """``app`` (WSGI) as it is, unless a tracer for new threads is set (``threading.settrace``): coverage.py's, when
+    ``make test`` measures the services. granian runs a WSGI application in threads it starts itself, outside the
+    ``threading`` module, which such a tracer never reaches; each of them is then handed the tracer before its
+    first request, so their code is measured too. Production sets no tracer and gets ``app`` unchanged."""
+    tracer = threading.gettrace()
+    if tracer is None:
+        return app
+
+    def traced(environ: dict, start_response: Callable[..., Any]) -> Any:
+        if sys.gettrace() is None:
+            sys.settrace(tracer)
+        return app(environ, start_response)
+    return traced
 
 
 def serve(component: str, factory: str, interface: str, settings: ServerSettings) -> None:

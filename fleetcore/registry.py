@@ -11,8 +11,14 @@ Shared by authsvc (MQTT authn and registration) and the api (operators), so both
   transaction, and authsvc then kicks the old secret's session.
 * A client connecting with ``clientid = username = <vehicle id>`` and the active device secret of an ``active``
   vehicle is a ``vehicle``.
-* Revoking withdraws the secret and every unused token and kicks the live session; a token issued *after* the
-  revocation re-admits the vehicle (an operator's deliberate decision, audited). Decommissioning is final.
+* Certificate identity instead of a secret: a registration request that carries a CSR gets a certificate signed by
+  the fleet CA (fleetcore/certificates.py) and no secret. On the broker's mTLS listener a client whose certificate
+  has CN = client id = username = <vehicle id>, and is that vehicle's active certificate (by fingerprint), is a
+  ``vehicle`` without a password (``verify_certificate``). A vehicle has one identity at a time: registering
+  again — with or without a CSR — withdraws its secret and its certificate and issues the new one.
+* Revoking withdraws the secret (or certificate) and every unused token and kicks the live session; a token issued
+  *after* the revocation re-admits the vehicle (an operator's deliberate decision, audited). Decommissioning is
+  final.
 
 Secrets and tokens are 256-bit; only their keyed hashes (HMAC-SHA-256 with ``FLEET_DEVICE_SECRET_KEY``) are stored
 and compared in constant time. Every database function takes the caller's cursor (dict rows, as from
@@ -22,10 +28,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetcore import capabilities, credentials, topics
+from fleetcore import capabilities, certificates, credentials, topics
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
 from fleetcore.logs import log_event
 
@@ -99,9 +106,11 @@ class RegistrationOutcome:
     message: str
     vehicle_id: str
     fleet_id: str | None = None
-    secret: str | None = None       # the device secret (accepted only); shown once, never logged
-    replayed: bool = False          # the same request was answered before: same secret again
-    rotated: bool = False           # the vehicle had a secret before; it no longer works
+    secret: str | None = None       # the device secret (accepted without a CSR); shown once, never logged
+    replayed: bool = False          # the same request was answered before: same secret (or certificate) again
+    rotated: bool = False           # the vehicle had a secret or certificate before; it no longer works
+    certificate_pem: str | None = None          # the issued certificate (accepted with a CSR)
+    certificate_not_after: datetime | None = None
 
 
 # -- enrollment tokens ----------------------------------------------------------------------------------------
@@ -253,6 +262,46 @@ def verify_credentials(cur, key: str, clientid: str, username: str, password: st
     return AuthnDecision(True, "enrollment_token", ROLE_ENROLLING, fleet_id)
 
 
+def verify_certificate(cur, clientid: str, username: str, common_name: str, certificate_der: bytes) -> AuthnDecision:
+    """Who may connect with a client certificate (the broker's mTLS listener verified its chain to the fleet CA).
+
+    The certificate's CN is the vehicle id, and the client id and username must both be that id (no enrollment
+    client: a vehicle enrolls on a listener without client certificates). No password: the TLS handshake proved the
+    key. The certificate must be the vehicle's active one, by SHA-256 fingerprint, so a rotated or revoked
+    certificate is refused before its ``not_after``, and the vehicle must be ``active`` — revocation refuses it as
+    it refuses a device secret. One round trip (``vehicle_cert_authn_lookup``).
+    """
+    if not topics.is_vehicle_id(common_name):
+        return AuthnDecision(False, "certificate_cn_invalid")
+    if clientid != common_name:
+        return AuthnDecision(False, "clientid_not_certificate_cn")
+    if username != common_name:
+        return AuthnDecision(False, "username_not_certificate_cn")
+    if not certificate_der:
+        return AuthnDecision(False, "certificate_missing")
+    cur.execute("SELECT * FROM vehicle_cert_authn_lookup(%s, %s)",
+                (common_name, certificates.fingerprint(certificate_der)))
+    row = cur.fetchone()
+    if row is None:
+        return AuthnDecision(False, "unknown_vehicle")
+    status = row["status"]
+    if status in ("revoked", "decommissioned"):
+        return AuthnDecision(False, f"vehicle_{status}")
+    if row["cert_vehicle_id"] is None:
+        return AuthnDecision(False, "certificate_unknown")      # signed by the CA, but not issued by registration
+    if row["cert_vehicle_id"] != common_name:
+        return AuthnDecision(False, "certificate_foreign")
+    if row["cert_revoked"]:
+        return AuthnDecision(False, "certificate_revoked")      # rotated: a newer registration replaced it
+    if row["cert_expired"]:
+        return AuthnDecision(False, "certificate_expired")
+    if status != "active":
+        return AuthnDecision(False, f"vehicle_{status}")
+    vda = (topics.vda_identity(row["vda_manufacturer"], row["vda_serial_number"])
+           if row["vda_manufacturer"] else None)
+    return AuthnDecision(True, "certificate", ROLE_VEHICLE, row["fleet_id"], vda)
+
+
 # -- registration ---------------------------------------------------------------------------------------------
 _REASON_TEXT = {
     "token_invalid": "the enrollment token is not valid for this vehicle",
@@ -261,6 +310,8 @@ _REASON_TEXT = {
     "vehicle_revoked": "this vehicle's credentials were revoked",
     "vehicle_decommissioned": "this vehicle was decommissioned",
     "malformed": "the registration request is malformed",
+    "csr_invalid": "the certificate signing request cannot be signed",
+    "certificates_unavailable": "this backend issues no certificates; register without a CSR",
 }
 
 
@@ -271,14 +322,16 @@ def rejected(vehicle_id: str, reason: str, message: str | None = None) -> Regist
 def register(cur, key: str, *, vehicle_id: str, enrollment_token: str, request_msg_id: str,
              model: str | None = None, sw_version: str | None = None,
              sheet: capabilities.Sheet | None = None,
-             replay_window_s: int = DEFAULT_REPLAY_WINDOW_S) -> RegistrationOutcome:
-    """Turn an enrollment token into the vehicle's device secret — atomically.
+             replay_window_s: int = DEFAULT_REPLAY_WINDOW_S,
+             issue_certificate: Callable[[], certificates.IssuedCertificate] | None = None) -> RegistrationOutcome:
+    """Turn an enrollment token into the vehicle's device secret — or, with ``issue_certificate`` (the request
+    carried a CSR, checked by the caller), into its certificate — atomically.
 
     The vehicle and token rows are locked first, so of two concurrent requests with one token exactly one gets a
     secret; the other waits, then sees the token used. A repeat of the *same* request (same ``msg_id``, e.g. a
     broker retry after the answer could not be published) within ``replay_window_s`` gets the same answer again,
     as long as that secret is still the vehicle's active one: the secret is derived from the request, never
-    stored.
+    stored. A certificate is public and stored whole: its replay re-sends the stored one.
     """
     # Lock order everywhere: vehicle, then its tokens, then its credentials (no deadlock with token issuing).
     try:
@@ -303,13 +356,31 @@ def register(cur, key: str, *, vehicle_id: str, enrollment_token: str, request_m
     if token["expired"]:
         return rejected(vehicle_id, "token_expired")
 
-    secret = credentials.derive_device_secret(key, vehicle_id, request_msg_id, enrollment_token)
+    # One identity at a time: the new secret or certificate replaces whatever the vehicle had.
     cur.execute("UPDATE device_credentials SET revoked_at = now(), revoked_reason = 'rotated' "
                 "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
     rotated = cur.rowcount > 0
-    cur.execute("INSERT INTO device_credentials (vehicle_id, secret_hash) VALUES (%s, %s) RETURNING id",
-                (vehicle_id, credentials.keyed_hash(key, secret)))
-    credential_id = cur.fetchone()["id"]
+    cur.execute("UPDATE vehicle_certificates SET revoked_at = now(), revoked_reason = 'rotated' "
+                "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
+    rotated = rotated or cur.rowcount > 0
+    secret: str | None = None
+    credential_id: int | None = None
+    issued: certificates.IssuedCertificate | None = None
+    identity: dict = {}
+    if issue_certificate is not None:
+        issued = issue_certificate()
+        cur.execute("INSERT INTO vehicle_certificates (vehicle_id, serial_number, fingerprint_sha256, not_before, "
+                    "not_after, certificate_pem, enrollment_token_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "RETURNING id", (vehicle_id, issued.serial_hex, issued.fingerprint, issued.not_before,
+                                     issued.not_after, issued.pem, token["id"]))
+        identity = {"identity": "certificate", "certificate_id": cur.fetchone()["id"],
+                    "certificate_serial": issued.serial_hex, "certificate_not_after": issued.not_after.isoformat()}
+    else:
+        secret = credentials.derive_device_secret(key, vehicle_id, request_msg_id, enrollment_token)
+        cur.execute("INSERT INTO device_credentials (vehicle_id, secret_hash) VALUES (%s, %s) RETURNING id",
+                    (vehicle_id, credentials.keyed_hash(key, secret)))
+        credential_id = cur.fetchone()["id"]
+        identity = {"identity": "device_secret", "credential_id": credential_id}
     cur.execute("UPDATE enrollment_tokens SET used_at = now(), request_msg_id = %s, credential_id = %s "
                 "WHERE id = %s", (request_msg_id, credential_id, token["id"]))
     cur.execute("""
@@ -321,9 +392,9 @@ def register(cur, key: str, *, vehicle_id: str, enrollment_token: str, request_m
     capabilities_version = capabilities.store(cur, vehicle_id, sheet, "registration") if sheet else None
     _audit(cur, "vehicle", vehicle_id, "vehicle.register", vehicle_id,
            {"request_msg_id": request_msg_id, "previous_status": vehicle["status"], "rotated": rotated,
-            "credential_id": credential_id, "model": model, "sw_version": sw_version,
-            "capabilities_version": capabilities_version})
-    return RegistrationOutcome(True, None, "registered", vehicle_id, vehicle["fleet_id"], secret, False, rotated)
+            **identity, "model": model, "sw_version": sw_version, "capabilities_version": capabilities_version})
+    return RegistrationOutcome(True, None, "registered", vehicle_id, vehicle["fleet_id"], secret, False, rotated,
+                               issued.pem if issued else None, issued.not_after if issued else None)
 
 
 def _replay(cur, key: str, token: dict, vehicle: dict, enrollment_token: str,
@@ -332,6 +403,15 @@ def _replay(cur, key: str, token: dict, vehicle: dict, enrollment_token: str,
     vehicle_id = vehicle["id"]
     if token["request_msg_id"] != request_msg_id or not token["in_replay_window"] or vehicle["status"] != "active":
         return rejected(vehicle_id, "token_used")
+    if token["credential_id"] is None:
+        # this request was answered with a certificate: the same one again, while it is the vehicle's active one
+        cur.execute("SELECT certificate_pem, not_after FROM vehicle_certificates "
+                    "WHERE enrollment_token_id = %s AND revoked_at IS NULL", (token["id"],))
+        issued = cur.fetchone()
+        if issued is None:
+            return rejected(vehicle_id, "token_used")
+        return RegistrationOutcome(True, None, "registered", vehicle_id, vehicle["fleet_id"], None, True, False,
+                                   issued["certificate_pem"], issued["not_after"])
     cur.execute("SELECT secret_hash FROM device_credentials WHERE id = %s AND revoked_at IS NULL",
                 (token["credential_id"],))
     row = cur.fetchone()
@@ -355,13 +435,16 @@ def revoke_vehicle(cur, vehicle_id: str, *, actor_type: str, actor_id: str | Non
     cur.execute("UPDATE device_credentials SET revoked_at = now(), revoked_reason = 'revoked' "
                 "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
     credentials_revoked = cur.rowcount
+    cur.execute("UPDATE vehicle_certificates SET revoked_at = now(), revoked_reason = 'revoked' "
+                "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
+    certificates_revoked = cur.rowcount
     tokens_revoked = _withdraw_open_tokens(cur, vehicle_id, "vehicle revoked")
     changed = vehicle["status"] != "revoked"
     if changed:
         cur.execute("UPDATE vehicles SET status = 'revoked', revoked_at = now() WHERE id = %s", (vehicle_id,))
     _audit(cur, actor_type, actor_id, "vehicle.revoke", vehicle_id,
            {"reason": reason, "previous_status": vehicle["status"], "credentials_revoked": credentials_revoked,
-            "tokens_revoked": tokens_revoked})
+            "certificates_revoked": certificates_revoked, "tokens_revoked": tokens_revoked})
     return {"status": "revoked", "changed": changed}
 
 
@@ -370,6 +453,8 @@ def decommission_vehicle(cur, vehicle_id: str, *, actor_type: str, actor_id: str
     """Retire a vehicle for good: credentials and tokens withdrawn, never enrolled again. Idempotent."""
     vehicle = _lock_vehicle(cur, vehicle_id)
     cur.execute("UPDATE device_credentials SET revoked_at = now(), revoked_reason = 'decommissioned' "
+                "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
+    cur.execute("UPDATE vehicle_certificates SET revoked_at = now(), revoked_reason = 'decommissioned' "
                 "WHERE vehicle_id = %s AND revoked_at IS NULL", (vehicle_id,))
     _withdraw_open_tokens(cur, vehicle_id, "vehicle decommissioned")
     changed = vehicle["status"] != "decommissioned"

@@ -66,6 +66,9 @@ def _summary(stack) -> str:
     if "broker" in running:
         rows.append(f"  MQTT           mqtt://{h}:{p.mqtt}   ws://{h}:{p.mqtt_ws}/mqtt"
                     + (f"   mqtts://{h}:{p.mqtt_tls}" if (stack.tls_dir / "server.pem").exists() else ""))
+        if (stack.tls_dir / "server.pem").exists():
+            rows.append(f"  MQTT mTLS      mqtts://{h}:{p.mqtt_mtls}   (client certificates from the fleet CA "
+                        f"{stack.tls_dir}/fleet-ca.pem; docs/PROTOCOL.md)")
         rows.append(f"  Broker API     {stack.url('emqx_api')}/api/v5   (basic auth: key '{API_KEY_NAME}', "
                     f"secret FLEET_EMQX_API_SECRET in {secrets_file})")
         rows.append(f"  Dashboard      {stack.url('emqx_api')}/   (user 'admin', password "
@@ -240,11 +243,12 @@ def _admin_password() -> str:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     """Create the operator 'admin' unless an admin exists (DATABASE_URL, or the embedded database)."""
-    from api import first_admin
+    from api import first_admin, passwords
     password = _admin_password()
     first_admin.check_password(password)  # before a database is even started
+    hash_cost = passwords.hash_cost()
     with _database_url() as url:
-        created = first_admin.create(url, password)
+        created = first_admin.create(url, password, hash_cost)
     _say("created the operator 'admin'" if created else "an admin exists already; nothing to do")
     return 0
 
@@ -269,6 +273,27 @@ def cmd_enroll_bulk(args: argparse.Namespace) -> int:
     if args.out != "-":
         _say(f"created {len(enrollments)} vehicles in fleet {args.fleet} "
              f"({enrollments[0].vehicle_id} … {enrollments[-1].vehicle_id}); tokens in {args.out}")
+    return 0
+
+
+def cmd_fleet_ca(args: argparse.Namespace) -> int:
+    """Make the fleet CA for certificate identity (production; the embedded stack makes its own in var/certs)."""
+    from pathlib import Path
+
+    from fleetcore import certificates
+    directory = Path(args.dir)
+    if not certificates.create_ca(directory, args.name):
+        _say(f"{directory}/{certificates.CA_CERT_FILE} and {certificates.CA_KEY_FILE} exist already; nothing to do")
+        return 0
+    key = directory / certificates.CA_KEY_FILE
+    if args.owner_uid is not None:
+        try:
+            os.chown(key, args.owner_uid, -1)
+        except PermissionError:
+            _say(f"warning: cannot give {key} to uid {args.owner_uid} (needs root): "
+                 f"sudo chown {args.owner_uid} '{key}'")
+    _say(f"created the fleet CA {directory}/{certificates.CA_CERT_FILE} (for the broker's mTLS listener) and its "
+         f"key {key} (mode 0600: for authsvc only)")
     return 0
 
 
@@ -309,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--create-fleet", action="store_true", help="create the fleet if it does not exist")
     bulk.add_argument("--out", required=True, help="CSV file to write (mode 0600), or - for standard output")
     bulk.set_defaults(func=cmd_enroll_bulk)
+    ca = sub.add_parser("fleet-ca", help="make the fleet CA that signs vehicles' client certificates (fleet-ca.pem, "
+                        "fleet-ca.key with mode 0600) unless it exists; docs/OPERATIONS.md, Certificate identity")
+    ca.add_argument("dir", nargs="?", default="fleet-ca", help="where (default ./fleet-ca, as docker-compose.yml "
+                    "mounts it)")
+    ca.add_argument("--name", default="Fleet vehicle CA", help="the CA's common name")
+    ca.add_argument("--owner-uid", type=int, help="give the key to this uid (authsvc's container runs as 10001)")
+    ca.set_defaults(func=cmd_fleet_ca)
     argv = sys.argv[1:] if argv is None else argv
     # Everything after `db psql` goes to psql untouched (argparse would read `-c` as its own option).
     passthrough: list[str] = []

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetcore import db, migrations, paths
+from fleetcore import certificates, db, migrations, paths
 from fleetcore.config import ConfigError
 from fleetcore.embedded import Ports, RunningStack, StackLock
 from fleetctl import dbadmin, localsecrets, postman
@@ -176,6 +176,14 @@ class Stack:
         env.update(self.config.extra_env)
         return env
 
+    def authsvc_env(self) -> dict[str, str]:
+        """authsvc signs vehicles' CSRs with the stack's fleet CA (``_ensure_fleet_ca``)."""
+        return self.service_env() | {
+            "AUTHSVC_BIND": f"{self.config.host}:{self.config.ports.authsvc}",
+            "AUTHSVC_FLEET_CA_CERT_FILE": str(self.tls_dir / certificates.CA_CERT_FILE),
+            "AUTHSVC_FLEET_CA_KEY_FILE": str(self.tls_dir / certificates.CA_KEY_FILE),
+        }
+
     def broker_env(self) -> dict[str, str]:
         """EMQX-style overrides of emqx/emqx.conf: the same variables a Compose file would set for EMQX."""
         host, port, database = self.database_server
@@ -210,16 +218,22 @@ class Stack:
                 "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CACERTFILE": str(self.tls_dir / "ca.pem"),
                 "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE": str(self.tls_dir / "server.pem"),
                 "EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__KEYFILE": str(self.tls_dir / "server.key"),
+                # the mTLS listener: the broker's own certificate, and the fleet CA for the vehicles' certificates
+                "EMQX_LISTENERS__SSL__MTLS__BIND": f'"{h}:{ports.mqtt_mtls}"',
+                "EMQX_LISTENERS__SSL__MTLS__SSL_OPTIONS__CACERTFILE": str(self.tls_dir / certificates.CA_CERT_FILE),
+                "EMQX_LISTENERS__SSL__MTLS__SSL_OPTIONS__CERTFILE": str(self.tls_dir / "server.pem"),
+                "EMQX_LISTENERS__SSL__MTLS__SSL_OPTIONS__KEYFILE": str(self.tls_dir / "server.key"),
             })
         else:
             env["EMQX_LISTENERS__SSL__DEFAULT__ENABLE"] = "false"
+            env["EMQX_LISTENERS__SSL__MTLS__ENABLE"] = "false"
         return env
 
     def _components(self) -> list[Component]:
         python = sys.executable
         ports = self.config.ports
         h = self.config.host
-        authsvc_env = self.service_env() | {"AUTHSVC_BIND": f"{h}:{ports.authsvc}"}
+        authsvc_env = self.authsvc_env()
         api_env = self.service_env() | {"API_BIND": f"{h}:{ports.api}", "FLEET_GIT_COMMIT": _git_commit()}
         worker_env = self.service_env() | {"WORKER_BIND": f"{h}:{ports.worker}"}
         return [
@@ -263,6 +277,7 @@ class Stack:
             self._start_database()
             self._write_api_keys()
             self._ensure_tls_certificates()
+            self._ensure_fleet_ca()
             wanted = self.config.components
             components = [c for c in self._components() if c.available and (wanted is None or c.name in wanted)]
             if any(c.name == "api" for c in components):
@@ -289,9 +304,10 @@ class Stack:
     def _create_first_admin(self) -> None:
         """The operator 'admin' with FLEET_ADMIN_PASSWORD from the secrets file, as ``fleetctl create-admin`` does
         in production; a password that breaks the rule stops the start."""
-        from api import first_admin
+        from api import first_admin, passwords
         try:
-            created = first_admin.create(self.database_url, self.secrets[first_admin.PASSWORD_VARIABLE])
+            created = first_admin.create(self.database_url, self.secrets[first_admin.PASSWORD_VARIABLE],
+                                         passwords.hash_cost(self.service_env()))  # the api's setting
         except ConfigError as exc:
             raise StackError(f"{exc} (set in {self.state_dir / 'secrets.env'})") from None
         if created:
@@ -308,6 +324,12 @@ class Stack:
             self.out(f"TLS certificates could not be made, MQTT over TLS stays off: {done.stderr.strip()[:300]}")
         else:
             self.out(f"made a local CA and broker certificate in {self.tls_dir} (vehicles verify with ca.pem)")
+
+    def _ensure_fleet_ca(self) -> None:
+        """First run: the fleet CA that signs vehicles' CSRs (authsvc) and that the mTLS listener trusts. Made with
+        the ``cryptography`` library; the key stays in ``<state>/certs/fleet-ca.key`` (mode 0600), never logged."""
+        if certificates.create_ca(self.tls_dir):
+            self.out(f"made the fleet CA {self.tls_dir / certificates.CA_CERT_FILE} (vehicles' client certificates)")
 
     def _start_database(self, migrate: bool = True) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

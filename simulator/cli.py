@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prefix", help="vehicle id prefix (default '<fleet>-'); ids are <prefix>0001, …")
     run.add_argument("--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)")
     run.add_argument("--plain", action="store_true", help="log lines instead of the live display (CI, pipes)")
+    run.add_argument("--mtls-broker", metavar="mqtts://HOST:PORT",
+                     help="certificate identity: vehicles register with a CSR and connect here (the broker's mTLS "
+                          "listener, 8884) with their certificate instead of a device secret; --ca verifies it")
     run.add_argument("--takeover", action="store_true",
                      help="connect even if the vehicles are run by another fleet-sim or connected elsewhere (the "
                           "broker then disconnects the other client; if it reconnects, the two take turns)")
@@ -191,11 +194,19 @@ def _run_claimed(args: argparse.Namespace, broker: BrokerAddress, faults: FaultC
     if missing:
         raise UsageError(f"{len(missing)} vehicle(s) have no device secret and no enrollment token "
                          f"(e.g. {missing[0]}); give --user/--password or --enrollment-csv")
+    mtls_broker = None
+    if getattr(args, "mtls_broker", None):
+        try:
+            mtls_broker = BrokerAddress.parse(args.mtls_broker, args.ca)
+        except ValueError as exc:
+            raise UsageError(f"--mtls-broker: {exc}") from None
+        if not mtls_broker.tls:
+            raise UsageError("--mtls-broker must be an mqtts:// address (the mTLS listener)")
     options = FleetOptions(
         vehicle_ids=ids, broker=broker, state_dir=args.state_dir, workers=args.workers, time_scale=args.time_scale,
         rate_hz=args.rate, cruise_mps=args.speed, home=args.home, spread_m=args.spread, patrol=not args.park,
         faults=faults, seed=args.seed, telemetry_qos=args.telemetry_qos, status_every_s=args.status_interval,
-        ramp_s=args.ramp, connect_concurrency=args.connect_concurrency)
+        ramp_s=args.ramp, connect_concurrency=args.connect_concurrency, mtls_broker=mtls_broker)
     fleet = Fleet(options, renew_token=enroller.new_token if enroller else None)
     log_event(log, "simulator.starting", vehicles=len(ids), broker=str(broker), workers=args.workers,
               faults=faults.active)

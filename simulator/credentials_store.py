@@ -1,4 +1,5 @@
-"""Each simulated vehicle's local state file: its identity and device secret (or a pending enrollment token).
+"""Each simulated vehicle's local state file: its identity and device secret (or a pending enrollment token) — or,
+with certificate identity, its private key and certificate instead of the secret.
 
 One JSON file per vehicle, ``<state-dir>/<vehicle-id>.json``, mode 0600 in a 0700 directory, written atomically
 (temp file + rename) so a crash never leaves half a secret. A real vehicle would keep this in secure storage;
@@ -23,14 +24,17 @@ class VehicleCredentials:
     password: str | None = None            # device secret (role "vehicle"); None until registered
     enrollment_token: str | None = None    # one-time token (role "enrolling"); dropped once registered
     registered_at: float | None = None
+    key_pem: str | None = None             # certificate identity: the vehicle's own private key (made once)
+    certificate_pem: str | None = None     # … and the certificate the fleet CA signed for it (instead of password)
 
     @property
     def registered(self) -> bool:
-        return bool(self.password)
+        return bool(self.password or self.certificate_pem)
 
     def __repr__(self) -> str:  # never print secrets by accident
         return (f"VehicleCredentials(vehicle_id={self.vehicle_id!r}, fleet_id={self.fleet_id!r}, "
-                f"registered={self.registered}, has_token={bool(self.enrollment_token)})")
+                f"registered={self.registered}, has_token={bool(self.enrollment_token)}, "
+                f"certificate={bool(self.certificate_pem)})")
 
 
 class CredentialsStore:
@@ -83,14 +87,50 @@ class CredentialsStore:
         current = self.load(vehicle_id) or VehicleCredentials(vehicle_id)
         current.fleet_id = fleet_id or current.fleet_id
         current.password = password
+        current.certificate_pem = None          # one identity at a time (the backend withdrew the certificate)
         current.enrollment_token = None
         current.registered_at = time.time()
         self.save(current)
         return current
 
     def forget_secret(self, vehicle_id: str) -> None:
-        """The broker no longer accepts the secret (revoked or re-enrolled elsewhere): drop it."""
+        """The broker no longer accepts the secret or certificate (revoked or re-enrolled elsewhere): drop it (and
+        the key: the next registration sends a CSR for a new one)."""
         current = self.load(vehicle_id)
         if current is not None:
-            current.password = None
+            current.password = current.certificate_pem = current.key_pem = None
             self.save(current)
+
+    def ensure_key(self, vehicle_id: str) -> str:
+        """The vehicle's private key for certificate identity, made on first use and kept (a retried registration
+        sends the same CSR)."""
+        from simulator import certificate
+        current = self.load(vehicle_id) or VehicleCredentials(vehicle_id)
+        if not current.key_pem:
+            current.key_pem = certificate.new_key_pem()
+            self.save(current)
+        return current.key_pem
+
+    def store_certificate(self, vehicle_id: str, fleet_id: str | None, certificate_pem: str) -> VehicleCredentials:
+        """Registration with a CSR succeeded: keep the certificate (the key is already here), no secret, no token."""
+        current = self.load(vehicle_id) or VehicleCredentials(vehicle_id)
+        current.fleet_id = fleet_id or current.fleet_id
+        current.certificate_pem = certificate_pem
+        current.password = None
+        current.enrollment_token = None
+        current.registered_at = time.time()
+        self.save(current)
+        return current
+
+    def identity_files(self, credentials: VehicleCredentials) -> tuple[str, str]:
+        """The certificate and key as files (mode 0600) for paho's ``tls_set(certfile=, keyfile=)``."""
+        paths = []
+        for suffix, text in (("crt", credentials.certificate_pem), ("key", credentials.key_pem)):
+            if not text:
+                raise ValueError(f"{credentials.vehicle_id}: no certificate identity stored")
+            path = self.directory / f"{credentials.vehicle_id}.{suffix}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(text)
+            paths.append(str(path))
+        return paths[0], paths[1]

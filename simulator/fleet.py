@@ -42,6 +42,7 @@ class FleetOptions:
     backoff_cap_s: float = 60.0
     buffer_capacity: int = 3600
     connect_concurrency: int = 50    # vehicles between CONNECT and CONNACK (or registering) at the same time
+    mtls_broker: BrokerAddress | None = None   # certificate identity: CSR at registration, then mTLS here
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Fleet:
         self.counters = [Counters() for _ in self.workers]
         vehicle_options = VehicleOptions(broker=opts.broker, telemetry_qos=opts.telemetry_qos,
                                          backoff_base_s=opts.backoff_base_s, backoff_cap_s=opts.backoff_cap_s,
-                                         buffer_capacity=opts.buffer_capacity)
+                                         buffer_capacity=opts.buffer_capacity, mtls_broker=opts.mtls_broker)
         for index, vehicle_id in enumerate(opts.vehicle_ids):
             rng = random.Random(self.rng.random())
             lat, lon = scatter(rng, *opts.home, opts.spread_m)

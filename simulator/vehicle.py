@@ -41,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleetcore import envelope, topics
 from fleetcore.logs import log_event
 from fleetcore.topics import Kind
+from simulator import certificate
 from simulator.api_client import VehicleRevoked
 from simulator.backoff import Backoff
 from simulator.controller import Controller, Outgoing
@@ -127,6 +128,8 @@ class VehicleOptions:
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     model: str = "fleet-sim"
+    # certificate identity (docs/PROTOCOL.md): register with a CSR, then connect here with the certificate
+    mtls_broker: BrokerAddress | None = None
 
 
 class SimVehicle:
@@ -168,6 +171,7 @@ class SimVehicle:
         self._online_since: float | None = None
         self._short_links = 0
         self._subscriptions: dict[int, tuple[list, int]] = {}
+        self._broker = options.broker                 # where the current client connects
 
     # -- public (thread-safe) -------------------------------------------------------------------------------
     def start(self, delay: float = 0.0) -> None:
@@ -222,12 +226,17 @@ class SimVehicle:
     def _topic(self, kind: Kind) -> str:
         return topics.vehicle_topic(self.vehicle_id, kind)
 
-    def _new_client(self, clean_session: bool, client_id: str | None = None) -> mqtt.Client:
+    def _new_client(self, clean_session: bool, client_id: str | None = None,
+                    broker: BrokerAddress | None = None, identity: tuple[str, str] | None = None) -> mqtt.Client:
+        """A paho client for ``broker`` (default: the one it registers on); ``identity`` = (certificate file, key
+        file) for the mTLS listener."""
+        self._broker = broker or self.options.broker
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.vehicle_id,
                              clean_session=clean_session, protocol=mqtt.MQTTv311, reconnect_on_failure=False)
         client.connect_timeout = 5.0
-        if self.options.broker.tls:
-            client.tls_set(ca_certs=self.options.broker.ca_file)
+        if self._broker.tls:
+            client.tls_set(ca_certs=self._broker.ca_file, certfile=identity[0] if identity else None,
+                           keyfile=identity[1] if identity else None)
         self.worker.attach(client)
         return client
 
@@ -325,9 +334,11 @@ class SimVehicle:
             # authz fails closed: an overloaded or unreachable authsvc denies too, so this is worth a retry.
             self._retry_registration("subscription to register/response denied")
             return
-        request = self._message(Kind.REGISTER_REQUEST, {"enrollment_token": token, "model": self.options.model,
-                                                        "sw_version": "fleet-sim/1.0",
-                                                        "capabilities": self.controller.capabilities()})
+        data = {"enrollment_token": token, "model": self.options.model, "sw_version": "fleet-sim/1.0",
+                "capabilities": self.controller.capabilities()}
+        if self.options.mtls_broker is not None:   # certificate identity: ask for a certificate, not a secret
+            data["csr"] = certificate.csr_pem(self.store.ensure_key(self.vehicle_id), self.vehicle_id)
+        request = self._message(Kind.REGISTER_REQUEST, data)
         if self._register_request_id is None:
             self._register_request_id = request["msg_id"]
         request["msg_id"] = self._register_request_id
@@ -346,10 +357,13 @@ class SimVehicle:
         self._leave_gate()
         if kind == "register.accepted":
             secret = data.get("password") or data.get("device_secret")
-            if not secret:
+            if data.get("certificate") and self.options.mtls_broker is not None:
+                self.store.store_certificate(self.vehicle_id, data.get("fleet_id"), data["certificate"])
+            elif not secret:
                 self._fail("register.accepted without a device secret")
                 return
-            self.store.store_secret(self.vehicle_id, data.get("fleet_id"), secret)
+            else:
+                self.store.store_secret(self.vehicle_id, data.get("fleet_id"), secret)
             self.counters.registered += 1
             log_event(log, "register.accepted", vehicle=self.vehicle_id, fleet=data.get("fleet_id"))
             self.state = State.CONNECTING
@@ -405,8 +419,17 @@ class SimVehicle:
             return
         self.state = State.CONNECTING
         self._discard_client()
-        client = self.client = self._new_client(clean_session=False)
-        client.username_pw_set(self.vehicle_id, credentials.password)
+        if credentials.certificate_pem:
+            # certificate identity: the mTLS listener, the certificate as the credential, no password
+            if self.options.mtls_broker is None:
+                self._fail("the vehicle has a certificate identity: give --mtls-broker")
+                return
+            client = self.client = self._new_client(clean_session=False, broker=self.options.mtls_broker,
+                                                    identity=self.store.identity_files(credentials))
+            client.username_pw_set(self.vehicle_id)
+        else:
+            client = self.client = self._new_client(clean_session=False)
+            client.username_pw_set(self.vehicle_id, credentials.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_command
@@ -430,7 +453,7 @@ class SimVehicle:
         client.will_set(self._topic(Kind.CONNECTION), envelope.encode(will), qos=1, retain=True)
         try:
             # connect() again on the same client object keeps the unacknowledged QoS 1 messages for resending.
-            client.connect(self.options.broker.host, self.options.broker.port, keepalive=KEEPALIVE_S)
+            client.connect(self._broker.host, self._broker.port, keepalive=KEEPALIVE_S)
         except (OSError, ssl.SSLError) as exc:
             self._schedule_reconnect(f"connect failed: {exc}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from api import passwords
 from fleetcore import db, migrations, paths
 from fleetctl import dbadmin
 from fleetctl.ports import free_port
@@ -37,6 +38,24 @@ from tests.support.vehicle import wait_for_actions_on
 
 TEMPLATE_DB = "fleet_template"
 _counter = itertools.count(1)
+
+
+def pytest_configure(config):
+    """Every stack the tests start, and every command they run, hashes operator passwords at bcrypt's lowest cost
+    (api/passwords.py): the suite logs in hundreds of times, at ~0.25 s of CPU each at production's cost, and
+    guesses no password. The stacks inherit it from this environment (Stack.service_env); tests/api/
+    test_password_hash_cost.py checks that it reaches them and that production keeps the default."""
+    os.environ.setdefault(passwords.HASH_COST_VARIABLE, str(passwords.MIN_HASH_COST))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` (``make test``): a file, or a package with a package-scoped stack, per unit of work
+    (tests/support/xdist.py)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.xdist import StackScopeScheduling
+    return StackScopeScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -2,10 +2,10 @@
 README documents it: its newman line, with the environment the launcher wrote for the stack
 (``var/postman.environment.json``; fleetctl/postman.py).
 
-newman is installed on first use into var/node (git-ignored) with npm, at the version the README names; the test
-is skipped only when Node.js or npm itself is missing (and fails then under CI=true). Every request of the
-collection must run and every assertion pass; without a password the run stops at its first request with one
-failure.
+newman is installed on first use into var/node/newman (git-ignored, tests/support/npm.py) with npm, at the version
+the README names; the test is skipped only when Node.js or npm itself is missing (and fails then under CI=true).
+Every request of the collection must run and every assertion pass; without a password the run stops at its first
+request with one failure.
 """
 from __future__ import annotations
 
@@ -19,28 +19,17 @@ import pytest
 from fleetcore import paths
 from fleetctl import postman
 from tests.support import readme
-from tests.support.required import require_components, require_tool
+from tests.support.npm import npm_package
+from tests.support.required import require_components
 
 NEWMAN_VERSION = postman.NEWMAN_VERSION
 COLLECTION = postman.COLLECTION
 ENVIRONMENT = postman.TEMPLATE
-NODE_DIR = paths.PROJECT_ROOT / "var" / "node"
 NPX_NEWMAN = f"npx --yes newman@{NEWMAN_VERSION}"
 
 
 def newman_binary() -> str:
-    binary = NODE_DIR / "node_modules" / ".bin" / "newman"
-    version_file = NODE_DIR / "node_modules" / "newman" / "package.json"
-    if binary.exists() and json.loads(version_file.read_text())["version"] == NEWMAN_VERSION:
-        return str(binary)
-    require_tool("node", "newman runs on Node.js")
-    npm = require_tool("npm", "newman is installed with npm")
-    NODE_DIR.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund",
-                             "--loglevel=error", f"newman@{NEWMAN_VERSION}"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"npm install newman@{NEWMAN_VERSION} failed:\n{result.stderr[-3000:]}"
-    return str(binary)
+    return str(npm_package("newman", NEWMAN_VERSION, "newman runs on Node.js") / ".bin" / "newman")
 
 
 def collection_requests(items: list[dict]) -> list[str]:

@@ -183,6 +183,23 @@ def test_tls_listener_uses_the_files_the_cert_script_makes(compose, emqx_conf):
         assert f'$OUT_DIR/{name}' in script
 
 
+def test_mtls_listener_trusts_the_fleet_ca_that_authsvc_signs_with(compose, emqx_conf, env_example):
+    """Certificate identity: the broker's mTLS listener verifies vehicles against the fleet CA's certificate, the
+    one authsvc signs their CSRs with; only authsvc gets the CA's key (docs/OPERATIONS.md, Certificate identity)."""
+    options = emqx_conf["listeners"]["ssl"]["mtls"]["ssl_options"]
+    assert (options["verify"], options["fail_if_no_peer_cert"]) == ("verify_peer", True)
+    emqx_mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["emqx"]["volumes"]}
+    authsvc_mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["authsvc"]["volumes"]}
+    authsvc = service_env(compose, "authsvc", env_example)
+    ca_dir = authsvc_mounts[str(Path(authsvc["AUTHSVC_FLEET_CA_CERT_FILE"]).parent)]
+    assert emqx_mounts[options["cacertfile"]] == f"{ca_dir}/fleet-ca.pem"
+    assert authsvc["AUTHSVC_FLEET_CA_KEY_FILE"] == f"{Path(authsvc['AUTHSVC_FLEET_CA_CERT_FILE']).parent}/fleet-ca.key"
+    assert not any(source.startswith(ca_dir) and not source.endswith(".pem") for source in emqx_mounts.values()), \
+        "the broker never gets the CA key"
+    port = emqx_conf["listeners"]["ssl"]["mtls"]["bind"].rsplit(":", 1)[1]
+    assert f"{port}:{port}" in " ".join(compose["services"]["emqx"]["ports"])
+
+
 def test_the_services_start_from_the_compose_environment(compose, env_example):
     from api.config import ApiConfig, WorkerConfig
     from authsvc.config import AuthsvcConfig

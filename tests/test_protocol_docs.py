@@ -319,6 +319,13 @@ def test_authsvc_registration_answers_validate():
     accepted = registry.RegistrationOutcome(True, None, "registered", VEHICLE, fleet_id="warehouse-1",
                                             secret=credentials.new_device_secret())
     assert errors("register-accepted", registration._answer(accepted, "a5b6c7d8")) == []
+    example = json.loads((EXAMPLES / "register-accepted.certificate.json").read_text(encoding="utf-8"))["data"]
+    with_certificate = registry.RegistrationOutcome(
+        True, None, "registered", VEHICLE, fleet_id="warehouse-1", certificate_pem=example["certificate"],
+        certificate_not_after=datetime.fromisoformat(example["not_after"]))
+    answer = registration._answer(with_certificate, "a5b6c7d8", example["ca_chain"])
+    assert errors("register-accepted", answer) == [] and "password" not in answer["data"]
+    assert answer["data"]["not_after"] == example["not_after"]
     for reason in registry._REASON_TEXT:
         assert errors("register-rejected", registration._answer(registry.rejected(VEHICLE, reason), None)) == []
 

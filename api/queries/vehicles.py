@@ -14,10 +14,13 @@ SELECT v.id, v.fleet_id, v.name, v.model, v.status, v.metadata, v.created_at, v.
        s.status_ts, s.mode, s.health, s.charging, s.estop, s.errors, s.sw_version,
        CASE WHEN vda.vehicle_id IS NULL THEN NULL ELSE json_build_object(
            'manufacturer', vda.manufacturer, 'serial_number', vda.serial_number, 'map_id', vda.map_id,
-           'origin_lat', vda.origin_lat, 'origin_lon', vda.origin_lon) END AS vda5050
+           'origin_lat', vda.origin_lat, 'origin_lon', vda.origin_lon) END AS vda5050,
+       cert.serial_number AS cert_serial_number, cert.created_at AS cert_issued_at, cert.not_before AS cert_not_before,
+       cert.not_after AS cert_not_after
        {distance}
   FROM vehicles v LEFT JOIN vehicle_state s ON s.vehicle_id = v.id
   LEFT JOIN vda5050_vehicles vda ON vda.vehicle_id = v.id
+  LEFT JOIN vehicle_certificates cert ON cert.vehicle_id = v.id AND cert.revoked_at IS NULL
 """
 
 # Great-circle distance in metres from (%(near_lat)s, %(near_lon)s) to the latest position (NULL if none).
@@ -40,6 +43,9 @@ def shape(row: dict) -> dict:
                                 "registered_at", "revoked_at", "decommissioned_at")}
     out["protocol"] = "vda5050" if row["vda5050"] else "fleet/v1"
     out["vda5050"] = row["vda5050"]
+    out["certificate"] = None if row["cert_serial_number"] is None else {
+        "serial_number": row["cert_serial_number"], "issued_at": row["cert_issued_at"],
+        "not_before": row["cert_not_before"], "not_after": row["cert_not_after"]}
     out["presence"] = {k: row[k] for k in ("online", "connection_state", "connected_at", "disconnected_at",
                                            "disconnect_reason", "last_seen_at")}
     out["telemetry"] = {"ts": row["telemetry_ts"], "received_at": row["telemetry_received_at"],

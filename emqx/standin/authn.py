@@ -7,6 +7,7 @@ ignore), with ``is_superuser`` and ``client_attrs``; any other status, a failed 
 """
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from typing import Any
@@ -22,6 +23,7 @@ log = logging.getLogger("emqx.standin.authn")
 
 def client_variables(client: ClientInfo) -> dict[str, Any]:
     """The placeholder values of a client (emqx_auth_template: client info renamed for templates)."""
+    cert = client.peercert
     return {
         "clientid": client.clientid,
         "username": client.username,
@@ -32,9 +34,10 @@ def client_variables(client: ClientInfo) -> dict[str, Any]:
         "mountpoint": "",
         "zone": "default",
         "listener": client.listener,
-        "cert_subject": "",
-        "cert_common_name": "",
-        "cert_pem": "",
+        # "" without a certificate: EMQX renders an unset variable as "" (emqx_auth_template render_var/2)
+        "cert_subject": cert.subject if cert else "",
+        "cert_common_name": cert.common_name if cert else "",
+        "cert_pem": base64.b64encode(cert.der).decode("ascii") if cert else "",
         "client_attrs": client.client_attrs,
     }
 

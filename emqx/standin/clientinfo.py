@@ -27,6 +27,18 @@ class ClientInfo:
     client_attrs: dict[str, str] = field(default_factory=dict)  # from the authn answer
     is_superuser: bool = False  # from the authn answer; a superuser skips authorization (EMQX)
     acl: list[dict] = field(default_factory=list)  # rules from the authn answer (EMQX 5.8+ `client_info` source)
+    peercert: PeerCert | None = None  # the client certificate the TLS listener verified (mTLS), else None
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """A verified client certificate, as emqx_channel:set_peercert_infos/3 and maybe_add_cert/2 keep it: the CN
+    (``cn`` → ``${cert_common_name}``), the subject (``dn`` → ``${cert_subject}``) and the DER bytes
+    (``cert_pem`` → ``${cert_pem}``, rendered as base64)."""
+
+    common_name: str
+    subject: str
+    der: bytes
 
 
 @dataclass

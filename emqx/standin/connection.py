@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from fleetcore.logs import log_event
 
 from .broker import Broker, now_ms
-from .clientinfo import AuthnResult, ClientInfo, Message
+from .clientinfo import AuthnResult, ClientInfo, Message, PeerCert
 from .limiter import PublishQuota
 from .mqtt import codec
 from .session import Session
@@ -68,8 +68,10 @@ class Connection:
     """One MQTT network connection (protocol state machine + inbound pipeline)."""
 
     def __init__(self, broker: Broker, transport: Transport, listener_id: str, peer: tuple[str, int],
-                 sock: tuple[str, int], closed_reason: str = "tcp_closed", quota: PublishQuota | None = None) -> None:
+                 sock: tuple[str, int], closed_reason: str = "tcp_closed", quota: PublishQuota | None = None,
+                 peercert: PeerCert | None = None) -> None:
         self.broker = broker
+        self.peercert = peercert
         self.transport: Transport | None = transport
         self.listener_id = listener_id
         self.peerhost, self.peerport = peer[0], peer[1]
@@ -213,7 +215,7 @@ class Connection:
         client = ClientInfo(clientid=clientid, username=packet.username, password=packet.password,
                             peerhost=self.peerhost, peerport=self.peerport, listener=self.listener_id,
                             proto_name=packet.proto_name, proto_ver=packet.proto_ver, keepalive=packet.keepalive,
-                            clean_start=packet.clean_session)
+                            clean_start=packet.clean_session, peercert=self.peercert)
         # before authentication, as emqx_channel:process_connect/2: check_banned, then count_flapping_event
         if broker.banned.check(clientid, packet.username, self.peerhost):
             broker.metrics["client.banned"] += 1

@@ -15,6 +15,11 @@ Connections that never get as far as MQTT are bounded as in EMQX 5.10.4:
   cowboy's ``request_timeout``, which EMQX leaves at its default (emqx_listeners.erl ws_opts/3 passes no protocol
   options; its wait_listener_stopped/2 relies on the same 5 s).
 - After that, ``mqtt.idle_timeout`` bounds the wait for CONNECT on every listener (connection.py).
+
+Client certificates (mutual TLS) as EMQX's ``ssl_options``: ``verify = verify_peer`` asks the client for one and
+checks it against ``cacertfile``; with ``fail_if_no_peer_cert = true`` a client without one fails the handshake.
+A verified certificate's CN, subject and DER go with the connection's client info to the authn templates
+(``${cert_common_name}``, ``${cert_subject}``, ``${cert_pem}``), as emqx_channel:set_peercert_infos/3 does.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from aiohttp import WSMsgType, web
 from fleetcore.logs import log_event
 
 from .broker import Broker
+from .clientinfo import PeerCert
 from .config import ListenerConfig
 from .connection import Connection
 from .limiter import ConnectionRate, PublishQuota
@@ -102,7 +108,7 @@ class MqttProtocol(asyncio.Protocol):
         peer = real_transport.get_extra_info("peername") or ("", 0)
         sock = real_transport.get_extra_info("sockname") or ("", 0)
         self.conn = Connection(self.broker, real_transport, self.listener_id, peer, sock, self.closed_reason,
-                               publish_quota(self.listener))
+                               publish_quota(self.listener), peer_certificate(real_transport))
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -119,6 +125,23 @@ class MqttProtocol(asyncio.Protocol):
         if self.conn is not None:
             self.conn.connection_lost()
             self.conn = None
+
+
+def peer_certificate(transport: asyncio.BaseTransport) -> PeerCert | None:
+    """The client certificate the handshake verified, or None (plain TCP, ``verify_none``, or none sent)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    decoded = ssl_object.getpeercert()          # {} unless the chain was verified: then no identity at all
+    if not der or not decoded:
+        return None
+    rdns = [(key, value) for rdn in decoded.get("subject", ()) for key, value in rdn]
+    short = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+             "localityName": "L", "stateOrProvinceName": "ST"}
+    common_name = next((value for key, value in rdns if key == "commonName"), "")
+    subject = ",".join(f"{short.get(key, key)}={value}" for key, value in rdns)
+    return PeerCert(common_name=common_name, subject=subject, der=der)
 
 
 def ssl_context(options: dict[str, Any], where: str) -> ssl.SSLContext:

@@ -37,3 +37,31 @@ BEGIN
      WHERE v.id = p_vehicle_id;
 END;
 $$;
+
+-- The query of a CONNECT with a client certificate (the mTLS listener): the vehicle and whether the presented
+-- certificate — by the SHA-256 of its DER encoding — is the vehicle's active, unexpired certificate. No password is
+-- involved: the TLS handshake proved the client holds the certificate's key, the fleet CA vouches for it, and this
+-- row says it is still the one we issued to this vehicle. Two index probes (vehicles PK,
+-- vehicle_certificates.fingerprint_sha256) and the VDA identity, one round trip.
+DROP FUNCTION IF EXISTS vehicle_cert_authn_lookup(text, bytea);
+CREATE FUNCTION vehicle_cert_authn_lookup(p_vehicle_id text, p_fingerprint bytea)
+RETURNS TABLE (
+    fleet_id          text,
+    status            text,
+    cert_vehicle_id   text,
+    cert_revoked      boolean,
+    cert_expired      boolean,
+    vda_manufacturer  text,
+    vda_serial_number text
+)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT v.fleet_id, v.status, c.vehicle_id, c.revoked_at IS NOT NULL, c.not_after <= now(),
+           vda.manufacturer, vda.serial_number
+      FROM vehicles v
+      LEFT JOIN vda5050_vehicles vda ON vda.vehicle_id = v.id
+      LEFT JOIN vehicle_certificates c ON c.fingerprint_sha256 = p_fingerprint
+     WHERE v.id = p_vehicle_id;
+END;
+$$;

@@ -6,6 +6,7 @@ so these tests pin the broker side of the contract independently of authsvc.
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from emqx.standin.authn import Authenticator
 from emqx.standin.authz import Authorizer
-from emqx.standin.clientinfo import ClientInfo
+from emqx.standin.clientinfo import ClientInfo, PeerCert
 from emqx.standin.config import ConfigError, load_config
 from fleetcore import paths
 from tests.broker.compat_support import FakeAuthService, conf_from
@@ -63,7 +64,29 @@ def test_authn_request_is_exactly_what_emqx_sends():
     assert (req["method"], req["path"]) == ("POST", "/mqtt/authn")
     assert req["headers"]["content-type"] == "application/json"
     assert req["headers"]["x-fleet-broker-token"] == TOKEN
-    assert req["json"] == {"clientid": "veh-7", "username": "veh-7", "password": "s3cret", "peerhost": "127.0.0.9"}
+    # no client certificate: EMQX renders the unset cert_* variables as "" (docs/EMQX.md §3.1)
+    assert req["json"] == {"clientid": "veh-7", "username": "veh-7", "password": "s3cret", "peerhost": "127.0.0.9",
+                           "cert_common_name": "", "cert_pem": ""}
+
+
+def test_authn_request_carries_the_verified_client_certificate():
+    """On the mTLS listener: ${cert_common_name} is the certificate's CN and ${cert_pem} the base64 of its DER (as
+    EMQX 5.10.4 renders it), and an absent password is "" (docs/EMQX.md §3.1)."""
+    async def scenario():
+        async with FakeAuthService() as svc:
+            svc.reply = lambda r: web.Response(status=204)
+            auth = Authenticator(production_config(svc.port).authentication)
+            await auth.start()
+            cert = PeerCert(common_name="veh-7", subject="CN=veh-7", der=b"\x30\x82der-bytes")
+            result = await auth.authenticate(vehicle(password=None, peercert=cert, listener="ssl:mtls"))
+            await auth.stop()
+            return svc.requests, result
+
+    requests, result = run(scenario())
+    assert result.allow
+    [req] = requests
+    assert req["json"] == {"clientid": "veh-7", "username": "veh-7", "password": "", "peerhost": "127.0.0.9",
+                           "cert_common_name": "veh-7", "cert_pem": base64.b64encode(b"\x30\x82der-bytes").decode()}
 
 
 @pytest.mark.parametrize("answer, allow, reason", [

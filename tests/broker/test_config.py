@@ -244,12 +244,17 @@ def test_production_conf_sets_the_protective_limits_on_every_listener():
     TLS handshake timeout, flapping detection, deny_action (docs/OPERATIONS.md "Broker limits")."""
     cfg = load_config(paths.emqx_conf(), {})
     listeners = {listener.id: listener for listener in cfg.listeners if listener.enable}
-    assert set(listeners) == {"tcp:default", "ssl:default", "ws:default"}
+    assert set(listeners) == {"tcp:default", "ssl:default", "ssl:mtls", "ws:default"}
     for listener in listeners.values():
         assert listener.messages == LimiterOptions(Rate(10, 1000), Rate(300, 600_000)), listener.id
         assert listener.bytes == LimiterOptions(Rate(64 * 1024, 1000), Rate(16 * 1024 ** 2, 600_000)), listener.id
         assert listener.max_conn == LimiterOptions(Rate(1000, 1000)), listener.id
-    assert listeners["ssl:default"].handshake_timeout_s == 10.0
+    assert listeners["ssl:default"].handshake_timeout_s == listeners["ssl:mtls"].handshake_timeout_s == 10.0
+    # certificate identity: the mTLS listener requires a client certificate of the fleet CA (docs/EMQX.md §7)
+    mtls = listeners["ssl:mtls"].ssl_options
+    assert (mtls["verify"], mtls["fail_if_no_peer_cert"]) == ("verify_peer", True)
+    assert mtls["cacertfile"].endswith("/fleet-ca.pem")
+    assert listeners["ssl:default"].ssl_options["verify"] == "verify_none"
     assert cfg.mqtt.idle_timeout_s == 15.0 and cfg.mqtt.server_keepalive == 60
     assert cfg.flapping == FlappingConfig(enable=True, window_time_s=60.0, max_count=15, ban_time_s=300.0)
     assert cfg.authorization.deny_action == "disconnect"

@@ -205,7 +205,7 @@ def _per_client_sequences(conn) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_database_outage_buffers_then_delivers_everything_in_order(tmp_path, db_url, inbox):
+def test_database_outage_buffers_then_delivers_everything_in_order(tmp_path, db_url, inbox, caplog):
     parts = db_parts(db_url)
     proxy_port = free_port()
     cfg = conf_from(tmp_path, rules_conf(db_url, server=f"127.0.0.1:{proxy_port}"))
@@ -226,6 +226,12 @@ def test_database_outage_buffers_then_delivers_everything_in_order(tmp_path, db_
             m = engine.metrics()["actions"][action_id]
             return m["queuing"] + m["inflight"] == clients * per_client
         await eventually(lambda: waiting("pgsql:mission") and waiting("pgsql:telemetry"))
+        # Each action has tried the database and failed (its first batch is being retried) before it comes back:
+        # without this wait a slow machine (coverage, parallel tests) could bring it back before the first try.
+        await eventually(lambda: {getattr(r, "action", None) for r in caplog.records
+                                  if getattr(r, "event", None) == "action.retrying"} >= {"pgsql:mission",
+                                                                                          "pgsql:telemetry"},
+                         message="an action never tried the database while it was down")
         assert not any(t.done() for t in tasks)           # every request waits for the database, none given up
         queued = engine.metrics()["actions"]["pgsql:mission"]["queuing"]
         await proxy.start()                               # the database comes back

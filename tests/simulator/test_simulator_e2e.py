@@ -7,6 +7,7 @@ should (rejected_messages with its reason, or stored once / flagged). Run with
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -329,6 +330,36 @@ def test_the_cli_runs_vehicles_and_ctrl_c_stops_them_cleanly(stack, api_url, adm
     assert "stopped cleanly: 3 vehicles" in output
     wait_until(lambda: {r["connection_state"] for r in db(
         stack, "SELECT connection_state FROM vehicle_state WHERE vehicle_id = ANY(%s)", ids)} == {"OFFLINE"}, 20)
+
+
+def test_the_cli_runs_vehicles_with_a_certificate_identity_over_mtls(stack, api_url, admin_password, tmp_path):
+    """--mtls-broker: each vehicle registers with a CSR, stores its certificate (no device secret) and connects to
+    the mTLS listener with it (docs/PROTOCOL.md, Certificate identity)."""
+    require_tool("openssl", "the embedded stack makes its TLS listeners' broker certificate with it")
+    fleet_id = unique("mtls").lower()
+    ca = str(stack.tls_dir / "ca.pem")
+    env = dict(os.environ, FLEET_SIM_PASSWORD=admin_password)
+    state = tmp_path / "mtls-state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "run", "--vehicles", "2", "--api", api_url, "--user", "admin",
+         "--broker", f"mqtts://127.0.0.1:{stack.config.ports.mqtt_tls}", "--ca", ca,
+         "--mtls-broker", f"mqtts://127.0.0.1:{stack.config.ports.mqtt_mtls}", "--fleet", fleet_id,
+         "--state-dir", str(state), "--plain"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ids = [f"{fleet_id}-000{i}" for i in (1, 2)]
+    try:
+        wait_until(lambda: len(db(stack, "SELECT DISTINCT vehicle_id FROM telemetry WHERE vehicle_id = ANY(%s)",
+                                  ids)) == 2, 30, message="telemetry from the 2 certificate vehicles")
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert len(db(stack, "SELECT 1 FROM vehicle_certificates WHERE vehicle_id = ANY(%s) AND revoked_at IS NULL",
+                  ids)) == 2
+    assert db(stack, "SELECT 1 FROM device_credentials WHERE vehicle_id = ANY(%s)", ids) == [], "no secrets"
+    saved = json.loads((state / f"{ids[0]}.json").read_text())
+    assert saved["password"] is None and saved["certificate_pem"].startswith("-----BEGIN CERTIFICATE-----")
+    assert (state / f"{ids[0]}.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_vehicles_enrolled_in_bulk_register_from_the_csv(stack, fleet, tmp_path):

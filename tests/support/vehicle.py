@@ -69,14 +69,17 @@ class MqttVehicle:
         self.disconnected_at: float | None = None      # time.monotonic() of the last disconnect
 
     # -- connection ----------------------------------------------------------------------------------------
-    def connect(self, password: str, *, clean_session: bool = False, will: bool | tuple[str, str] = True,
+    def connect(self, password: str | None, *, clean_session: bool = False, will: bool | tuple[str, str] = True,
                 username: str | None = None, client_id: str | None = None, timeout: float = 10.0,
-                tls_ca: str | None = None) -> MqttVehicle:
+                tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None) -> MqttVehicle:
+        """Connect and wait for the CONNACK. ``tls_cert`` = (certificate file, key file): a client certificate
+        for the mTLS listener, where ``password`` is None (docs/PROTOCOL.md, Certificate identity)."""
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or self.vehicle_id,
                              clean_session=clean_session, protocol=mqtt.MQTTv311, transport=self.transport)
         client.username_pw_set(username if username is not None else self.vehicle_id, password)
         if tls_ca:
-            client.tls_set(ca_certs=tls_ca)
+            client.tls_set(ca_certs=tls_ca, certfile=tls_cert[0] if tls_cert else None,
+                           keyfile=tls_cert[1] if tls_cert else None)
         if isinstance(will, tuple):  # (topic, payload): another protocol's Last Will (tests/support/vda5050.py)
             client.will_set(will[0], will[1], qos=1, retain=True)
         elif will:
