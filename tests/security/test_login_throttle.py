@@ -12,6 +12,7 @@ import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import bcrypt
 import psycopg2
 import psycopg2.extras
 import pytest
@@ -147,10 +148,15 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy():
     assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
 
 
-def test_a_login_flood_is_refused_with_503_not_queued(api_url, make_user):
+def test_a_login_flood_is_refused_with_503_not_queued(stack, api_url, make_user):
     """The session stack's default gate (API_LOGIN_CONCURRENCY 2, twice as many waiting): of 32 logins sent at
-    once, the ones past the gate's places are answered 503 login_busy with Retry-After at once; the rest log in."""
+    once, the ones past the gate's places are answered 503 login_busy with Retry-After at once; the rest log in.
+    The user's hash gets production's cost (12; the suite hashes at 4), so that each check takes as long as there."""
     user = make_user("viewer")
+    production_hash = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(12)).decode()
+    with psycopg2.connect(stack.database_url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE users SET password_hash = %s WHERE username = %s", (production_hash, user.username))
+    conn.close()
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda _: requests.post(f"{api_url}/api/v1/auth/login", timeout=60, json={
             "username": user.username, "password": user.password}), range(32)))
