@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import metrics, parameters, passwords
+from api import metrics, parameters, passwords, throttle
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
@@ -91,6 +91,9 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
     # worker process (api/worker.py).
     app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
+    # The login throttle's gate on bcrypt work and the proxies whose X-Forwarded-For counts (api/throttle.py).
+    app.extensions["fleet.login_gate"] = throttle.LoginGate(cfg.login_concurrency)
+    app.extensions["fleet.trusted_proxies"] = throttle.trusted_networks(cfg.trusted_proxies)
     app.extensions["fleet.emergency_commands"] = EmergencyCommands(app.extensions["fleet.db"],
                                                                    app.extensions["fleet.emqx"])
 

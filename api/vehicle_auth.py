@@ -22,9 +22,9 @@ import jwt
 from flask import g, request
 from flask_smorest import Blueprint
 
+from api import throttle
 from api.auth import client_addr, log_denied
 from api.extensions import config, database
-from api.queries import sessions
 from fleetcore import registry
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -120,14 +120,16 @@ def exchange_secret(vehicle_id: str, secret: str) -> dict:
     comparison). Failures are throttled like operator logins, per vehicle id and client address: a device secret
     has 256 bits, so this is not about guessing it but about a misconfigured vehicle hammering the database."""
     cfg = config()
-    key = f"vehicle:{vehicle_id}|{client_addr()}"
+    addr = client_addr()
+    # this vehicle from this address only: its failures must not count against operators' logins (api/throttle.py)
+    limits = throttle.Limits(cfg.login_failure_window_s, cfg.login_max_failures, 0, 0, 0)
+    try:
+        with database().transaction() as cur:      # committed before the check: parallel attempts see it
+            attempt = throttle.reserve(cur, limits, f"vehicle:{vehicle_id}", addr)
+    except throttle.Throttled:
+        log_event(log, "vehicle_auth.throttled", logging.WARNING, vehicle=vehicle_id, addr=addr)
+        raise
     with database().transaction() as cur:
-        if sessions.recent_failures(cur, [key], cfg.login_failure_window_s) >= cfg.login_max_failures:
-            retry_after = max(1, int(cfg.login_failure_window_s - sessions.oldest_failure_age_s(
-                cur, [key], cfg.login_failure_window_s)))
-            log_event(log, "vehicle_auth.throttled", logging.WARNING, vehicle=vehicle_id, addr=client_addr())
-            raise HttpError(429, "too many failed token requests; try again later",
-                            headers={"Retry-After": str(retry_after)}, details={"retry_after_s": retry_after})
         decision = registry.verify_credentials(cur, cfg.device_secret_key, vehicle_id, vehicle_id, secret)
         credential_id = None
         if decision.allow and decision.role == ROLE:
@@ -135,13 +137,13 @@ def exchange_secret(vehicle_id: str, secret: str) -> dict:
             credential_id = cur.fetchone()["credential_id"]
     if credential_id is None:
         with database().transaction() as cur:
-            sessions.record_failure(cur, key, cfg.login_failure_window_s)
-        log_event(log, "vehicle_auth.refused", logging.WARNING, vehicle=vehicle_id, addr=client_addr(),
+            attempt.failed(cur)
+        log_event(log, "vehicle_auth.refused", logging.WARNING, vehicle=vehicle_id, addr=addr,
                   reason=decision.reason)
         raise HttpError(401, "invalid vehicle id or device secret, or the vehicle may not connect",
                         code="invalid_credentials")
     with database().transaction() as cur:
-        sessions.clear_failures(cur, key)
+        attempt.succeeded(cur)
     token, ttl = issue_token(vehicle_id, credential_id)
     log_event(log, "vehicle_auth.token_issued", vehicle=vehicle_id, addr=client_addr())
     return {"access_token": token, "token_type": "Bearer", "expires_in": ttl}

@@ -87,6 +87,9 @@ def create_vehicle(body: dict):
 
     The vehicle connects with client id = username = its id and the token as password, publishes a registration
     request to `fleet/v1/{id}/register/request` and receives its device secret on `…/register/response`.
+
+    Vehicle ids are unique across fleets: an id already taken (in any fleet, in any state) is 409
+    `vehicle_id_unavailable`, the same answer whichever fleet holds it.
     """
     user = auth.current_user()
     visibility.require_fleet(body["fleet_id"])
