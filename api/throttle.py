@@ -89,12 +89,11 @@ class Limits:
     addr: int
     global_: int
 
-    def keys(self, username: str, address: str, realm: str = "") -> dict[str, int]:
-        """The counters one attempt touches and the limit of each (a limit of 0: that scope is off). ``realm``
-        keeps other credentials' counters apart from operators' (``vehicle:`` for the vehicle token exchange)."""
+    def keys(self, username: str, address: str) -> dict[str, int]:
+        """The counters one attempt touches and the limit of each (a limit of 0: that scope is off)."""
         name = username.lower()
-        limits = {f"{realm}pair:{name}|{address}": self.pair, f"{realm}user:{name}": self.user,
-                  f"{realm}addr:{address}": self.addr, f"{realm}global": self.global_}
+        limits = {f"pair:{name}|{address}": self.pair, f"user:{name}": self.user, f"addr:{address}": self.addr,
+                  "global": self.global_}
         return {key: limit for key, limit in limits.items() if limit > 0}
 
 
@@ -153,17 +152,16 @@ class Attempt:
         cur.execute(_PRUNE, (self.limits.window_s,))
 
 
-def reserve(cur, limits: Limits, username: str, address: str, realm: str = "") -> Attempt:
+def reserve(cur, limits: Limits, username: str, address: str) -> Attempt:
     """Count this attempt in every counter it belongs to, or raise ``Throttled`` (429) — having given the places
     back — when one is past its limit. Commit before checking the password, so parallel attempts see it."""
-    keys = limits.keys(username, address, realm)
+    keys = limits.keys(username, address)
     cur.execute(_RESERVE, {"keys": list(keys), "window": limits.window_s})
     over = [row for row in cur.fetchall() if row["failures"] > keys[row["key"]]]
     if over:
         cur.execute(_GIVE_BACK, (list(keys),))
         raise Throttled(max(row["retry_after_s"] for row in over))
-    pair_key = next((key for key in keys if key.startswith(f"{realm}pair:")), "")
-    return Attempt(limits, keys, pair_key)
+    return Attempt(limits, keys, next(key for key in keys if key.startswith("pair:")) if limits.pair > 0 else "")
 
 
 # -- the bcrypt gate -------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def log_in(username: str, password: str) -> dict:
             log_event(log, "auth.login_throttled", logging.WARNING, user=username, addr=addr)
             raise
         ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None,
-                                            cfg.password_hash_cost)
+                                          cfg.password_hash_cost)
     if user is None or not ok or not user["active"]:
         with database().transaction() as cur:
             attempt.failed(cur)

@@ -120,16 +120,15 @@ def exchange_secret(vehicle_id: str, secret: str) -> dict:
     comparison). Failures are throttled like operator logins, per vehicle id and client address: a device secret
     has 256 bits, so this is not about guessing it but about a misconfigured vehicle hammering the database."""
     cfg = config()
-    # Only the per-vehicle-and-address counter (api/throttle.py), in a realm of its own: an HMAC costs no bcrypt
-    # to gate, and a vehicle's failures must not count against an operator named like it.
-    limits = throttle.Limits(cfg.login_failure_window_s, pair=cfg.login_max_failures, user=0, addr=0, global_=0)
+    addr = client_addr()
+    # this vehicle from this address only: its failures must not count against operators' logins (api/throttle.py)
+    limits = throttle.Limits(cfg.login_failure_window_s, cfg.login_max_failures, 0, 0, 0)
     try:
-        with database().transaction() as cur:  # committed before the check: parallel attempts see it
-            attempt = throttle.reserve(cur, limits, vehicle_id, client_addr(), realm="vehicle:")
-    except throttle.Throttled as exc:
-        log_event(log, "vehicle_auth.throttled", logging.WARNING, vehicle=vehicle_id, addr=client_addr())
-        raise HttpError(429, "too many failed token requests; try again later", headers=exc.headers,
-                        details=exc.details) from None
+        with database().transaction() as cur:      # committed before the check: parallel attempts see it
+            attempt = throttle.reserve(cur, limits, f"vehicle:{vehicle_id}", addr)
+    except throttle.Throttled:
+        log_event(log, "vehicle_auth.throttled", logging.WARNING, vehicle=vehicle_id, addr=addr)
+        raise
     with database().transaction() as cur:
         decision = registry.verify_credentials(cur, cfg.device_secret_key, vehicle_id, vehicle_id, secret)
         credential_id = None
@@ -139,7 +138,7 @@ def exchange_secret(vehicle_id: str, secret: str) -> dict:
     if credential_id is None:
         with database().transaction() as cur:
             attempt.failed(cur)
-        log_event(log, "vehicle_auth.refused", logging.WARNING, vehicle=vehicle_id, addr=client_addr(),
+        log_event(log, "vehicle_auth.refused", logging.WARNING, vehicle=vehicle_id, addr=addr,
                   reason=decision.reason)
         raise HttpError(401, "invalid vehicle id or device secret, or the vehicle may not connect",
                         code="invalid_credentials")

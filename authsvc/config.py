@@ -18,14 +18,14 @@ class AuthsvcConfig(ServiceConfig):
     db_pool_size: int = setting("AUTHSVC_DB_POOL_SIZE", 8)             # per server process (its threads share it)
     max_body_bytes: int = setting("AUTHSVC_MAX_BODY_BYTES", 16 * 1024)  # a larger authn/authz body is denied unread
     replay_window_s: int = setting("AUTHSVC_REGISTRATION_REPLAY_WINDOW_S", DEFAULT_REPLAY_WINDOW_S)
-    # Rejected registrations audited per vehicle per minute; past it the enrolling client is disconnected instead
-    # (authsvc/registration.py).
-    rejections_per_minute: int = setting("AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE", 10)
     # The fleet CA that signs vehicles' CSRs (docs/OPERATIONS.md "Certificate identity"). Both files, or neither:
     # without them a registration request with a CSR is rejected (certificates_unavailable).
     fleet_ca_cert_file: str = setting("AUTHSVC_FLEET_CA_CERT_FILE", "")
     fleet_ca_key_file: str = setting("AUTHSVC_FLEET_CA_KEY_FILE", "")
     certificate_validity_days: int = setting("AUTHSVC_CERTIFICATE_VALIDITY_DAYS", 365)
+    # Rejected registrations audited per vehicle per minute; past it the enrolling client is disconnected instead
+    # (authsvc/registration.py).
+    rejections_per_minute: int = setting("AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE", 10)
     emqx_timeout_s: float = 5.0
 
 

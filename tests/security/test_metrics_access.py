@@ -35,7 +35,9 @@ def metrics_url(metrics_stack) -> str:
     return metrics_stack.metrics_url
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "])
+# ids fixed: the token is random per process, and xdist's workers must collect the same test names
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "],
+                         ids=["none", "wrong", "basic-scheme", "token-plus-one", "empty-bearer"])
 def test_metrics_without_the_token_are_refused(metrics_url, header):
     response = requests.get(metrics_url, headers={"Authorization": header} if header else {}, timeout=10)
     assert response.status_code == 401
