@@ -9,6 +9,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
+import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -120,7 +121,28 @@ class FuzzTarget:
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(stack, api_url):
+def no_dead_letter_cap(stack):
+    """Every generated message must leave a row: the fuzz vehicle sends hundreds of bad messages a minute, past the
+    dead-letter cap per client (ingest.settings.max_rejected_per_minute, tested in tests/security/
+    test_ingest_quotas.py), so the cap is lifted while this module runs and put back afterwards."""
+    [before] = rows(stack.database_url, "SELECT max_rejected_per_minute AS cap FROM ingest.settings")
+    execute(stack.database_url, "UPDATE ingest.settings SET max_rejected_per_minute = NULL")
+    yield
+    execute(stack.database_url, "UPDATE ingest.settings SET max_rejected_per_minute = %s", (before["cap"],))
+
+
+def execute(url: str, sql: str, params: tuple = ()) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(stack, api_url, no_dead_letter_cap):
     admin = ApiClient(api_url).login("admin", stack.secrets["FLEET_ADMIN_PASSWORD"])
     fleet_id = unique("fuzz")
     assert admin.post("/api/v1/fleets", json={"id": fleet_id, "name": fleet_id}).status_code == 201
