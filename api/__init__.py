@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 
-from api import metrics, parameters, passwords
+from api import metrics, parameters, passwords, throttle
 from api.config import ApiConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
@@ -70,11 +70,16 @@ def create_app(config: ApiConfig | None = None) -> Flask:
                                     "(OAuth2 password grant, form-encoded; the Authorize button here) and send the "
                                     "access token as `Authorization: Bearer <token>`. Errors are JSON "
                                     "`{code, message, details}`; a query parameter an endpoint does not list is a "
-                                    "400 `unknown_parameter`."},
+                                    "400 `unknown_parameter`. Vehicles whose network blocks MQTT use the `vehicle` "
+                                    "routes (`/api/v1/vehicle/…`) with a vehicle token from POST /api/v1/vehicle/token "
+                                    "(docs/PROTOCOL.md, HTTP fallback); operator tokens are not accepted there."},
             # Two ways to one token: paste it (bearerAuth), or let Swagger UI's "Authorize" (or any OAuth2 client)
             # fetch it with a username and password from the token endpoint (api/tokens.py).
             "components": {"securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                # The vehicle HTTP fallback (api/vehicle_gateway.py): a vehicle token, never an operator's.
+                "vehicleBearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                  "description": "a vehicle token from POST /api/v1/vehicle/token"},
                 "oauth2": {"type": "oauth2", "description": "username and password of an operator account",
                            "flows": {"password": {"tokenUrl": "/api/v1/auth/token",
                                                   "refreshUrl": "/api/v1/auth/token", "scopes": {}}}}}},
@@ -86,6 +91,9 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
     # worker process (api/worker.py).
     app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
+    # The login throttle's gate on bcrypt work and the proxies whose X-Forwarded-For counts (api/throttle.py).
+    app.extensions["fleet.login_gate"] = throttle.LoginGate(cfg.login_concurrency)
+    app.extensions["fleet.trusted_proxies"] = throttle.trusted_networks(cfg.trusted_proxies)
     app.extensions["fleet.emergency_commands"] = EmergencyCommands(app.extensions["fleet.db"],
                                                                    app.extensions["fleet.emqx"])
 
@@ -118,10 +126,11 @@ def create_app(config: ApiConfig | None = None) -> Flask:
         telemetry,
         tokens,
         users,
+        vehicle_gateway,
         vehicles,
     )
     for module in (about, health, tokens, users, fleets, vehicles, telemetry, missions, reports, emergency, alarms,
-                   events, audit):
+                   events, audit, vehicle_gateway):
         smorest.register_blueprint(module.blp)
     from api import webui
     app.register_blueprint(webui.blp)  # pages and their files, outside the OpenAPI document

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import jwt
-from flask import g, request
+from flask import current_app, g, request
 from flask_smorest import Blueprint
 
+from api import throttle
 from api.extensions import config, database
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -149,7 +150,9 @@ def current_user() -> CurrentUser:
 
 
 def client_addr() -> str:
-    return request.remote_addr or "unknown"
+    """The client's address, seen through the trusted proxies (``API_TRUSTED_PROXIES``, api/throttle.py)."""
+    return throttle.client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                                   current_app.extensions["fleet.trusted_proxies"])
 
 
 def log_denied(reason: str, **fields) -> None:

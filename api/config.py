@@ -19,10 +19,17 @@ class ApiConfig(ServiceConfig):
     access_token_ttl_s: int = setting("API_ACCESS_TOKEN_TTL_S", 600)
     refresh_token_ttl_s: int = setting("API_REFRESH_TOKEN_TTL_S", 30 * 24 * 3600)
     password_hash_cost: int = setting(passwords.HASH_COST_VARIABLE, passwords.DEFAULT_HASH_COST)  # bcrypt's
-    login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)           # per username and client address …
-    login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)  # … within this window, then 429
+    # Failed logins within the window before 429, per scope (api/throttle.py says what each holds back); 0: off.
+    login_failure_window_s: int = setting("API_LOGIN_FAILURE_WINDOW_S", 900)
+    login_max_failures: int = setting("API_LOGIN_MAX_FAILURES", 5)                 # per username and address
+    login_max_failures_per_user: int = setting("API_LOGIN_MAX_FAILURES_PER_USER", 50)   # per username, any address
+    login_max_failures_per_addr: int = setting("API_LOGIN_MAX_FAILURES_PER_ADDR", 50)   # per address, any username
+    login_max_failures_global: int = setting("API_LOGIN_MAX_FAILURES_GLOBAL", 1000)     # all logins together
+    login_concurrency: int = setting("API_LOGIN_CONCURRENCY", 2)   # password checks (bcrypt) at once, then 503
+    trusted_proxies: str = setting("API_TRUSTED_PROXIES", "")      # X-Forwarded-For is read from these only
     mission_default_timeout_s: int = setting("API_MISSION_DEFAULT_TIMEOUT_S", 600)
     enrollment_token_ttl_s: int = setting("API_ENROLLMENT_TOKEN_TTL_S", 24 * 3600)
+    vehicle_token_ttl_s: int = setting("API_VEHICLE_TOKEN_TTL_S", 900)   # HTTP fallback token (api/vehicle_auth.py)
     max_request_bytes: int = setting("API_MAX_REQUEST_BYTES", 1024 * 1024)
     db_pool_size: int = setting("API_DB_POOL_SIZE", 20)
     swagger_ui_url: str = setting("API_SWAGGER_UI_URL", "/docs/swagger-ui/")  # served by the api (api/webui.py)
@@ -30,6 +37,10 @@ class ApiConfig(ServiceConfig):
     events_recheck_s: float = setting("API_EVENTS_RECHECK_S", 30.0)      # a stream checks its login session
     console_tile_url: str = setting("CONSOLE_TILE_URL", "")        # the console map's tiles ({z}/{x}/{y}); "": grid
     console_tile_attribution: str = setting("CONSOLE_TILE_ATTRIBUTION", "")
+    # When set, GET /metrics needs "Authorization: Bearer <this>" (api/health.py); empty: open (private network).
+    metrics_token: str = setting("FLEET_METRICS_TOKEN", "")
+    # /metrics reuses its database and broker gauges for this long (0: each scrape reads them, one at a time).
+    metrics_cache_s: float = setting("API_METRICS_CACHE_S", 0.0)
     git_commit: str = setting("FLEET_GIT_COMMIT", "unknown")   # shown by GET / (api/about.py)
 
 

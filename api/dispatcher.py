@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from api import vda5050 as vda
 from api.queries import missions
-from fleetcore import envelope, topics, vda5050
+from api.vehicle_commands import VehicleCommands
+from fleetcore import envelope, vda5050
 from fleetcore import missions as mission_states
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
@@ -65,6 +66,7 @@ class MissionDispatcher:
     def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
         self.emqx = emqx
+        self.commands = VehicleCommands(db, emqx)   # every command to one vehicle goes through it (the outbox)
         self.vda = vda.VdaOutbound(db, emqx)
         # vehicle → (when to try again, attempts so far): a vehicle that just connected may not have subscribed
         # to its commands yet, so an undelivered config.update is tried again a few times.
@@ -116,7 +118,7 @@ class MissionDispatcher:
             reason = "delivered" if delivered else "no_subscriber"
         else:
             try:
-                published = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1)
+                published = self.commands.publish(vehicle_id, command)
                 delivered, reason = published.delivered, "delivered" if published.delivered else "no_subscriber"
             except EmqxApiError as exc:
                 delivered, reason = False, f"broker_error: {exc}"
@@ -139,8 +141,7 @@ class MissionDispatcher:
         else:
             message = envelope.command(f"mission.{command}", {"mission_id": mission_id, "reason": reason})
             try:
-                delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), message,
-                                              qos=1).delivered
+                delivered = self.commands.publish(vehicle_id, message).delivered
             except EmqxApiError as exc:
                 log_event(log, f"mission.{command}_not_sent", logging.WARNING, mission=mission_id, error=str(exc))
                 delivered = False
@@ -183,7 +184,7 @@ class MissionDispatcher:
         command = envelope.command("config.update", {"version": row["desired_config_version"],
                                                       "config": row["desired_config"]})
         try:
-            delivered = self.emqx.publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
+            delivered = self.commands.publish(vehicle_id, command).delivered
         except EmqxApiError as exc:
             log_event(log, "config.resend_failed", logging.WARNING, vehicle=vehicle_id, error=str(exc))
             return False

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from api import vda5050 as vda
 from api.queries import emergency
+from api.vehicle_commands import VehicleCommands
 from fleetcore import envelope, topics
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi, EmqxApiError
@@ -58,6 +59,7 @@ class EmergencyCommands:
     def __init__(self, db: Database, emqx: EmqxApi) -> None:
         self.db = db
         self.emqx = emqx
+        self.commands = VehicleCommands(db, emqx)   # a vehicle's own cmd topic: recorded in the outbox too
         self.vda = vda.VdaOutbound(db, emqx)
 
     def send_to(self, vehicle_ids: list[str]) -> dict[str, bool]:
@@ -118,8 +120,7 @@ class EmergencyCommands:
             return f"vda5050:{vda.EMERGENCY_ACTIONS[row['command']]}", delivered
         command = command_message(row)
         try:
-            delivered = self.emqx.publish(topics.vehicle_topic(row["vehicle_id"], topics.Kind.CMD), command,
-                                          qos=1).delivered
+            delivered = self.commands.publish(row["vehicle_id"], command).delivered
         except EmqxApiError as exc:
             log_event(log, f"{command['type']}.not_sent", logging.ERROR, vehicle=row["vehicle_id"],
                       stop=row["stop_id"], error=str(exc))

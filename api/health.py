@@ -1,14 +1,18 @@
 """Operational endpoints: liveness, readiness, Prometheus metrics."""
 from __future__ import annotations
 
-from flask import Response, current_app
+import hmac
+
+from flask import Response, current_app, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from api.extensions import broker, database
+from api.extensions import broker, config, database
 from api.metrics import broker_action_counters, database_gauges
+from fleetcore.errors import HttpError
 
-blp = Blueprint("health", __name__, description="Health checks and metrics (no authentication).")
+blp = Blueprint("health", __name__, description="Health checks and metrics (no operator login; /metrics may need "
+                                                "the metrics token).")
 
 
 class ServiceHealthSchema(Schema):
@@ -38,15 +42,39 @@ def readyz():
 
 @blp.route("/metrics", methods=["GET"])
 @blp.doc(responses={"200": {"description": "Prometheus text exposition format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}}})
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": {"description": "`FLEET_METRICS_TOKEN` is set and the request does not carry it"}})
 def metrics():
-    """Prometheus metrics: requests and latencies of this process, missions by state, ingest rejects."""
+    """Prometheus metrics: requests and latencies of this process, missions by state, ingest rejects.
+
+    Open unless the deployment sets a metrics token (`FLEET_METRICS_TOKEN`): then send it as
+    `Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: …}` in the scrape config).
+    """
+    _require_metrics_token()
     lines = current_app.extensions["fleet.metrics"].render()
+    lines += current_app.extensions["fleet.metrics_scrape"].get(config().metrics_cache_s, _gauges)
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _gauges() -> list[str]:
+    """What a scrape reads from the database and the broker (api/metrics.py ScrapeCache decides how often)."""
+    lines = []
     try:
         with database().transaction() as cur:
             lines += database_gauges(cur)
         lines.append("fleet_database_up 1")
     except Exception:  # noqa: BLE001 - metrics must still answer when the database does not
         lines.append("fleet_database_up 0")
-    lines += broker_action_counters(broker())
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return lines + broker_action_counters(broker())
+
+
+def _require_metrics_token() -> None:
+    """The metrics token, when one is configured: a scraper's secret, not an operator login (Prometheus cannot log
+    in), compared in constant time."""
+    expected = config().metrics_token
+    if not expected:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise HttpError(401, "send the metrics token: Authorization: Bearer <FLEET_METRICS_TOKEN>",
+                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'})

@@ -54,9 +54,32 @@ class RequestMetrics:
         return lines
 
 
+class ScrapeCache:
+    """The database and broker part of a scrape, computed by one scrape at a time (the others wait and take its
+    result, or compute a fresh one when it is older than ``API_METRICS_CACHE_S``): however often /metrics is called,
+    at most one set of gauge queries runs at once per process, and with a cache at most one per period."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lines: list[str] | None = None
+        self._at = 0.0
+
+    def get(self, max_age_s: float, compute) -> list[str]:
+        asked = time.monotonic()
+        with self._lock:
+            # Computed after this scrape arrived (while it waited), or young enough: share it.
+            if self._lines is not None and (self._at >= asked or asked - self._at < max_age_s):
+                return self._lines
+            started = time.monotonic()
+            self._lines = compute()
+            self._at = started
+            return self._lines
+
+
 def install(app: Flask) -> RequestMetrics:
     metrics = RequestMetrics()
     app.extensions["fleet.metrics"] = metrics
+    app.extensions["fleet.metrics_scrape"] = ScrapeCache()
 
     @app.before_request
     def _start_timer() -> None:
@@ -84,8 +107,14 @@ def database_gauges(cur) -> list[str]:
     # Counted as rejects are written (sql/code/45_ingest_totals.sql): never lowered by retention, one row per reason.
     lines += ["# HELP fleet_ingest_rejected_total Inbound MQTT messages dead-lettered, by reason.",
               "# TYPE fleet_ingest_rejected_total counter"]
-    cur.execute("SELECT reason, total FROM ingest_rejected_totals ORDER BY reason")
-    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in cur.fetchall()]
+    cur.execute("SELECT reason, total, not_stored FROM ingest_rejected_totals ORDER BY reason")
+    totals = cur.fetchall()
+    lines += [f'fleet_ingest_rejected_total{{reason="{row["reason"]}"}} {row["total"]}' for row in totals]
+    # Of those, the ones past a client's dead-letter cap per minute: counted only (sql/071_dead_letter_cap.sql).
+    lines += ["# HELP fleet_ingest_rejected_not_stored_total Dead letters counted but not stored: their client was "
+              "past ingest.settings.max_rejected_per_minute.", "# TYPE fleet_ingest_rejected_not_stored_total counter"]
+    lines += [f'fleet_ingest_rejected_not_stored_total{{reason="{row["reason"]}"}} {row["not_stored"]}'
+              for row in totals]
     # Messages the ingest could not apply yet (sql/code/25_ingest_parked.sql): the worker re-applies them.
     cur.execute("SELECT parked, oldest_s, max_attempts FROM ingest.parked_summary()")
     parked = cur.fetchone()

@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from api import passwords
+from api.vehicle_commands import MAX_WAIT_S
 from fleetcore import missions as mission_states
 from fleetcore import topics
 from fleetcore.topics import VEHICLE_ID_PATTERN
@@ -164,6 +165,56 @@ class TokenSchema(Schema):
     token_type = fields.String(metadata={"example": "Bearer"})
     expires_in = fields.Integer(metadata={"description": "seconds until the access token expires"})
     refresh_token = fields.String(metadata={"description": "single use; exchange at /auth/refresh"})
+
+
+class VehicleTokenRequestSchema(StrictSchema):
+    vehicle_id = fields.String(required=True, validate=VEHICLE_ID)
+    secret = fields.String(required=True, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "the device secret from register.accepted"})
+
+
+class VehicleTokenSchema(Schema):
+    access_token = fields.String(metadata={"description": "JWT (audience fleet-vehicle); send as Authorization: "
+                                                          "Bearer <token> on the /api/v1/vehicle routes"})
+    token_type = fields.String(metadata={"example": "Bearer"})
+    expires_in = fields.Integer(metadata={"description": "seconds until the token expires"})
+
+
+class DeadLetterSchema(Schema):
+    reason = fields.String(metadata={"description": "the rejected_messages reason (docs/PROTOCOL.md, Errors and "
+                                                    "dead letters)", "example": "missing_field"})
+    detail = fields.String(allow_none=True, metadata={"example": "data.lat"})
+
+
+class IngestResultSchema(Schema):
+    rejected = fields.List(fields.Nested(DeadLetterSchema), metadata={
+        "description": "what the ingest dead-lettered (for a batch: per bad item); empty when everything was stored "
+                       "or was a duplicate"})
+    parked = fields.Boolean(metadata={"description": "the database could not apply it at once (a lock, a message "
+                                                     "of this vehicle still waiting): it is kept and applied later, "
+                                                     "in order; do not send it again"})
+
+
+class VehicleDesiredConfigSchema(Schema):
+    vehicle_id = fields.String()
+    version = fields.Integer(metadata={"description": "the desired configuration's version (config.update version)"})
+    config = fields.Dict(metadata={"description": "the desired configuration"})
+    reported_version = fields.Integer(allow_none=True, metadata={"description": "the version your last status "
+                                                                                "reported"})
+
+
+class CommandsQuerySchema(StrictSchema):
+    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_S), metadata={
+        "description": "seconds to wait for a command when none is pending (long-poll); 0 answers at once"})
+
+
+class CommandAckSchema(Schema):
+    msg_id = fields.String()
+    type = fields.String(metadata={"example": "mission.dispatch"})
+    acked_at = fields.DateTime(metadata={"description": "when it was first acknowledged"})
+    acked_via = fields.String(metadata={"description": "`http`, or `mqtt` when a confirmation that came over MQTT "
+                                                      "acknowledged it first", "example": "http"})
+    acked_now = fields.Boolean(metadata={"description": "false: it had been acknowledged before; nothing changed"})
 
 
 class MeSchema(Schema):

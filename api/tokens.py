@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
+from flask import current_app, request
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
-from api import auth
+from api import auth, throttle
 from api.extensions import config, database
 from api.queries import audit, sessions
 from api.schemas import (
@@ -38,39 +38,45 @@ def _token_response(cur, user_id: int, username: str, role: str, session_id: str
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, response="UNAUTHORIZED")
 @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+@blp.alt_response(503, response="SERVICE_UNAVAILABLE")
 def login(credentials: dict):
     """Log in with username and password.
 
     Returns an access token (valid 10 minutes) and a single-use refresh token. After repeated failures
-    for the same username and address, further attempts are refused with 429 until the window passes.
+    (for the same username and address, the same username, the same address, or all logins together), further
+    attempts are refused with 429 until the window passes; `Retry-After` says when. While too many logins are
+    being checked at once, a login is refused with 503 `login_busy` and `Retry-After`: try again then.
     """
     return log_in(credentials["username"], credentials["password"])
 
 
 def log_in(username: str, password: str) -> dict:
-    """Check the password and open a session: the tokens, or HttpError 401 (wrong) / 429 (throttled). Both
-    /login and the OAuth2 /token endpoint come here, so they share the throttle and the audit trail."""
+    """Check the password and open a session: the tokens, or HttpError 401 (wrong), 429 (throttled) or 503 (too
+    many logins at once). Both /login and the OAuth2 /token endpoint come here, so they share the throttle
+    (api/throttle.py) and the audit trail."""
     cfg = config()
-    key = f"{username.lower()}|{auth.client_addr()}"
-    with database().transaction() as cur:
-        failures = sessions.recent_failures(cur, [key], cfg.login_failure_window_s)
-        if failures >= cfg.login_max_failures:
-            retry_after = max(1, int(cfg.login_failure_window_s - sessions.oldest_failure_age_s(
-                cur, [key], cfg.login_failure_window_s)))
-            log_event(log, "auth.login_throttled", logging.WARNING, user=username, addr=auth.client_addr())
-            raise HttpError(429, "too many failed logins; try again later", headers={"Retry-After": str(retry_after)},
-                            details={"retry_after_s": retry_after})
-        user = sessions.find_user_for_login(cur, username)
-    ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None, cfg.password_hash_cost)
+    addr = auth.client_addr()
+    limits = throttle.Limits(cfg.login_failure_window_s, cfg.login_max_failures, cfg.login_max_failures_per_user,
+                             cfg.login_max_failures_per_addr, cfg.login_max_failures_global)
+    with current_app.extensions["fleet.login_gate"].slot():
+        try:
+            with database().transaction() as cur:  # committed before the password check: parallel attempts see it
+                attempt = throttle.reserve(cur, limits, username, addr)
+                user = sessions.find_user_for_login(cur, username)
+        except throttle.Throttled:
+            log_event(log, "auth.login_throttled", logging.WARNING, user=username, addr=addr)
+            raise
+        ok = auth.check_password_or_dummy(password, user["password_hash"] if user else None,
+                                          cfg.password_hash_cost)
     if user is None or not ok or not user["active"]:
         with database().transaction() as cur:
-            sessions.record_failure(cur, key, cfg.login_failure_window_s)
-        log_event(log, "auth.login_failed", logging.WARNING, user=username, addr=auth.client_addr(),
+            attempt.failed(cur)
+        log_event(log, "auth.login_failed", logging.WARNING, user=username, addr=addr,
                   reason="bad_password" if user else "unknown_user")
         raise HttpError(401, "invalid username or password")
     with database().transaction() as cur:
-        sessions.clear_failures(cur, key)
-        session_id = sessions.open_session(cur, user["id"], cfg.refresh_token_ttl_s, auth.client_addr(),
+        attempt.succeeded(cur)
+        session_id = sessions.open_session(cur, user["id"], cfg.refresh_token_ttl_s, addr,
                                            request.headers.get("User-Agent", ""))
         body = _token_response(cur, user["id"], user["username"], user["role"], session_id)
         audit.record(cur, "operator", user["username"], "auth.login", "session", session_id)
@@ -103,6 +109,9 @@ class OAuthError(HttpError):
                             "content": {"application/json": {"schema": OAuthErrorSchema}}},
                     "429": {"description": "too many failed logins (shared with /login); `Retry-After` says when to "
                                            "try again",
+                            "content": {"application/json": {"schema": OAuthErrorSchema}}},
+                    "503": {"description": "`login_busy`: too many logins being checked at once; `Retry-After` says "
+                                           "when to try again",
                             "content": {"application/json": {"schema": OAuthErrorSchema}}}})
 @blp.response(200, TokenSchema)
 def token():
@@ -125,6 +134,8 @@ def token():
             raise OAuthError(400, "invalid_grant", exc.message, details=exc.details) from None
         if exc.status == 429:
             raise OAuthError(429, "invalid_grant", exc.message, headers=exc.headers, details=exc.details) from None
+        if exc.status == 503:
+            raise OAuthError(503, exc.code, exc.message, headers=exc.headers, details=exc.details) from None
         raise
     return tokens, 200, NO_STORE
 

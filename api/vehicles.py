@@ -27,7 +27,8 @@ from api.schemas import (
     list_of,
     parse_lat_lon,
 )
-from fleetcore import capabilities, envelope, registry, topics
+from api.vehicle_commands import VehicleCommands
+from fleetcore import capabilities, envelope, registry
 from fleetcore.emqx_api import EmqxApiError
 from fleetcore.errors import HttpError
 from fleetcore.logs import log_event
@@ -86,6 +87,9 @@ def create_vehicle(body: dict):
 
     The vehicle connects with client id = username = its id and the token as password, publishes a registration
     request to `fleet/v1/{id}/register/request` and receives its device secret on `…/register/response`.
+
+    Vehicle ids are unique across fleets: an id already taken (in any fleet, in any state) is 409
+    `vehicle_id_unavailable`, the same answer whichever fleet holds it.
     """
     user = auth.current_user()
     visibility.require_fleet(body["fleet_id"])
@@ -197,7 +201,7 @@ def put_config(body: dict, vehicle_id: str):
         audit.record(cur, "operator", user.username, "vehicle.config_update", "vehicle", vehicle_id,
                      {"version": version, "msg_id": command["msg_id"]})
     try:
-        delivered = broker().publish(topics.vehicle_topic(vehicle_id, topics.Kind.CMD), command, qos=1).delivered
+        delivered = VehicleCommands(database(), broker()).publish(vehicle_id, command).delivered
     except EmqxApiError as exc:
         log_event(log, "vehicle.config_not_sent", logging.ERROR, vehicle=vehicle_id, version=version, error=str(exc))
         raise HttpError(503, "the desired configuration is stored, but the broker could not be reached to send it; "

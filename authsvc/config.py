@@ -23,6 +23,9 @@ class AuthsvcConfig(ServiceConfig):
     fleet_ca_cert_file: str = setting("AUTHSVC_FLEET_CA_CERT_FILE", "")
     fleet_ca_key_file: str = setting("AUTHSVC_FLEET_CA_KEY_FILE", "")
     certificate_validity_days: int = setting("AUTHSVC_CERTIFICATE_VALIDITY_DAYS", 365)
+    # Rejected registrations audited per vehicle per minute; past it the enrolling client is disconnected instead
+    # (authsvc/registration.py).
+    rejections_per_minute: int = setting("AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE", 10)
     emqx_timeout_s: float = 5.0
 
 

@@ -33,6 +33,9 @@ The enrolling client connects as ``_enroll-{vid}`` (username ``{vid}``), never a
 resumed nor took over the vehicle's session. When its registration rotates the secret, the vehicle's live session
 (the old secret's) is kicked — which in EMQX also discards it with its queue (``DELETE /api/v5/clients/{id}``) —
 before the answer is published; the old secret stops working in the registration transaction itself.
+
+Each rejected request is audited, at most ``AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE`` (10) per vehicle a minute:
+past that the enrolling client gets no answer and is disconnected (``_disconnect_flooding``).
 """
 from __future__ import annotations
 
@@ -166,12 +169,39 @@ def _decide(body: dict, vehicle_id: str) -> tuple[registry.RegistrationOutcome, 
     return outcome, request["msg_id"]
 
 
-def _audit_rejection(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> None:
+def _audit_rejection(outcome: registry.RegistrationOutcome, request_msg_id: str | None) -> bool:
+    """Audit a rejected registration — or, when this vehicle already has ``AUTHSVC_REGISTRATION_REJECTIONS_PER_MINUTE``
+    audited rejections in the last minute, write nothing and return False: the client is repeating a request that
+    keeps failing (an enrolling client sent 1,500 in 4.6 s, each an audit row kept for good), and is disconnected
+    instead. The per-vehicle lock makes parallel calls count one by one."""
+    cap = config().rejections_per_minute
     with database().transaction() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('vehicle.register_rejected'), hashtext(%s))",
+                    (outcome.vehicle_id,))
+        cur.execute("SELECT count(*) AS n FROM (SELECT FROM audit_log WHERE target_type = 'vehicle' "
+                    "AND target_id = %s AND action = 'vehicle.register_rejected' AND at > now() - interval '1 minute' "
+                    "LIMIT %s) AS recent", (outcome.vehicle_id, cap))
+        if cur.fetchone()["n"] >= cap:
+            return False
         cur.execute("INSERT INTO audit_log (actor_type, actor_id, action, target_type, target_id, detail) "
                     "VALUES ('vehicle', %s, 'vehicle.register_rejected', 'vehicle', %s, %s)",
                     (outcome.vehicle_id, outcome.vehicle_id,
                      {"reason": outcome.reason, "request_msg_id": request_msg_id}))
+    return True
+
+
+def _disconnect_flooding(clientid: str, vehicle_id: str) -> dict:
+    """Past its rejections per minute: disconnect the enrolling client, unanswered (the broker's flapping detection
+    bans it if it keeps reconnecting). 200, so the broker does not retry."""
+    try:
+        kicked = broker().kick(clientid)
+    except EmqxApiError as exc:
+        kicked = False
+        log_event(log, "registration.kick_failed", logging.ERROR, vehicle=vehicle_id, broker_status=exc.status)
+    log_event(log, "registration.flood_disconnected", logging.WARNING, vehicle=vehicle_id, clientid=clientid,
+              kicked=kicked)
+    return {"result": "rejected", "reason": "too_many_rejections", "vehicle_id": vehicle_id, "delivered": False,
+            "disconnected": kicked}
 
 
 @blp.route("/mqtt/register", methods=["POST"])
@@ -193,8 +223,8 @@ def register():
                                 "vehicle id as username and its enrollment client id as clientid")
     try:
         outcome, request_msg_id = _decide(body, vehicle_id)
-        if not outcome.accepted:
-            _audit_rejection(outcome, request_msg_id)
+        if not outcome.accepted and not _audit_rejection(outcome, request_msg_id):
+            return jsonify(_disconnect_flooding(clientid, vehicle_id))
     except psycopg2.Error as exc:
         log_unavailable("authsvc", "database", exc, vehicle=vehicle_id)
         raise HttpError(503, "the registry is unavailable; retry", code="unavailable") from None

@@ -9,7 +9,8 @@ import time
 
 from bench import report
 
-BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatch", "queries", "console")
+BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatch", "queries", "console",
+              "login_flood")
 
 
 def main(argv: list[str]) -> int:

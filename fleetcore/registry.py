@@ -62,8 +62,10 @@ class FleetNotFound(RegistryError):
     code = "fleet_not_found"
 
 
-class VehicleExists(RegistryError):
-    code = "vehicle_exists"
+class VehicleIdUnavailable(RegistryError):
+    """The id is taken — by a vehicle of any fleet, whatever its state. One answer for every case, so creating a
+    vehicle never tells an operator that an id exists in a fleet they cannot see."""
+    code = "vehicle_id_unavailable"
 
 
 class VdaIdentityTaken(RegistryError):
@@ -153,7 +155,7 @@ def create_vehicle(cur, key: str, *, vehicle_id: str, fleet_id: str, name: str |
     cur.execute("INSERT INTO vehicles (id, fleet_id, name, model, metadata) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (id) DO NOTHING", (vehicle_id, fleet_id, name, model, metadata or {}))
     if cur.rowcount != 1:
-        raise VehicleExists(f"vehicle {vehicle_id} already exists")
+        raise VehicleIdUnavailable(f"the vehicle id {vehicle_id} is not available; choose another")
     if vda5050 is not None:
         cur.execute("INSERT INTO vda5050_vehicles (vehicle_id, manufacturer, serial_number, map_id, origin_lat, "
                     "origin_lon) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (manufacturer, serial_number) DO NOTHING",

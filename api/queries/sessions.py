@@ -1,32 +1,10 @@
-"""SQL for operator sessions, refresh tokens and login throttling."""
+"""SQL for operator sessions and refresh tokens (the login throttle's is in api/throttle.py)."""
 from __future__ import annotations
 
 
 def find_user_for_login(cur, username: str) -> dict | None:
     cur.execute("SELECT id, username, password_hash, role, active FROM users WHERE username = %s", (username,))
     return cur.fetchone()
-
-
-def recent_failures(cur, keys: list[str], window_s: int) -> int:
-    cur.execute("SELECT count(*) AS n FROM login_failures "
-                "WHERE key = ANY(%s) AND at > now() - make_interval(secs => %s)", (keys, window_s))
-    return cur.fetchone()["n"]
-
-
-def oldest_failure_age_s(cur, keys: list[str], window_s: int) -> float:
-    cur.execute("SELECT EXTRACT(EPOCH FROM now() - min(at)) AS age FROM login_failures "
-                "WHERE key = ANY(%s) AND at > now() - make_interval(secs => %s)", (keys, window_s))
-    row = cur.fetchone()
-    return float(row["age"] or 0)
-
-
-def record_failure(cur, key: str, window_s: int) -> None:
-    cur.execute("DELETE FROM login_failures WHERE at < now() - make_interval(secs => %s)", (window_s,))
-    cur.execute("INSERT INTO login_failures (key) VALUES (%s)", (key,))
-
-
-def clear_failures(cur, key: str) -> None:
-    cur.execute("DELETE FROM login_failures WHERE key = %s", (key,))
 
 
 def open_session(cur, user_id: int, ttl_s: int, client_addr: str, user_agent: str) -> str:

@@ -103,15 +103,37 @@ CREATE OR REPLACE FUNCTION ingest.broker_time(p_ms bigint) RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$ SELECT CASE WHEN p_ms BETWEEN 946684800000 AND 4102444800000 THEN ingest.ms_to_ts(p_ms) ELSE now() END $$;
 
+-- Dead-letter one message — unless its client already has ingest.settings.max_rejected_per_minute dead letters in
+-- this broker minute: then it is only counted, by reason, in ingest_rejected_totals (total and not_stored), so a
+-- client sending thousands of bad messages a second costs a counter update each, not a stored row each
+-- (sql/071_dead_letter_cap.sql). The count is an index probe of at most the cap's rows (rejected_messages_client)
+-- and takes no lock, so batches applied in parallel may each store a row past it: the cap holds within a batch and
+-- to within the number of parallel batches across them. ingest_failed rows (the worker giving up on a parked
+-- message, 25_ingest_parked.sql) are always stored: they are ours, not the client's, and keep the payload whole.
 CREATE OR REPLACE FUNCTION ingest.reject(p_clientid text, p_topic text, p_received_at timestamptz, p_reason text,
                                          p_detail text, p_payload bytea, p_cap integer) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    per_minute integer := (ingest.current_settings()).max_rejected_per_minute;
+    received timestamptz := COALESCE(p_received_at, now());
+    client text := left(p_clientid, 200);
+    this_minute timestamptz := date_trunc('minute', received);
+BEGIN
+    IF per_minute IS NOT NULL AND client IS NOT NULL AND p_reason <> 'ingest_failed'
+       AND (SELECT count(*) FROM (SELECT FROM public.rejected_messages
+                                   WHERE clientid = client AND received_at >= this_minute
+                                     AND received_at < this_minute + interval '1 minute'
+                                   LIMIT per_minute) AS kept) >= per_minute THEN
+        INSERT INTO public.ingest_rejected_totals AS t (reason, total, not_stored) VALUES (p_reason, 1, 1)
+        ON CONFLICT (reason) DO UPDATE SET total = t.total + 1, not_stored = t.not_stored + 1;
+        RETURN;
+    END IF;
     INSERT INTO public.rejected_messages (received_at, clientid, topic, reason, detail, payload, payload_size,
                                           payload_truncated)
-    VALUES (COALESCE(p_received_at, now()), left(p_clientid, 200), left(p_topic, 500), p_reason,
+    VALUES (received, client, left(p_topic, 500), p_reason,
             left(p_detail, 500), substring(p_payload FROM 1 FOR p_cap), octet_length(p_payload),
-            COALESCE(octet_length(p_payload) > p_cap, false))
-$$;
+            COALESCE(octet_length(p_payload) > p_cap, false));
+END $$;
 
 -- NULL when the topic is fleet/v1/{clientid}/{kind}; otherwise the reason code.
 CREATE OR REPLACE FUNCTION ingest.topic_problem(p_clientid text, p_topic text, p_kind text) RETURNS text

@@ -66,6 +66,9 @@ BEGIN
            AND COALESCE(jsonb_typeof(d -> 'odometer_m'), 'null') IN ('number', 'null')
            AND (d -> 'lat')::numeric BETWEEN -90 AND 90 AND (d -> 'lon')::numeric BETWEEN -180 AND 180
            AND COALESCE((NULLIF(d -> 'battery_pct', 'null'))::numeric BETWEEN 0 AND 100, true)
+           -- every other field (kept in extra) a number, by contract (docs/PROTOCOL.md, Telemetry)
+           AND NOT jsonb_path_exists(d - ARRAY['lat', 'lon', 'heading_deg', 'speed_mps', 'battery_pct', 'odometer_m',
+                                               'vehicle_id'], 'strict $.* ? (@.type() != "number")')
         THEN
             p := ROW(NULL, NULL, e.msg_id, e.seq, e.ts, (d -> 'lat')::float8, (d -> 'lon')::float8,
                      (NULLIF(d -> 'heading_deg', 'null'))::float8::real,
@@ -92,6 +95,14 @@ BEGIN
         END IF;
         IF (NULLIF(d -> 'battery_pct', 'null'))::float8 NOT BETWEEN 0 AND 100 THEN
             p.reason := 'invalid_value'; p.detail := 'data.battery_pct out of 0..100'; EXIT parse;
+        END IF;
+        SELECT min(x.key) INTO field
+          FROM jsonb_each(d - ARRAY['lat', 'lon', 'heading_deg', 'speed_mps', 'battery_pct', 'odometer_m',
+                                    'vehicle_id']) AS x
+         WHERE jsonb_typeof(x.value) <> 'number';
+        IF field IS NOT NULL THEN
+            p.reason := 'wrong_type'; p.detail := left('data.' || field || ': extra fields are numbers', 200);
+            EXIT parse;
         END IF;
         p.reason := 'invalid_value'; p.detail := 'data: a number out of range';
     EXCEPTION WHEN data_exception THEN  -- bad base64 / UTF-8 / JSON, or e.g. 1e400 does not fit a double

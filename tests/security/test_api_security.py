@@ -54,6 +54,26 @@ def test_other_fleets_are_invisible(operator, make_user, admin):
     assert report.status_code in (200, 404) and (report.status_code == 404 or report.json()["missions"] == [])
 
 
+def test_creating_a_vehicle_never_says_whether_its_id_exists_in_another_fleet(operator, admin):
+    """Vehicle ids are global, so a taken id is refused; the answer is the same whichever fleet took it. Before: 409
+    `vehicle_exists`, "vehicle … already exists", for a vehicle in a fleet the operator cannot see."""
+    other_fleet = unique("fleet")
+    assert admin.post("/api/v1/fleets", json={"id": other_fleet, "name": other_fleet}).status_code == 201
+    foreign, own = unique("veh"), unique("veh")
+    assert admin.post("/api/v1/vehicles", json={"id": foreign, "fleet_id": other_fleet}).status_code == 201
+    assert operator.post("/api/v1/vehicles", json={"id": own, "fleet_id": operator.fleet}).status_code == 201
+
+    answers = {}
+    for vehicle_id in (foreign, own):
+        response = operator.post("/api/v1/vehicles", json={"id": vehicle_id, "fleet_id": operator.fleet})
+        body = response.json()
+        answers[vehicle_id] = (response.status_code, body["code"], body["message"].replace(vehicle_id, "{id}"),
+                               body["details"])
+    assert answers[foreign] == answers[own]
+    status, code, message, _ = answers[foreign]
+    assert (status, code) == (409, "vehicle_id_unavailable") and "exist" not in message
+
+
 def test_viewers_read_but_never_write(make_user, operator):
     viewer = make_user("viewer", [operator.fleet])
     vehicle_id = unique("veh")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 
 import requests
@@ -39,7 +40,11 @@ class ApiClient:
         return self.request("DELETE", path, **kwargs)
 
     def login(self, username: str, password: str) -> ApiClient:
-        response = self.post("/api/v1/auth/login", json={"username": username, "password": password})
+        for _ in range(20):  # 503 login_busy: too many logins at once (api/throttle.py); a client waits and retries
+            response = self.post("/api/v1/auth/login", json={"username": username, "password": password})
+            if response.status_code != 503:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
         assert response.status_code == 200, response.text
         self.tokens = response.json()
         self.session.headers["Authorization"] = f"Bearer {self.tokens['access_token']}"
