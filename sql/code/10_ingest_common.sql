@@ -30,8 +30,10 @@
 -- invalid JSON, numeric overflow, bad uuid …) and never around a write.
 --
 -- Cost (bench/sql_ingest.py): one telemetry message is one trigger call, one parked-vehicle probe, one
--- subtransaction, one parse with one exception block, one UPDATE of its vehicle_state row and one INSERT. Keep it
--- that way: no extra statements per message on the telemetry path.
+-- subtransaction, one parse with one exception block, one UPDATE of its vehicle_state row, one INSERT and one
+-- pg_notify (sent by ingest_telemetry itself: vehicle_state's statement trigger is skipped for that UPDATE, see
+-- 81_live_events.sql). Keep it that way: no extra statements per message on the telemetry path, and on it a call
+-- whose result is not needed is an assignment, not PERFORM (which starts an executor each time).
 --
 -- Reason codes in rejected_messages.reason (detail says which field / what was wrong):
 --   bad_topic              topic is not fleet/v1/{vid}/{kind} for this inbox

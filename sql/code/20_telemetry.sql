@@ -26,6 +26,7 @@ DECLARE
     newest_ts timestamptz;
     in_batch boolean := p_env IS NOT NULL;
     order_ts timestamptz;
+    ignored text;
 BEGIN
     -- Decode (when p_env is NULL) and validate. No writes inside this block, so its exception handler never
     -- rolls back a write and a batch of messages never opens writing subtransactions.
@@ -128,6 +129,10 @@ BEGIN
 
     -- Latest state moves forward only by (ordering time, seq); vehicle_active is the vehicle check.
     -- telemetry_ts is that ordering time (the device's, unless it was in the future).
+    -- vehicle_state's notify trigger skips these two updates and the notification is sent below: one pg_notify
+    -- instead of a statement trigger per message (81_live_events.sql). An error before the flag is cleared rolls it
+    -- back with the caller's subtransaction. (`ignored :=` rather than PERFORM: a simple expression, no executor.)
+    ignored := set_config('fleet.caller_notifies_vehicle_state', 'on', true);
     UPDATE public.vehicle_state st SET
         telemetry_ts = order_ts, telemetry_seq = p.seq, telemetry_received_at = p_received_at,
         lat = p.lat, lon = p.lon,
@@ -148,11 +153,15 @@ BEGIN
          WHERE st.vehicle_id = p_clientid AND st.vehicle_active
         RETURNING WITH (OLD AS o, NEW AS n) o.online, n.online, p.ts INTO was_online, is_online, newest_ts;
         IF NOT FOUND THEN
+            ignored := set_config('fleet.caller_notifies_vehicle_state', 'off', true);
             PERFORM ingest.reject(p_clientid, p_topic, p_received_at, ingest.vehicle_problem(p_clientid), NULL,
                                   COALESCE(p.raw, convert_to(p_env::text, 'UTF8')), s.rejected_payload_cap);
             RETURN NULL;
         END IF;
     END IF;
+    -- the console's notification, as vehicle_state's trigger would have sent it (81_live_events.sql)
+    ignored := set_config('fleet.caller_notifies_vehicle_state', 'off', true);
+    ignored := pg_notify('fleet_vehicle_state', json_build_object('vehicle_ids', ARRAY[p_clientid])::text);
     IF is_online AND NOT was_online THEN
         PERFORM ingest.notify_online(p_clientid);
     END IF;
@@ -228,13 +237,15 @@ CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
 DECLARE
     failed_table text;
+    ignored text;
 BEGIN
     IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
         PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), 'behind');
         RETURN NEW;
     END IF;
     BEGIN
-        PERFORM ingest.apply_telemetry(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+        -- an assignment rather than PERFORM: evaluated as a simple expression, without an executor start
+        ignored := ingest.apply_telemetry(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
     EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
         GET STACKED DIAGNOSTICS failed_table = TABLE_NAME;
         IF NOT ingest.is_stored_point('telemetry', SQLSTATE, failed_table) THEN

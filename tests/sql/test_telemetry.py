@@ -6,7 +6,8 @@ import threading
 
 import psycopg2
 
-from tests.sql.conftest import VEHICLE, Inbox, envelope, now_ms
+from tests.sql.conftest import OTHER_VEHICLE, VEHICLE, Inbox, envelope, now_ms
+from tests.support.faults import fault
 from tests.support.waiting import wait_until
 
 
@@ -160,3 +161,30 @@ def test_a_redelivery_racing_the_original_is_still_stored_once(pg_admin_url, ing
         admin.close()
     assert len(point(q)) == 1
     assert q("SELECT count(*) AS n FROM rejected_messages")[0]["n"] == 0
+
+
+def test_the_console_hears_of_every_stored_point_and_of_every_other_state_change(inbox, vehicles, ingest_conn,
+                                                                                   conn, q, listen):
+    # a telemetry point sends the console's notification itself and vehicle_state's statement trigger skips its
+    # update (sql/code/81_live_events.sql): one notification per point, none for a point not stored
+    changes = listen("fleet_vehicle_state")
+    inbox.telemetry(envelope(seq=2))
+    assert changes.received() == [{"vehicle_ids": [VEHICLE]}]
+    inbox.telemetry(envelope(seq=1, ts=now_ms() - 60_000))  # older: only liveness moves, still a change
+    assert changes.received() == [{"vehicle_ids": [VEHICLE]}]
+    inbox.telemetry(envelope(), clientid="veh-unknown")
+    assert changes.received() == []
+    # the trigger is skipped only for telemetry's own update: after a point that is stored, one that is rejected
+    # and one that fails (and is parked), another change in the same transaction is still announced by it
+    ingest_conn.autocommit = False
+    with fault(conn, "telemetry", "vehicle_id", OTHER_VEHICLE):
+        for clientid, other, announced in ((VEHICLE, OTHER_VEHICLE, [VEHICLE, OTHER_VEHICLE]),
+                                           ("veh-unknown", OTHER_VEHICLE, [OTHER_VEHICLE]),
+                                           (OTHER_VEHICLE, VEHICLE, [VEHICLE])):
+            inbox.telemetry(envelope(seq=now_ms()), clientid=clientid)
+            inbox.presence("client.connected", clientid=other, connected_at_ms=now_ms())
+            ingest_conn.commit()
+            got = changes.received()
+            assert sorted(n["vehicle_ids"][0] for n in got) == announced, (clientid, got)
+    ingest_conn.autocommit = True
+    assert [r["clientid"] for r in q("SELECT clientid FROM ingest.parked")] == [OTHER_VEHICLE]
