@@ -84,7 +84,7 @@ def _ingest(kind: topics.Kind):
 @vehicle_auth.requires_vehicle
 @blp.doc(requestBody=_ENVELOPE_BODY)
 @blp.response(202, IngestResultSchema)
-@blp.alt_response(413, response="PAYLOAD_TOO_LARGE")
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
 def post_telemetry():
     """Telemetry: one envelope, or `{"v": 1, "batch": [envelope, …]}` from the offline buffer — as published on
     `fleet/v1/{vid}/telemetry`. Each item is validated, deduplicated (`msg_id`) and stored on its own; what is bad is
@@ -96,7 +96,7 @@ def post_telemetry():
 @vehicle_auth.requires_vehicle
 @blp.doc(requestBody=_ENVELOPE_BODY)
 @blp.response(202, IngestResultSchema)
-@blp.alt_response(413, response="PAYLOAD_TOO_LARGE")
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
 def post_status():
     """A status report, as published on `fleet/v1/{vid}/status`."""
     return _ingest(topics.Kind.STATUS)
@@ -106,7 +106,7 @@ def post_status():
 @vehicle_auth.requires_vehicle
 @blp.doc(requestBody=_ENVELOPE_BODY)
 @blp.response(202, IngestResultSchema)
-@blp.alt_response(413, response="PAYLOAD_TOO_LARGE")
+@blp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
 def post_mission_event():
     """A mission event (accepted, progress, completed …), as published on `fleet/v1/{vid}/mission`."""
     return _ingest(topics.Kind.MISSION)
