@@ -29,7 +29,7 @@ from simulator.credentials_store import CredentialsStore
 from simulator.enrollment import ApiEnroller, load_csv_tokens, read_enrollment_csv
 from simulator.faults import FaultConfig
 from simulator.fleet import DEFAULT_HOME, Fleet, FleetOptions
-from simulator.vehicle import BrokerAddress, State
+from simulator.vehicle import BrokerAddress, State, Transport
 
 log = logging.getLogger("simulator")
 
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mtls-broker", metavar="mqtts://HOST:PORT",
                      help="certificate identity: vehicles register with a CSR and connect here (the broker's mTLS "
                           "listener, 8884) with their certificate instead of a device secret; --ca verifies it")
+    run.add_argument("--transport", choices=[t.value for t in Transport], default=Transport.AUTO.value,
+                     help="auto (default): MQTT, and the api's HTTP fallback while the broker cannot be reached (3 "
+                          "failed connects over at least a minute; MQTT is tried again every 5 min); mqtt: never "
+                          "fall back; http: HTTP only, after registering over MQTT (a site that blocks MQTT)")
     run.add_argument("--takeover", action="store_true",
                      help="connect even if the vehicles are run by another fleet-sim or connected elsewhere (the "
                           "broker then disconnects the other client; if it reconnects, the two take turns)")
@@ -206,7 +210,8 @@ def _run_claimed(args: argparse.Namespace, broker: BrokerAddress, faults: FaultC
         vehicle_ids=ids, broker=broker, state_dir=args.state_dir, workers=args.workers, time_scale=args.time_scale,
         rate_hz=args.rate, cruise_mps=args.speed, home=args.home, spread_m=args.spread, patrol=not args.park,
         faults=faults, seed=args.seed, telemetry_qos=args.telemetry_qos, status_every_s=args.status_interval,
-        ramp_s=args.ramp, connect_concurrency=args.connect_concurrency, mtls_broker=mtls_broker)
+        ramp_s=args.ramp, connect_concurrency=args.connect_concurrency, mtls_broker=mtls_broker,
+        transport=Transport(args.transport), api_url=args.api)
     fleet = Fleet(options, renew_token=enroller.new_token if enroller else None)
     log_event(log, "simulator.starting", vehicles=len(ids), broker=str(broker), workers=args.workers,
               faults=faults.active)

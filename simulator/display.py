@@ -16,7 +16,7 @@ from simulator.fleet import Snapshot
 
 log = logging.getLogger("simulator")
 
-STATE_ORDER = ("online", "connecting", "registering", "waiting", "new", "failed", "stopped")
+STATE_ORDER = ("online", "http", "connecting", "registering", "waiting", "new", "failed", "stopped")
 MISSION_ORDER = ("accepted", "completed", "failed", "rejected", "cancelled")
 
 

@@ -15,7 +15,7 @@ from simulator.credentials_store import CredentialsStore
 from simulator.faults import FaultConfig
 from simulator.motion import Motion, Profile, scatter
 from simulator.netloop import Gate, IoWorker, start_workers
-from simulator.vehicle import BrokerAddress, Counters, SimVehicle, State, VehicleOptions
+from simulator.vehicle import BrokerAddress, Counters, SimVehicle, State, Transport, VehicleOptions
 
 DEFAULT_HOME = (48.1372, 11.5755)  # Munich, Marienplatz
 
@@ -43,6 +43,11 @@ class FleetOptions:
     buffer_capacity: int = 3600
     connect_concurrency: int = 50    # vehicles between CONNECT and CONNACK (or registering) at the same time
     mtls_broker: BrokerAddress | None = None   # certificate identity: CSR at registration, then mTLS here
+    transport: Transport = Transport.AUTO     # HTTP fallback (docs/PROTOCOL.md); needs api_url
+    api_url: str | None = None
+    fallback_after: int = 3
+    fallback_min_span_s: float = 60.0
+    probe_every_s: float = 300.0
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Snapshot:
     refused: int
     publish_errors: int
     subscribe_denied: int
+    fallbacks: int
     buffered: int
     buffer_dropped: int
     faults: dict[str, int]
@@ -93,7 +99,11 @@ class Fleet:
         self.counters = [Counters() for _ in self.workers]
         vehicle_options = VehicleOptions(broker=opts.broker, telemetry_qos=opts.telemetry_qos,
                                          backoff_base_s=opts.backoff_base_s, backoff_cap_s=opts.backoff_cap_s,
-                                         buffer_capacity=opts.buffer_capacity, mtls_broker=opts.mtls_broker)
+                                         buffer_capacity=opts.buffer_capacity, mtls_broker=opts.mtls_broker,
+                                         transport=opts.transport, api_url=opts.api_url,
+                                         fallback_after=opts.fallback_after,
+                                         fallback_min_span_s=opts.fallback_min_span_s,
+                                         probe_every_s=opts.probe_every_s)
         for index, vehicle_id in enumerate(opts.vehicle_ids):
             rng = random.Random(self.rng.random())
             lat, lon = scatter(rng, *opts.home, opts.spread_m)
@@ -144,7 +154,7 @@ class Fleet:
             sent.update(counters.sent)
             faults.update(counters.faults)
             for name in ("registered", "register_rejected", "connects", "disconnects", "refused", "publish_errors",
-                         "subscribe_denied"):
+                         "subscribe_denied", "fallbacks"):
                 totals[name] += getattr(counters, name)
         missions: Counter[str] = Counter()
         commands = duplicates = bad = active = 0

@@ -6,6 +6,13 @@ Two threads: the poller only fetches commands (a long-poll blocks) and queues th
 (which is not thread-safe) — it ticks on time, handles queued commands in order, sends what they produce and then
 acknowledges them. A 401 ``token_expired`` gets a new token and the request is repeated; any other refusal of the
 credentials (revoked, decommissioned) stops the vehicle, as a refused CONNACK does over MQTT.
+
+Run alone (``start``/``stop``), or as the fallback of an MQTT vehicle (``simulator.vehicle``): that one hands the
+controller over, with its message counters and what it could not send, and gets it back once the runner has
+finished — ``finish()`` (MQTT is back: let the poll under way end, handle what it brought, then stop) or ``close()``
+(shutting down: report the running mission failed, then stop). ``on_released`` says so, from the runner's thread.
+Commands that arrive over MQTT meanwhile are handed to the runner with ``forward()``, so the controller never has
+two threads.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -35,17 +43,28 @@ class CredentialsRefused(RuntimeError):
 
 class HttpVehicle:
     def __init__(self, api_url: str, vehicle_id: str, secret: str, controller: Controller, *,
-                 timeout_s: float = 35.0) -> None:
+                 timeout_s: float = 35.0, seq: dict[Kind, int] | None = None,
+                 backlog: list[tuple[Kind, bytes]] | None = None, clock_skew_s: float = 0.0,
+                 on_released: Callable[[], None] | None = None) -> None:
         self.api_url = api_url.rstrip("/")
         self.vehicle_id = vehicle_id
         self.secret = secret
         self.controller = controller
         self.timeout_s = timeout_s
-        self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
+        # (payload, msg_id to acknowledge over HTTP, or None for a command that came over MQTT); None wakes the runner
+        self.commands: queue.Queue[tuple[bytes, str | None] | None] = queue.Queue()
         self.stopped = threading.Event()
+        self.released = threading.Event()                 # the runner has ended: the controller is free
         self.error: BaseException | None = None
         self.sent: dict[Kind, int] = defaultdict(int)    # messages the api answered 202, per kind
-        self._seq: dict[Kind, int] = defaultdict(int)
+        # seq goes on from the MQTT vehicle's, so the backend's (ts, seq) order holds across the switch
+        self.seq: dict[Kind, int] = defaultdict(int, seq or {})
+        self._backlog = list(backlog or [])               # already-built messages MQTT could not send, in order
+        self._clock_skew_ms = int(clock_skew_s * 1000)
+        self._on_released = on_released
+        self._finishing = threading.Event()               # MQTT is back: stop polling after the poll under way
+        self._closing = threading.Event()                 # shutting down: end the mission, then stop
+        self._poll_done = threading.Event()
         self._token: str | None = None
         self._token_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -63,14 +82,14 @@ class HttpVehicle:
                  params: dict[str, Any] | None = None) -> requests.Response:
         """One request with the vehicle token; a new token when it expired; network errors and 5xx retried."""
         while not self.stopped.is_set():
-            with self._token_lock:
-                if self._token is None:
-                    self._token = self._new_token()
-                token = self._token
-            headers = {"Authorization": f"Bearer {token}"}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
             try:
+                with self._token_lock:
+                    if self._token is None:
+                        self._token = self._new_token()
+                    token = self._token
+                headers = {"Authorization": f"Bearer {token}"}
+                if body is not None:
+                    headers["Content-Type"] = "application/json"
                 response = requests.request(method, f"{self.api_url}/api/v1/vehicle/{path}", timeout=self.timeout_s,
                                             headers=headers, data=body, params=params)
             except requests.RequestException as exc:
@@ -93,16 +112,19 @@ class HttpVehicle:
 
     def send(self, out: Outgoing) -> None:
         """POST one message as it would be published (same envelope, same msg_id on a retry)."""
-        self._seq[out.kind] += 1
-        message = envelope.message(out.data, seq=self._seq[out.kind])
-        response = self._request("POST", out.kind.value, body=envelope.encode(message))
+        self.seq[out.kind] += 1
+        message = envelope.message(out.data, seq=self.seq[out.kind], ts=envelope.now_ms() + self._clock_skew_ms)
+        self._post(out.kind, envelope.encode(message))
+
+    def _post(self, kind: Kind, payload: bytes) -> None:
+        response = self._request("POST", kind.value, body=payload)
         if response.status_code == 202:
-            self.sent[out.kind] += 1
+            self.sent[kind] += 1
             for dead in response.json()["rejected"]:
-                log_event(log, "http.dead_lettered", logging.WARNING, vehicle=self.vehicle_id, kind=out.kind.value,
+                log_event(log, "http.dead_lettered", logging.WARNING, vehicle=self.vehicle_id, kind=kind.value,
                           reason=dead["reason"], detail=dead["detail"])
         else:
-            log_event(log, "http.refused", logging.WARNING, vehicle=self.vehicle_id, kind=out.kind.value,
+            log_event(log, "http.refused", logging.WARNING, vehicle=self.vehicle_id, kind=kind.value,
                       status=response.status_code)
 
     # -- threads ---------------------------------------------------------------------------------------------
@@ -114,9 +136,25 @@ class HttpVehicle:
             self._threads.append(thread)
 
     def stop(self) -> None:
+        """Stop at once and wait for both threads (the stand-alone vehicle)."""
         self.stopped.set()
+        self.commands.put(None)
         for thread in self._threads:
             thread.join(timeout=self.timeout_s + 5)
+
+    def finish(self) -> None:
+        """MQTT is back: no new poll; the runner handles what the last one brings, then releases the controller."""
+        self._finishing.set()
+        self.commands.put(None)
+
+    def close(self) -> None:
+        """Shutting down: the runner reports the running mission failed, then stops (does not wait)."""
+        self._closing.set()
+        self.commands.put(None)
+
+    def forward(self, payload: bytes) -> None:
+        """A command that arrived over MQTT while the runner still owns the controller (thread-safe)."""
+        self.commands.put((payload, None))
 
     def _guarded(self, target) -> None:
         try:
@@ -127,35 +165,65 @@ class HttpVehicle:
             self.error = exc
             log_event(log, "http.vehicle_stopped", logging.ERROR, vehicle=self.vehicle_id, error=str(exc))
             self.stopped.set()
+            self.commands.put(None)
 
     def _poll(self) -> None:
         # A command stays pending until the runner has handled and acknowledged it, so the next poll may hand it out
         # again: queue each once (the controller ignores a repeated msg_id anyway, as over MQTT).
         queued: OrderedDict[str, None] = OrderedDict()
-        while not self.stopped.is_set():
-            response = self._request("GET", "commands", params={"wait": POLL_WAIT_S})
-            fresh = [c for c in response.json()["commands"] if c["msg_id"] not in queued]
-            for command in fresh:
-                queued[command["msg_id"]] = None
-                self.commands.put(command)
-            while len(queued) > SEEN_LIMIT:
-                queued.popitem(last=False)
-            if response.json()["commands"] and not fresh:
-                self.stopped.wait(RETRY_S / 10)   # all handed out before and not yet acknowledged: do not spin
+        try:
+            while not self.stopped.is_set() and not self._finishing.is_set():
+                response = self._request("GET", "commands", params={"wait": POLL_WAIT_S})
+                fresh = [c for c in response.json()["commands"] if c["msg_id"] not in queued]
+                for command in fresh:
+                    queued[command["msg_id"]] = None
+                    self.commands.put((envelope.encode(command), command["msg_id"]))
+                while len(queued) > SEEN_LIMIT:
+                    queued.popitem(last=False)
+                if response.json()["commands"] and not fresh:
+                    self.stopped.wait(RETRY_S / 10)   # all handed out before and not yet acknowledged: do not spin
+        finally:
+            self._poll_done.set()
+            self.commands.put(None)
 
     def _run(self) -> None:
+        try:
+            self._drive()
+        finally:
+            if self._closing.is_set():
+                self.stopped.set()            # the poller need not poll again
+            self.released.set()
+            if self._on_released is not None:
+                self._on_released()
+
+    def _drive(self) -> None:
         now = time.monotonic()
-        last_tick, next_tick = now, now
+        last_tick, next_tick = now, now + self.controller.telemetry_interval_s
         self.send(self.controller.status_now(now))
+        for kind, payload in self._backlog:
+            self._post(kind, payload)
+        self._backlog.clear()
         while not self.stopped.is_set():
-            try:
-                command = self.commands.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
-                now = time.monotonic()
+            if self._closing.is_set():
+                for out in self.controller.shutdown():
+                    self.send(out)
+                return
+            if self._poll_done.is_set() and self._finishing.is_set() and self.commands.empty():
+                return
+            now = time.monotonic()
+            if now >= next_tick:
                 for out in self.controller.tick(now - last_tick, now):
                     self.send(out)
                 last_tick, next_tick = now, now + self.controller.telemetry_interval_s
                 continue
-            for out in self.controller.handle_command(envelope.encode(command), time.monotonic()):
+            try:
+                item = self.commands.get(timeout=next_tick - now)
+            except queue.Empty:
+                continue
+            if item is None:
+                continue
+            payload, ack = item
+            for out in self.controller.handle_command(payload, time.monotonic()):
                 self.send(out)
-            self._request("POST", f"commands/{command['msg_id']}/ack")
+            if ack is not None:
+                self._request("POST", f"commands/{ack}/ack")

@@ -15,6 +15,14 @@ Life of a vehicle:
 3. **Run**: telemetry on every tick (1 Hz with jitter), status on change and periodically, mission events as
    the controller decides; commands go to ``simulator.controller``.
 4. **Lose the connection**: keep ticking and buffering; reconnect with jittered exponential backoff.
+   **Cannot reach the broker at all** (``--transport auto``, the default): after ``fallback_after`` (3) failed
+   connection attempts in a row — refused, timed out, a failed TLS handshake, no CONNACK within 10 s — the first of
+   them at least ``fallback_min_span_s`` (60 s) before, switch to the HTTP fallback (``simulator.http_link``: the
+   controller, the message counters and what could not be sent are handed over to its threads) and try MQTT again
+   every ``probe_every_s`` (5 min, jittered). A CONNACK that accepts: subscribe, publish ``ONLINE``, and once the
+   subscription is granted let HTTP finish its poll under way and take the controller back. A CONNACK that refuses
+   is no reason to fall back (HTTP refuses the same credentials). ``--transport http``: HTTP only (a site that
+   blocks MQTT); ``--transport mqtt``: never fall back.
 5. **Shut down cleanly**: report the running mission ``failed`` (reason ``vehicle shut down``), publish retained
    ``OFFLINE`` (QoS 1, wait for its PUBACK, which comes after the mission event's), then DISCONNECT (no Will).
 
@@ -47,6 +55,7 @@ from simulator.backoff import Backoff
 from simulator.controller import Controller, Outgoing
 from simulator.credentials_store import CredentialsStore
 from simulator.faults import MALFORMED_KINDS, FaultConfig, malformed_payload
+from simulator.http_link import HttpVehicle
 from simulator.netloop import Gate, IoWorker, Timer
 from simulator.outbox import OfflineBuffer
 
@@ -66,6 +75,8 @@ STABLE_AFTER_S = 10.0        # a connection that lasted this long resets the rec
 # Connections in a row the broker closed before they were stable: then say that another client may use this id
 # (two clients with one id take the session from each other in turn; simulator/claims.py).
 SHORT_LINKS_HINT = 3
+CONNACK_TIMEOUT_S = 10.0     # a CONNECT without an answer this long is a failed attempt (docs/PROTOCOL.md)
+PROBE_JITTER = 0.2           # ± fraction of probe_every_s, so a fleet behind one firewall does not probe at once
 
 
 @dataclass(frozen=True)
@@ -90,11 +101,19 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+class Transport(StrEnum):
+    """``--transport``: how a vehicle reaches the backend (docs/PROTOCOL.md → HTTP fallback)."""
+    AUTO = "auto"                # MQTT; the HTTP fallback while the broker cannot be reached
+    MQTT = "mqtt"                # MQTT only
+    HTTP = "http"                # HTTP only, after registering over MQTT (a site that blocks MQTT)
+
+
 class State(StrEnum):
     NEW = "new"
     REGISTERING = "registering"
     CONNECTING = "connecting"
     ONLINE = "online"
+    HTTP = "http"                # on the HTTP fallback (MQTT probed now and then)
     WAITING = "waiting"          # backing off before the next connection attempt
     FAILED = "failed"            # gave up (no credentials, registration rejected)
     STOPPED = "stopped"
@@ -112,6 +131,7 @@ class Counters:
     refused: int = 0
     publish_errors: int = 0
     subscribe_denied: int = 0
+    fallbacks: int = 0           # switches to the HTTP fallback
     faults: dict[str, int] = field(default_factory=dict)
 
     def fault(self, name: str) -> None:
@@ -130,6 +150,12 @@ class VehicleOptions:
     model: str = "fleet-sim"
     # certificate identity (docs/PROTOCOL.md): register with a CSR, then connect here with the certificate
     mtls_broker: BrokerAddress | None = None
+    # HTTP fallback (docs/PROTOCOL.md): without an api URL, "auto" never falls back
+    transport: Transport = Transport.AUTO
+    api_url: str | None = None
+    fallback_after: int = 3            # failed connection attempts in a row ...
+    fallback_min_span_s: float = 60.0  # ... the first at least this long before the last
+    probe_every_s: float = 300.0       # on HTTP: try MQTT again this often (± PROBE_JITTER)
 
 
 class SimVehicle:
@@ -172,6 +198,12 @@ class SimVehicle:
         self._short_links = 0
         self._subscriptions: dict[int, tuple[list, int]] = {}
         self._broker = options.broker                 # where the current client connects
+        self._secret: str | None = None               # the device secret, for the HTTP fallback
+        self._connack_seen = False                    # the current attempt got a CONNACK (accepting or refusing)
+        self._unreachable = 0                         # failed connection attempts in a row (no CONNACK)
+        self._unreachable_since = 0.0                 # monotonic time of the first of them
+        self._on_http = False                         # HTTP is the link: MQTT is only probed
+        self._http: HttpVehicle | None = None         # set while HTTP threads own the controller
 
     # -- public (thread-safe) -------------------------------------------------------------------------------
     def start(self, delay: float = 0.0) -> None:
@@ -189,6 +221,11 @@ class SimVehicle:
     def done(self) -> bool:
         return self.state in (State.STOPPED, State.FAILED)
 
+    @property
+    def transport(self) -> str:
+        """Where the controller's messages go now: ``mqtt``, or ``http`` while the fallback has the controller."""
+        return "http" if self._http is not None else "mqtt"
+
     # -- helpers --------------------------------------------------------------------------------------------
     def _later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = self.worker.call_later(delay, callback)
@@ -204,7 +241,8 @@ class SimVehicle:
         if self.gate.try_acquire():
             self._in_gate = True
             return True
-        self.state = State.WAITING
+        if not self._on_http:
+            self.state = State.WAITING
         self._later(self.rng.uniform(*GATE_RETRY_S), then)
         return False
 
@@ -251,6 +289,8 @@ class SimVehicle:
 
     def _fail(self, reason: str) -> None:
         self._leave_gate()
+        if self._http is not None:
+            self._http.stopped.set()    # its threads end; nothing here touches the controller any more
         self.state = State.FAILED
         self.last_error = reason
         self._cancel_timers()
@@ -417,6 +457,10 @@ class SimVehicle:
         if credentials is None or not credentials.registered:
             self._begin()
             return
+        self._secret = None if credentials.certificate_pem else credentials.password
+        if self.options.transport == Transport.HTTP:
+            self._fall_back("--transport http (the site blocks MQTT)")
+            return
         self.state = State.CONNECTING
         self._discard_client()
         if credentials.certificate_pem:
@@ -442,9 +486,11 @@ class SimVehicle:
         client = self.client
         if client is None or self._stopping:
             return
-        self.state = State.CONNECTING
+        if not self._on_http:
+            self.state = State.CONNECTING
         if not self._enter_gate(self._attempt):
             return
+        self._connack_seen = False
         # Three connection seqs per attempt: ONLINE (after CONNACK) < the Will (CONNECTIONBROKEN) < OFFLINE (clean
         # shutdown), so whichever of the last two happens is "newer" than ONLINE; the next attempt starts above all.
         self._connection_seq = self._next_seq(Kind.CONNECTION)
@@ -455,12 +501,48 @@ class SimVehicle:
             # connect() again on the same client object keeps the unacknowledged QoS 1 messages for resending.
             client.connect(self._broker.host, self._broker.port, keepalive=KEEPALIVE_S)
         except (OSError, ssl.SSLError) as exc:
-            self._schedule_reconnect(f"connect failed: {exc}")
+            self._connect_failed(f"connect failed: {exc}")
+            return
+        self._later(CONNACK_TIMEOUT_S, lambda c=client, n=self._connection_seq: self._connack_overdue(c, n))
+
+    def _connack_overdue(self, client: mqtt.Client, attempt: int) -> None:
+        """No CONNACK in time: close the socket; paho reports the disconnect, which counts the failed attempt."""
+        if self.client is not client or self._connection_seq != attempt or self._connack_seen or self._stopping:
+            return
+        log_event(log, "vehicle.connack_timeout", logging.WARNING, vehicle=self.vehicle_id, after_s=CONNACK_TIMEOUT_S)
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _connect_failed(self, reason: str) -> None:
+        """An attempt that got no CONNACK: the broker cannot be reached. Counted for the fallback rule."""
+        now = time.monotonic()
+        if self._unreachable == 0:
+            self._unreachable_since = now
+        self._unreachable += 1
+        if (not self._on_http and self._http is None and self._may_fall_back()
+                and self._unreachable >= self.options.fallback_after
+                and now - self._unreachable_since >= self.options.fallback_min_span_s):
+            self._leave_gate()
+            self._fall_back(f"{self._unreachable} connection attempts in a row failed over "
+                            f"{now - self._unreachable_since:.0f} s; last: {reason}")
+            return
+        self._schedule_reconnect(reason)
+
+    def _may_fall_back(self) -> bool:
+        # A certificate identity cannot: the api does not take client certificates (docs/PROTOCOL.md).
+        return self.options.transport == Transport.AUTO and bool(self.options.api_url) and bool(self._secret)
 
     def _schedule_reconnect(self, reason: str) -> None:
         self._leave_gate()
         if self._stopping:
             self.state = State.STOPPED
+            return
+        if self._on_http:
+            self._schedule_probe(reason)
             return
         self.state = State.WAITING
         self.last_error = reason
@@ -471,31 +553,38 @@ class SimVehicle:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._leave_gate()
+        self._connack_seen = True
+        self._unreachable = 0       # the broker answered: reachable, whatever it said
         if reason_code.is_failure:
             self.counters.refused += 1
             self._refusals += 1
             log_event(log, "vehicle.connect_refused", logging.WARNING, vehicle=self.vehicle_id,
                       reason=str(reason_code))
-            if self._refusals >= RENEW_AFTER_REFUSALS and self.renew_token is not None:
+            if self._refusals >= RENEW_AFTER_REFUSALS and self.renew_token is not None and self._http is None:
                 # The secret is not accepted any more (e.g. a fresh backend database): enroll again.
                 self._discard_client()
                 self.store.forget_secret(self.vehicle_id)
                 self._renew_or_fail(f"device secret refused {self._refusals} times")
             return  # paho reports the disconnect next; that schedules the retry
         self._refusals = 0
+        self._on_http = False
         self.state = State.ONLINE
         self._online_since = time.monotonic()
         self.last_error = None
         self.counters.connects += 1
-        log_event(log, "vehicle.online", vehicle=self.vehicle_id, session_present=flags.session_present)
+        log_event(log, "vehicle.online", vehicle=self.vehicle_id, session_present=flags.session_present,
+                  from_http=self._http is not None)
         self._subscribe_commands(client)
         online = self._message(Kind.CONNECTION, {"state": "ONLINE"}, seq=self._connection_seq)
         self._publish(Kind.CONNECTION, envelope.encode(online), qos=1, retain=True)
-        self._publish_message(self.controller.status_now(time.monotonic()))
-        while self._pending:
-            kind, message = self._pending.popleft()
-            self._publish(kind, envelope.encode(message), qos=1)
-        self._upload_buffer()
+        if self._http is None:
+            self._publish_message(self.controller.status_now(time.monotonic()))
+            while self._pending:
+                kind, message = self._pending.popleft()
+                self._publish(kind, envelope.encode(message), qos=1)
+            self._upload_buffer()
+        # else: back from the HTTP fallback; its threads keep the controller until the subscription is granted
+        # (_on_subscribe) and the poll under way has ended (_http_released)
         # Reset the backoff only once the link has proved stable, so a broker that accepts and then drops us
         # at once (a flapping link, a failing rule) is not hammered every second.
         self._later(STABLE_AFTER_S, lambda c=client: self._stable(c))
@@ -512,7 +601,11 @@ class SimVehicle:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         wanted, attempt = self._subscriptions.pop(mid, (None, 0))
-        if wanted is None or not any(rc.is_failure for rc in reason_codes):
+        if wanted is None:
+            return
+        if not any(rc.is_failure for rc in reason_codes):
+            if self._http is not None and self.client is client and self.state == State.ONLINE:
+                self._http.finish()      # commands reach us over MQTT now: stop polling after the poll under way
             return
         # authz fails closed, so an overloaded authsvc can deny our own cmd topic: a vehicle that cannot hear
         # commands must not pretend all is well. Try again with a growing delay.
@@ -554,7 +647,11 @@ class SimVehicle:
         if was_online:
             log_event(log, "vehicle.disconnected", logging.WARNING, vehicle=self.vehicle_id,
                       reason=str(reason_code))
-        if self.client is not None:
+        if self.client is None:
+            return
+        if not was_online and not self._connack_seen:
+            self._connect_failed(f"closed before a CONNACK: {reason_code}")   # refused, reset, TLS, timed out
+        else:
             self._schedule_reconnect(f"disconnected: {reason_code}")
 
     def _note_short_link(self, lasted: float | None) -> None:
@@ -603,6 +700,9 @@ class SimVehicle:
         self._tick_timer = self.worker.call_at(self._next_tick + jitter, self._tick)
 
     def _on_command(self, client, userdata, message) -> None:
+        if self._http is not None:
+            self._http.forward(message.payload)   # its runner still owns the controller
+            return
         for out in self.controller.handle_command(message.payload, time.monotonic()):
             self._publish_message(out)
 
@@ -675,6 +775,12 @@ class SimVehicle:
         self._stopping = True
         self._leave_gate()
         self._cancel_timers()
+        if self._http is not None:
+            self._http.close()      # it reports the mission failed over HTTP; _http_released goes on from there
+            return
+        self._close_mqtt()
+
+    def _close_mqtt(self) -> None:
         client = self.client
         if client is None or self.state != State.ONLINE:
             self._discard_client()
@@ -688,3 +794,70 @@ class SimVehicle:
         self._offline_mid = info.mid if info is not None else None
         # Without a PUBACK in time, disconnect anyway (the retained OFFLINE may then be missing).
         self.worker.call_later(SHUTDOWN_PUBACK_TIMEOUT_S, lambda: self.client is client and client.disconnect())
+
+    # -- 4b. the HTTP fallback -----------------------------------------------------------------------------
+    def _fall_back(self, reason: str) -> None:
+        """Hand the controller to HTTP threads; MQTT is only probed from now on (docs/PROTOCOL.md)."""
+        if not self._secret or not self.options.api_url:
+            self._fail("the HTTP fallback needs a device secret and the api URL (a certificate identity cannot use "
+                       "it: the api does not take client certificates)")
+            return
+        self._on_http = True
+        self._unreachable = 0
+        self.state = State.HTTP
+        self.last_error = reason
+        self.counters.fallbacks += 1
+        if self._tick_timer is not None:   # the HTTP runner ticks the controller now
+            self._tick_timer.cancel()
+            self._tick_timer = None
+        backlog = [(kind, envelope.encode(message)) for kind, message in self._pending]
+        self._pending.clear()
+        backlog += [(Kind.TELEMETRY, payload) for payload in
+                    self.buffer.drain_batches(self.options.batch_max_items, self.options.batch_max_bytes)]
+        http = HttpVehicle(self.options.api_url, self.vehicle_id, self._secret, self.controller,
+                           seq={k: n for k, n in self._seq.items() if k is not Kind.CONNECTION}, backlog=backlog,
+                           clock_skew_s=self.faults.clock_skew_s,
+                           on_released=lambda: self.worker.call_soon_threadsafe(lambda: self._http_released(http)))
+        self._http = http
+        log_event(log, "vehicle.http_fallback", logging.WARNING, vehicle=self.vehicle_id, reason=reason,
+                  api=self.options.api_url, backlog=len(backlog))
+        http.start()
+        if self.options.transport == Transport.AUTO and self.client is not None:
+            self._schedule_probe()
+
+    def _schedule_probe(self, reason: str | None = None) -> None:
+        delay = self.options.probe_every_s * self.rng.uniform(1 - PROBE_JITTER, 1 + PROBE_JITTER)
+        if reason:
+            log_event(log, "vehicle.mqtt_probe_failed", logging.INFO, vehicle=self.vehicle_id, reason=reason,
+                      next_in_s=round(delay, 1))
+        self._later(delay, self._attempt)
+
+    def _http_released(self, http: HttpVehicle) -> None:
+        """The HTTP runner has ended (MQTT is back, shutting down, or its credentials were refused): the controller
+        is this thread's again."""
+        if self._http is not http:
+            return
+        self._http = None
+        for kind, count in http.seq.items():
+            self._seq[kind] = max(self._seq.get(kind, 0), count)
+        leftovers = []                       # commands queued after the runner's last look (MQTT ones, mostly)
+        while not http.commands.empty():
+            item = http.commands.get_nowait()
+            if item is not None:
+                leftovers.append(item[0])
+        if self.state == State.FAILED:
+            return
+        if self._stopping:
+            self._close_mqtt()
+            return
+        if http.error is not None:
+            self._fail(f"HTTP fallback stopped: {http.error}")
+            return
+        log_event(log, "vehicle.http_ended", vehicle=self.vehicle_id, sent={k.value: n for k, n in http.sent.items()})
+        now = time.monotonic()
+        for payload in leftovers:
+            for out in self.controller.handle_command(payload, now):
+                self._publish_message(out)
+        if self.state == State.ONLINE:
+            self._publish_message(self.controller.status_now(now))
+        self._start_ticking()
