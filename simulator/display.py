@@ -96,6 +96,6 @@ def log_snapshot(now: Snapshot, before: Snapshot | None) -> None:
               msg_per_s=round(rate(now, before), 1), sent=now.sent, buffered=now.buffered, commands=now.commands,
               missions=now.missions, active_missions=now.active_missions, refused=now.refused,
               register_rejected=now.register_rejected, subscribe_denied=now.subscribe_denied,
-              disconnects=now.disconnects,
+              disconnects=now.disconnects, http_fallbacks=now.fallbacks,
               errors=now.publish_errors + now.bad_commands + now.loop_errors, faults=now.faults,
               failures=now.failures)

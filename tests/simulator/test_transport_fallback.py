@@ -131,3 +131,18 @@ def test_transport_mqtt_never_falls_back(stack, simulate, api_url):
     vehicle = next(iter(sim.vehicles.values()))
     wait_until(lambda: vehicle._unreachable >= 3, 30, message=lambda: f"failed attempts: {vehicle._unreachable}")
     assert vehicle.state != State.HTTP and sim.snapshot().fallbacks == 0
+
+
+def test_transport_http_uses_http_only(stack, enroll, operator, api_url, simulate):
+    """A site configured as MQTT-blocked: straight to HTTP, the broker never asked."""
+    vehicle_id = (registered := enroll(connect=False)).vehicle_id
+    sim = simulate(vehicle_id, registered.secret, BrokerAddress("127.0.0.1", stack.config.ports.mqtt),
+                   api_url=api_url, transport=Transport.HTTP)
+    vehicle = sim.vehicle(vehicle_id)
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle_id}").json()["presence"]["online"], 15,
+               message=lambda: f"online over HTTP; state {vehicle.state}, last error {vehicle.last_error}")
+    assert (vehicle.state, vehicle.transport) == (State.HTTP, "http")
+    snapshot = sim.snapshot()
+    assert (snapshot.fallbacks, snapshot.connects, snapshot.refused) == (1, 0, 0)
+    assert sim.stop() is True, "a vehicle on HTTP stops cleanly too"
+    assert vehicle.state == State.STOPPED and vehicle._http is None
