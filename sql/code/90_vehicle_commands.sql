@@ -16,10 +16,18 @@ RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM public.vehicle_commands WHERE vehicle_id = p_vehicle AND created_at < now() - interval '1 day';
-    INSERT INTO public.vehicle_commands (vehicle_id, msg_id, type, command, mission_id)
-    VALUES (p_vehicle, p_command ->> 'msg_id', p_command ->> 'type', p_command,
-            CASE WHEN p_command ->> 'type' LIKE 'mission.%' THEN (p_command -> 'data' ->> 'mission_id')::uuid END)
-    ON CONFLICT (vehicle_id, msg_id) DO NOTHING;
+    -- A re-send (a new msg_id, the same type and data: a config.update again when the vehicle comes online, a safety
+    -- command sent until confirmed) of a command still pending here is the same command: the outbox holds it once,
+    -- where it was first queued, so a vehicle on HTTP neither gets it twice nor sees it jump behind later commands.
+    -- (2 hours: how long a pending command is handed out, COMMAND_TTL_S in api/vehicle_commands.py.)
+    IF NOT EXISTS (SELECT 1 FROM public.vehicle_commands c
+                    WHERE c.vehicle_id = p_vehicle AND c.acked_at IS NULL AND c.type = p_command ->> 'type'
+                      AND c.command -> 'data' = p_command -> 'data' AND c.created_at > now() - interval '2 hours') THEN
+        INSERT INTO public.vehicle_commands (vehicle_id, msg_id, type, command, mission_id)
+        VALUES (p_vehicle, p_command ->> 'msg_id', p_command ->> 'type', p_command,
+                CASE WHEN p_command ->> 'type' LIKE 'mission.%' THEN (p_command -> 'data' ->> 'mission_id')::uuid END)
+        ON CONFLICT (vehicle_id, msg_id) DO NOTHING;
+    END IF;
     PERFORM pg_notify('fleet_vehicle_command', p_vehicle);
     RETURN EXISTS (SELECT 1 FROM public.vehicle_http_polls
                     WHERE vehicle_id = p_vehicle AND polled_at > now() - make_interval(secs => p_http_active_s));
