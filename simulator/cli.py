@@ -158,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if broker.tls and args.ca and not Path(args.ca).is_file():
         raise UsageError(f"--ca {args.ca}: no such file")
+    if args.transport == Transport.HTTP.value and args.mtls_broker:
+        raise UsageError("--transport http cannot be used with --mtls-broker: the api does not take client "
+                         "certificates (docs/PROTOCOL.md → HTTP fallback)")
     store = CredentialsStore(args.state_dir)
     ids = vehicle_ids(args, store)
     claims = RunClaims(args.state_dir)

@@ -68,12 +68,12 @@ class Snapshot:
     refused: int
     publish_errors: int
     subscribe_denied: int
-    fallbacks: int
     buffered: int
     buffer_dropped: int
     faults: dict[str, int]
     loop_errors: int
     failures: dict[str, int]
+    fallbacks: int = 0           # switches to the HTTP fallback
 
     @property
     def messages_out(self) -> int:

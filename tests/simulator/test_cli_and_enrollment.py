@@ -27,6 +27,7 @@ def test_defaults_match_the_embedded_stack(tmp_path, monkeypatch):
     resolve_backend(args)
     assert args.api == "http://127.0.0.1:8080" and args.broker == "mqtt://127.0.0.1:1883"
     assert args.vehicles is None and args.time_scale == 1.0 and args.rate == 1.0 and not args.takeover
+    assert args.transport == "auto", "the HTTP fallback is on by default (docs/PROTOCOL.md → HTTP fallback)"
     assert cli.fault_config(args).active == []
 
 
@@ -41,7 +42,7 @@ def test_every_fault_option_reaches_the_fault_config():
 
 
 @pytest.mark.parametrize("argv", [("run", "--fault-malformed", "1.5"), ("run", "--time-scale", "0"),
-                                  ("run", "--home", "north"), ("scenario", "nope")])
+                                  ("run", "--home", "north"), ("scenario", "nope"), ("run", "--transport", "smtp")])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(*argv)
@@ -70,6 +71,14 @@ def test_run_without_any_credentials_explains_what_to_do(tmp_path, capsys):
     code = cli.main(["run", "--vehicles", "2", "--state-dir", str(tmp_path), "--plain"])
     assert code == 2
     assert "--user/--password or --enrollment-csv" in capsys.readouterr().err
+
+
+def test_transport_http_with_a_certificate_identity_is_refused(tmp_path, capsys):
+    code = cli.main(["run", "--vehicles", "1", "--state-dir", str(tmp_path), "--plain", "--transport", "http",
+                     "--mtls-broker", "mqtts://127.0.0.1:8884", "--broker", "mqtt://127.0.0.1:1883",
+                     "--api", "http://127.0.0.1:8080"])
+    assert code == 2
+    assert "--transport http cannot be used with --mtls-broker" in capsys.readouterr().err
 
 
 def write_csv(path, rows, header="vehicle_id,fleet_id,enrollment_token,expires_at"):
