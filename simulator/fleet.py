@@ -48,6 +48,7 @@ class FleetOptions:
     fallback_after: int = 3
     fallback_min_span_s: float = 60.0
     probe_every_s: float = 300.0
+    connack_timeout_s: float = 10.0
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Fleet:
                                          transport=opts.transport, api_url=opts.api_url,
                                          fallback_after=opts.fallback_after,
                                          fallback_min_span_s=opts.fallback_min_span_s,
-                                         probe_every_s=opts.probe_every_s)
+                                         probe_every_s=opts.probe_every_s,
+                                         connack_timeout_s=opts.connack_timeout_s)
         for index, vehicle_id in enumerate(opts.vehicle_ids):
             rng = random.Random(self.rng.random())
             lat, lon = scatter(rng, *opts.home, opts.spread_m)

@@ -75,7 +75,6 @@ STABLE_AFTER_S = 10.0        # a connection that lasted this long resets the rec
 # Connections in a row the broker closed before they were stable: then say that another client may use this id
 # (two clients with one id take the session from each other in turn; simulator/claims.py).
 SHORT_LINKS_HINT = 3
-CONNACK_TIMEOUT_S = 10.0     # a CONNECT without an answer this long is a failed attempt (docs/PROTOCOL.md)
 PROBE_JITTER = 0.2           # ± fraction of probe_every_s, so a fleet behind one firewall does not probe at once
 
 
@@ -156,6 +155,7 @@ class VehicleOptions:
     fallback_after: int = 3            # failed connection attempts in a row ...
     fallback_min_span_s: float = 60.0  # ... the first at least this long before the last
     probe_every_s: float = 300.0       # on HTTP: try MQTT again this often (± PROBE_JITTER)
+    connack_timeout_s: float = 10.0    # a CONNECT without an answer this long is a failed attempt (PROTOCOL.md)
 
 
 class SimVehicle:
@@ -503,13 +503,15 @@ class SimVehicle:
         except (OSError, ssl.SSLError) as exc:
             self._connect_failed(f"connect failed: {exc}")
             return
-        self._later(CONNACK_TIMEOUT_S, lambda c=client, n=self._connection_seq: self._connack_overdue(c, n))
+        self._later(self.options.connack_timeout_s,
+                    lambda c=client, n=self._connection_seq: self._connack_overdue(c, n))
 
     def _connack_overdue(self, client: mqtt.Client, attempt: int) -> None:
         """No CONNACK in time: close the socket; paho reports the disconnect, which counts the failed attempt."""
         if self.client is not client or self._connection_seq != attempt or self._connack_seen or self._stopping:
             return
-        log_event(log, "vehicle.connack_timeout", logging.WARNING, vehicle=self.vehicle_id, after_s=CONNACK_TIMEOUT_S)
+        log_event(log, "vehicle.connack_timeout", logging.WARNING, vehicle=self.vehicle_id,
+                  after_s=self.options.connack_timeout_s)
         sock = client.socket()
         if sock is not None:
             try:

@@ -8,6 +8,8 @@ and a refused CONNACK not counting) each have a test that fails without them.
 """
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from fleetctl.ports import free_port
@@ -146,3 +148,28 @@ def test_transport_http_uses_http_only(stack, enroll, operator, api_url, simulat
     assert (snapshot.fallbacks, snapshot.connects, snapshot.refused) == (1, 0, 0)
     assert sim.stop() is True, "a vehicle on HTTP stops cleanly too"
     assert vehicle.state == State.STOPPED and vehicle._http is None
+
+
+def test_a_broker_that_never_answers_the_connect_counts_as_unreachable(stack, simulate, api_url, caplog):
+    """TCP accepted, no CONNACK: after connack_timeout_s the attempt has failed (paho alone would wait for ever)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                     # the kernel completes the handshake; nobody ever reads or answers
+    try:
+        with caplog.at_level("INFO", logger="simulator.vehicle"):
+            sim = simulate(unique("silent"), "not-used", BrokerAddress("127.0.0.1", silent.getsockname()[1]),
+                           api_url=api_url, fallback_after=2, fallback_min_span_s=0.0, connack_timeout_s=0.5,
+                           backoff_base_s=0.05, backoff_cap_s=0.1)
+            vehicle = next(iter(sim.vehicles.values()))
+            # (its made-up secret then fails on HTTP too: the fallback is what counts here)
+            wait_until(lambda: sim.snapshot().fallbacks == 1, 20,
+                       message=lambda: f"state {vehicle.state}, last error {vehicle.last_error}")
+    finally:
+        silent.close()
+
+    def events(name: str) -> list:
+        return [r for r in caplog.records if getattr(r, "event", None) == name]
+    assert len(events("vehicle.connack_timeout")) == 2, "both failed attempts ended by the CONNACK timeout"
+    [fallback] = events("vehicle.http_fallback")
+    assert fallback.reason.startswith("2 connection attempts in a row failed") \
+        and "closed before a CONNACK" in fallback.reason, fallback.reason
