@@ -95,6 +95,8 @@ class HttpVehicle:
             except requests.RequestException as exc:
                 log_event(log, "http.request_failed", logging.WARNING, vehicle=self.vehicle_id, path=path,
                           error=exc.__class__.__name__)
+                if self._closing.is_set():
+                    raise InterruptedError("shutting down with the api unreachable") from None
                 self.stopped.wait(RETRY_S)
                 continue
             if response.status_code == 401:
