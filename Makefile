@@ -55,8 +55,9 @@ lock:
 clean-state:
 	rm -rf var
 
-# Runs the acceptance, failure, security and fuzz tests and regenerates docs/RELIABILITY.md from their figures.
+# Runs the acceptance, failure, security and fuzz tests (on TEST_WORKERS workers; each record is one appended line)
+# and regenerates docs/RELIABILITY.md from their figures.
 reliability: $(STAMP)
 	rm -f var/reliability.jsonl && mkdir -p var
-	FLEET_RELIABILITY_OUT=$(CURDIR)/var/reliability.jsonl $(BIN)/python -m pytest tests/acceptance tests/failure tests/security tests/fuzz $(PYTEST_ARGS)
+	FLEET_RELIABILITY_OUT=$(CURDIR)/var/reliability.jsonl $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope tests/acceptance tests/failure tests/security tests/fuzz $(PYTEST_ARGS)
 	$(BIN)/python -m tests.support.reliability var/reliability.jsonl
