@@ -10,7 +10,7 @@ import time
 from bench import report
 
 BENCHMARKS = ("sql_ingest", "ingest_e2e", "authsvc", "reconnect_storm", "dispatch", "queries", "console",
-              "login_flood")
+              "login_flood", "vda5050_ingest")
 
 
 def main(argv: list[str]) -> int:
