@@ -22,68 +22,98 @@
 -- minimum, maximum, format date-time, and $ref into #/definitions. Any other keyword (description, examples,
 -- unit, title …) does not constrain. Properties a schema does not name are allowed, as in the schemas
 -- themselves (no additionalProperties). Returns the first problem, or NULL reason when the value conforms.
+-- The walk itself is ingest.vda5050_schema_check; this is its one entry point with named results.
 CREATE OR REPLACE FUNCTION ingest.vda5050_schema_problem(p_value jsonb, p_schema jsonb, p_root jsonb, p_path text,
                                                          OUT reason text, OUT detail text)
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
+    problem text[];
+BEGIN
+    -- A schema read from vda5050_schemas arrives compressed (it is larger than a TOAST chunk), and every operator
+    -- applied to it would decompress all of it again; `|| '{}'` hands back the decompressed document once.
+    problem := ingest.vda5050_schema_check(
+        p_value, CASE WHEN jsonb_typeof(p_schema) = 'object' THEN p_schema || '{}'::jsonb ELSE p_schema END,
+        CASE WHEN jsonb_typeof(p_root) = 'object' THEN p_root || '{}'::jsonb ELSE p_root END, p_path);
+    reason := problem[1]; detail := problem[2];
+END $$;
+
+-- The recursive walk: {reason, detail} of the first problem, NULL when the value conforms. It runs once per node of
+-- every inbound message (a state has a few hundred), so it is written for PL/pgSQL's fast path: every statement is
+-- a plain expression (no SELECT, which would start an executor per node) except the one jsonb_each per object,
+-- and it calls itself by assignment.
+CREATE OR REPLACE FUNCTION ingest.vda5050_schema_check(p_value jsonb, p_schema jsonb, p_root jsonb, p_path text)
+RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
     sch jsonb := p_schema;
     actual text := jsonb_typeof(p_value);
+    types jsonb;
+    required jsonb;
+    props jsonb;
+    items jsonb;
+    sub jsonb;
     key text;
-    sub record;
-    item jsonb;
-    i integer := 0;
-    ok boolean;
+    val jsonb;
+    problem text[];
     n numeric;
 BEGIN
     IF sch ? '$ref' THEN
         -- '#/definitions/action' → the root's definitions.action
         sch := p_root #> string_to_array(substr(sch ->> '$ref', 3), '/');
         IF sch IS NULL THEN
-            reason := 'invalid_value'; detail := p_path || ': unresolved ' || (p_schema ->> '$ref'); RETURN;
+            RETURN ARRAY['invalid_value', p_path || ': unresolved ' || (p_schema ->> '$ref')];
         END IF;
     END IF;
-    IF sch ? 'type' THEN
-        SELECT bool_or(t = actual OR (t = 'integer' AND actual = 'number' AND p_value::text::numeric % 1 = 0))
-          INTO ok
-          FROM jsonb_array_elements_text(CASE jsonb_typeof(sch -> 'type') WHEN 'array' THEN sch -> 'type'
-                                              ELSE jsonb_build_array(sch -> 'type') END) AS t;
-        IF NOT ok THEN
-            reason := 'wrong_type'; detail := p_path || ' must be ' || (sch ->> 'type'); RETURN;
-        END IF;
+    types := sch -> 'type';
+    -- one type or a list of them (null or an empty list allows anything, as before); an integral number is also an integer
+    IF types IS NOT NULL AND types NOT IN ('[]'::jsonb, 'null'::jsonb) AND NOT (
+           (jsonb_typeof(types) IN ('string', 'array') AND types ? actual)
+           OR (actual = 'number' AND jsonb_typeof(types) IN ('string', 'array') AND types ? 'integer'
+               AND p_value::text::numeric % 1 = 0)) THEN
+        RETURN ARRAY['wrong_type', p_path || ' must be ' || (sch ->> 'type')];
     END IF;
     IF sch ? 'enum' AND NOT (sch -> 'enum') @> jsonb_build_array(p_value) THEN
-        reason := 'invalid_value'; detail := p_path || ' ' || left(p_value::text, 60) || ' not in its enum'; RETURN;
+        RETURN ARRAY['invalid_value', p_path || ' ' || left(p_value::text, 60) || ' not in its enum'];
     END IF;
     IF actual = 'number' THEN
         n := p_value::text::numeric;
         IF (sch ? 'minimum' AND n < (sch ->> 'minimum')::numeric)
            OR (sch ? 'maximum' AND n > (sch ->> 'maximum')::numeric) THEN
-            reason := 'invalid_value'; detail := p_path || ' ' || n || ' out of range'; RETURN;
+            RETURN ARRAY['invalid_value', p_path || ' ' || n || ' out of range'];
         END IF;
     ELSIF actual = 'string' AND sch ->> 'format' = 'date-time' THEN
         IF ingest.vda5050_epoch_ms(p_value #>> '{}') IS NULL THEN
-            reason := 'invalid_value'; detail := p_path || ' is not an ISO 8601 date-time'; RETURN;
+            RETURN ARRAY['invalid_value', p_path || ' is not an ISO 8601 date-time'];
         END IF;
     ELSIF actual = 'object' THEN
-        FOR key IN SELECT jsonb_array_elements_text(COALESCE(sch -> 'required', '[]'::jsonb)) LOOP
-            IF NOT p_value ? key THEN
-                reason := 'missing_field'; detail := p_path || '.' || key; RETURN;
-            END IF;
-        END LOOP;
-        FOR sub IN SELECT v.key, v.value, sch -> 'properties' -> v.key AS schema
-                     FROM jsonb_each(p_value) v WHERE sch -> 'properties' ? v.key LOOP
-            SELECT * INTO reason, detail
-              FROM ingest.vda5050_schema_problem(sub.value, sub.schema, p_root, p_path || '.' || sub.key);
-            IF reason IS NOT NULL THEN RETURN; END IF;
-        END LOOP;
+        required := sch -> 'required';
+        IF jsonb_typeof(required) = 'array' THEN
+            FOR i IN 0 .. jsonb_array_length(required) - 1 LOOP
+                key := required ->> i;
+                IF NOT p_value ? key THEN
+                    RETURN ARRAY['missing_field', p_path || '.' || key];
+                END IF;
+            END LOOP;
+        END IF;
+        props := sch -> 'properties';
+        IF jsonb_typeof(props) = 'object' THEN
+            -- in the value's key order, as before: the first problem reported does not depend on the schema's order
+            FOR key, val IN SELECT e.key, e.value FROM jsonb_each(p_value) e LOOP
+                sub := props -> key;
+                IF sub IS NOT NULL THEN
+                    problem := ingest.vda5050_schema_check(val, sub, p_root, p_path || '.' || key);
+                    IF problem IS NOT NULL THEN RETURN problem; END IF;
+                END IF;
+            END LOOP;
+        END IF;
     ELSIF actual = 'array' AND sch ? 'items' THEN
-        FOR item IN SELECT value FROM jsonb_array_elements(p_value) LOOP
-            SELECT * INTO reason, detail
-              FROM ingest.vda5050_schema_problem(item, sch -> 'items', p_root, p_path || '[' || i || ']');
-            IF reason IS NOT NULL THEN RETURN; END IF;
-            i := i + 1;
+        items := sch -> 'items';
+        FOR i IN 0 .. jsonb_array_length(p_value) - 1 LOOP
+            problem := ingest.vda5050_schema_check(p_value -> i, items, p_root, p_path || '[' || i || ']');
+            IF problem IS NOT NULL THEN RETURN problem; END IF;
         END LOOP;
     END IF;
+    RETURN NULL;
 END $$;
 
 -- An ISO 8601 date-time (the schemas' format) as epoch milliseconds; NULL when it is not one. Only a full
@@ -91,12 +121,12 @@ END $$;
 CREATE OR REPLACE FUNCTION ingest.vda5050_epoch_ms(p_text text) RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF p_text !~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d(:?\d\d)?)$' THEN
+    -- pg_input_is_valid rather than an EXCEPTION block (a subtransaction on every call: once per date-time node)
+    IF p_text !~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d(:?\d\d)?)$'
+       OR NOT pg_input_is_valid(p_text, 'timestamptz') THEN
         RETURN NULL;
     END IF;
     RETURN floor(extract(epoch FROM p_text::timestamptz) * 1000)::bigint;
-EXCEPTION WHEN data_exception THEN
-    RETURN NULL;
 END $$;
 
 -- The inverse of fleetcore/vda5050.py Identity.to_map: map metres (x east, y north) → latitude/longitude.
