@@ -37,6 +37,16 @@ BEGIN
     reason := problem[1]; detail := problem[2];
 END $$;
 
+-- The schema keyword type: one type or a list of them (null or an empty list allows anything); an integral number
+-- is also an integer. SQL, so that it is inlined into the walk's expressions.
+CREATE OR REPLACE FUNCTION ingest.vda5050_type_ok(p_types jsonb, p_actual text, p_value jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_types IS NULL OR p_types IN ('[]'::jsonb, 'null'::jsonb)
+           OR (jsonb_typeof(p_types) IN ('string', 'array')
+               AND (p_types ? p_actual
+                    OR (p_actual = 'number' AND p_types ? 'integer' AND p_value::text::numeric % 1 = 0)))
+$$;
+
 -- The recursive walk: {reason, detail} of the first problem, NULL when the value conforms. It runs once per node of
 -- every inbound message (a state has a few hundred), so it is written for PL/pgSQL's fast path: every statement is
 -- a plain expression (no SELECT, which would start an executor per node) except the one jsonb_each per object,
@@ -65,11 +75,7 @@ BEGIN
         END IF;
     END IF;
     types := sch -> 'type';
-    -- one type or a list of them (null or an empty list allows anything, as before); an integral number is also an integer
-    IF types IS NOT NULL AND types NOT IN ('[]'::jsonb, 'null'::jsonb) AND NOT (
-           (jsonb_typeof(types) IN ('string', 'array') AND types ? actual)
-           OR (actual = 'number' AND jsonb_typeof(types) IN ('string', 'array') AND types ? 'integer'
-               AND p_value::text::numeric % 1 = 0)) THEN
+    IF NOT ingest.vda5050_type_ok(types, actual, p_value) THEN
         RETURN ARRAY['wrong_type', p_path || ' must be ' || (sch ->> 'type')];
     END IF;
     IF sch ? 'enum' AND NOT (sch -> 'enum') @> jsonb_build_array(p_value) THEN
@@ -100,7 +106,14 @@ BEGIN
             -- in the value's key order, as before: the first problem reported does not depend on the schema's order
             FOR key, val IN SELECT e.key, e.value FROM jsonb_each(p_value) e LOOP
                 sub := props -> key;
-                IF sub IS NOT NULL THEN
+                -- a scalar whose schema says no more than its type is checked here, without a call
+                IF sub IS NOT NULL AND jsonb_typeof(val) NOT IN ('object', 'array')
+                   AND NOT sub ?| '{$ref,enum,minimum,maximum,format}'::text[] THEN
+                    types := sub -> 'type';
+                    IF NOT ingest.vda5050_type_ok(types, jsonb_typeof(val), val) THEN
+                        RETURN ARRAY['wrong_type', p_path || '.' || key || ' must be ' || (sub ->> 'type')];
+                    END IF;
+                ELSIF sub IS NOT NULL THEN
                     problem := ingest.vda5050_schema_check(val, sub, p_root, p_path || '.' || key);
                     IF problem IS NOT NULL THEN RETURN problem; END IF;
                 END IF;
