@@ -3,7 +3,7 @@
 ``create_app()`` builds the application from environment variables (``api/config.py``); tests may pass an
 ``ApiConfig``. Building it has no side effects: it neither writes to the database nor starts threads. The first
 admin is created by ``fleetctl create-admin`` (api/first_admin.py), and the background work (dispatcher sweeps,
-maintenance) runs in its own process, ``python -m api.worker`` (api/worker.py). It is served by
+maintenance) runs in its own process, ``python -m api.worker`` (module ``api.worker``). It is served by
 ``python -m api.server`` behind the bridge in api/asgi.py.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def create_app(config: ApiConfig | None = None) -> Flask:
     app.extensions["fleet.db"] = Database(cfg.database_url, max_connections=cfg.db_pool_size, application_name="api")
     app.extensions["fleet.emqx"] = EmqxApi(cfg.emqx_api_url, cfg.emqx_api_key, cfg.emqx_api_secret)
     # Request work only (a new mission goes at once to an online, idle vehicle); the background loop is the
-    # worker process (api/worker.py).
+    # worker process (`python -m api.worker`).
     app.extensions["fleet.dispatcher"] = MissionDispatcher(app.extensions["fleet.db"], app.extensions["fleet.emqx"])
     # The login throttle's gate on bcrypt work and the proxies whose X-Forwarded-For counts (api/throttle.py).
     app.extensions["fleet.login_gate"] = throttle.LoginGate(cfg.login_concurrency)

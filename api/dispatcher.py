@@ -2,7 +2,7 @@
 age.
 
 ``MissionDispatcher.dispatch_next(vehicle)`` is the one way a mission is sent. It runs inside the request that
-creates a mission (so an online, idle vehicle gets it at once) and in the worker process (api/worker.py), which
+creates a mission (so an online, idle vehicle gets it at once) and in the worker process (`python -m api.worker`), which
 reacts to PostgreSQL notifications (a vehicle came online, a mission finished) and sweeps every second: expiry
 (TTL), timeouts, retries after "no subscriber", operator commands the vehicle has not confirmed, and the periodic
 database maintenance (partitions, retention, liveness).

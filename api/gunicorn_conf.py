@@ -1,7 +1,7 @@
 """Production server settings for the api (gunicorn, threaded): the same in Docker and in the embedded stack.
 
 One process with many threads: requests mostly wait on PostgreSQL and the broker, and the in-process metrics stay
-exact. Scale out with more api replicas; the background work is not here but in the worker (api/worker.py).
+exact. Scale out with more api replicas; the background work is not here but in the worker (`python -m api.worker`).
 """
 import os
 

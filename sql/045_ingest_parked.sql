@@ -3,7 +3,7 @@
 -- EMQX's pgsql action drops a whole batch (up to batch_size messages) when PostgreSQL reports any error for it, and
 -- retries only a lost connection (docs/EMQX.md §5.6a). So the inbox triggers (sql/code/2x_*.sql) never raise and
 -- never wait: what they cannot apply now (a row lock held by someone else, a deadlock, a timeout, an unexpected
--- error) is appended here, and the worker (api/worker.py → ingest.retry_parked(), sql/code/25_ingest_parked.sql)
+-- error) is appended here, and the worker (api.worker → ingest.retry_parked(), sql/code/25_ingest_parked.sql)
 -- applies it later, in arrival order, or dead-letters it with the last error after park_max_attempts.
 --
 -- Append-only from the broker's side and nothing its data can violate: no trigger, no unique key but the

@@ -1,5 +1,5 @@
 -- 25_ingest_parked.sql — re-applying what the inbox triggers parked (the contract in 10_ingest_common.sql; the table
--- is in sql/045_ingest_parked.sql). The worker (api/worker.py) calls ingest.retry_parked() when it is told that
+-- is in sql/045_ingest_parked.sql). The worker (`python -m api.worker`) calls ingest.retry_parked() when it is told that
 -- something was parked (NOTIFY fleet_ingest_parked) and on every tick while anything is.
 --
 -- A code file (fleetcore/migrations.py): applied after the migrations and again whenever a code file changes,
