@@ -104,21 +104,29 @@ SELECT u.id, u.username, u.role, u.active, s.revoked_at, s.expires_at < now() AS
 """
 
 
-def _authenticate() -> CurrentUser:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+def bearer_token(realm: str, how: str) -> str:
+    """The request's ``Authorization: Bearer`` token, or 401 with the realm's challenge and ``how`` to get one
+    (operators' and vehicles' tokens alike; each decodes its own)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise HttpError(401, "send an access token: Authorization: Bearer <token>",
-                        headers={"WWW-Authenticate": 'Bearer realm="fleet"'})
+        raise HttpError(401, how, headers={"WWW-Authenticate": f'Bearer realm="{realm}"'})
+    return token.strip()
+
+
+def _authenticate() -> CurrentUser:
+    token = bearer_token("fleet", "send an access token: Authorization: Bearer <token>")
     try:
-        claims = decode_access_token(token.strip())
+        claims = decode_access_token(token)
     except jwt.ExpiredSignatureError:
         raise HttpError(401, "the access token has expired; refresh it", code="token_expired",
-                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+                        headers=INVALID_TOKEN_CHALLENGE) from None
     except jwt.InvalidTokenError:
         log_denied("invalid_token")
         raise HttpError(401, "the access token is not valid", code="invalid_token",
-                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+                        headers=INVALID_TOKEN_CHALLENGE) from None
     with database().transaction() as cur:
         cur.execute(_LOAD_CALLER, (claims["sid"], int(claims["sub"])))
         row = cur.fetchone()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Response, current_app, request
+from flask import Response, current_app
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from api.auth import bearer_token
 from api.extensions import broker, config, database
 from api.metrics import broker_action_counters, database_gauges
 from fleetcore.errors import HttpError
@@ -74,7 +75,6 @@ def _require_metrics_token() -> None:
     expected = config().metrics_token
     if not expected:
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise HttpError(401, "send the metrics token: Authorization: Bearer <FLEET_METRICS_TOKEN>",
-                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    how = "send the metrics token: Authorization: Bearer <FLEET_METRICS_TOKEN>"
+    if not hmac.compare_digest(bearer_token("metrics", how).encode(), expected.encode()):
+        raise HttpError(401, how, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})

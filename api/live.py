@@ -35,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -275,15 +276,24 @@ def _rows_json(rows: Iterable[str]) -> str:
     return '{"rows":[' + ",".join(rows) + "]}"
 
 
+T = TypeVar("T")
+
+
+def per_loop(registry: dict, database_url: str, factory: Callable[[str], T]) -> T:
+    """One ``factory(database_url)`` per running event loop and database in this process, made on first use (by
+    the first request that needs it, not by ``create_app``): the console's hub, the vehicles' command waits."""
+    key = (id(asyncio.get_running_loop()), database_url)
+    if key not in registry:
+        registry[key] = factory(database_url)
+    return registry[key]
+
+
 _hubs: dict[tuple[int, str], LiveHub] = {}
 
 
 def hub(database_url: str) -> LiveHub:
-    """This process's hub for the running event loop (created by the first stream, not by ``create_app``)."""
-    key = (id(asyncio.get_running_loop()), database_url)
-    if key not in _hubs:
-        _hubs[key] = LiveHub(database_url)
-    return _hubs[key]
+    """This process's hub for the running event loop."""
+    return per_loop(_hubs, database_url, LiveHub)
 
 
 async def stream(database_url: str, fleets: frozenset[str] | None, since_ms: int | None, *, session_id: str,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-from flask import g, request
+from flask import g
 from flask_smorest import Blueprint
 
 from api import throttle
-from api.auth import client_addr, log_denied
+from api.auth import INVALID_TOKEN_CHALLENGE, bearer_token, client_addr, log_denied
 from api.extensions import config, database
 from fleetcore import registry
 from fleetcore.errors import HttpError
@@ -77,19 +77,17 @@ def check_still_valid(cur, vehicle_id: str, credential_id: int) -> CurrentVehicl
 
 
 def _authenticate() -> tuple[str, int]:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HttpError(401, "send a vehicle token: Authorization: Bearer <token> from POST /api/v1/vehicle/token",
-                        headers={"WWW-Authenticate": 'Bearer realm="fleet-vehicle"'})
+    token = bearer_token("fleet-vehicle",
+                         "send a vehicle token: Authorization: Bearer <token> from POST /api/v1/vehicle/token")
     try:
-        claims = _decode(token.strip())
+        claims = _decode(token)
     except jwt.ExpiredSignatureError:
         raise HttpError(401, "the vehicle token has expired; get a new one", code="token_expired",
-                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+                        headers=INVALID_TOKEN_CHALLENGE) from None
     except jwt.InvalidTokenError:
         log_denied("invalid_vehicle_token")
         raise HttpError(401, "not a valid vehicle token (operator tokens are not accepted here)",
-                        code="invalid_token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+                        code="invalid_token", headers=INVALID_TOKEN_CHALLENGE) from None
     return str(claims["sub"]), int(claims["cred"])
 
 

@@ -20,6 +20,7 @@ import logging
 
 import asyncpg
 
+from api import live
 from fleetcore import topics
 from fleetcore.db import Database
 from fleetcore.emqx_api import EmqxApi, EmqxApiError, PublishResult
@@ -137,8 +138,5 @@ _waits: dict[tuple[int, str], CommandWaits] = {}
 
 
 def waits(database_url: str) -> CommandWaits:
-    """This process's waits for the running event loop (created by the first poll, not by ``create_app``)."""
-    key = (id(asyncio.get_running_loop()), database_url)
-    if key not in _waits:
-        _waits[key] = CommandWaits(database_url)
-    return _waits[key]
+    """This process's waits for the running event loop."""
+    return live.per_loop(_waits, database_url, CommandWaits)
