@@ -126,6 +126,16 @@ def database_gauges(cur) -> list[str]:
               "# HELP fleet_ingest_parked_max_attempts Most failed attempts of any parked message.",
               "# TYPE fleet_ingest_parked_max_attempts gauge",
               f"fleet_ingest_parked_max_attempts {parked['max_attempts']}"]
+    # Telemetry the broker queued and the worker has not applied yet (sql/100_telemetry_queue.sql): near 0 and a
+    # fraction of a second old while the worker keeps up; growing means it does not (docs/OPERATIONS.md).
+    cur.execute("SELECT queued, oldest_s FROM ingest.telemetry_queue_summary()")
+    queue = cur.fetchone()
+    lines += ["# HELP fleet_ingest_telemetry_queued Telemetry messages queued by the broker, not applied yet "
+              "(counted up to 100000).", "# TYPE fleet_ingest_telemetry_queued gauge",
+              f"fleet_ingest_telemetry_queued {queue['queued']}",
+              "# HELP fleet_ingest_telemetry_queue_oldest_seconds Age of the oldest queued telemetry message (0 when "
+              "none).", "# TYPE fleet_ingest_telemetry_queue_oldest_seconds gauge",
+              f"fleet_ingest_telemetry_queue_oldest_seconds {queue['oldest_s']:.3f}"]
     lines += ["# HELP fleet_dispatch_queue_depth Missions queued for dispatch.",
               "# TYPE fleet_dispatch_queue_depth gauge"]
     cur.execute("SELECT dispatch_blocker(vehicle_id) AS reason, count(*) AS n FROM missions WHERE state = 'queued' "

@@ -10,7 +10,8 @@ cancel/pause/resume commands and ``config.update`` to vehicles that came online 
 configuration; every ``WORKER_MAINTENANCE_INTERVAL_S`` it runs ``fleet_maintenance()`` (partitions, retention,
 liveness). It also re-applies the inbound messages the ingest parked (NOTIFY fleet_ingest_parked, and whenever a
 parked one is due) and every ``WORKER_BROKER_CHECK_S`` reads the broker's pgsql action counters, logging a dropped
-batch at CRITICAL (api/ingest_recovery.py).
+batch at CRITICAL (api/ingest_recovery.py). On a thread of its own it applies the telemetry queue in sets
+(api/ingest_queue.py), and on another the alarms and webhooks (api/notifier.py).
 
 Any number of workers may run (replicas, or a new one starting before the old one is gone): only the holder of a
 PostgreSQL advisory lock works, the others wait as standbys and take over when its session ends.
@@ -36,6 +37,7 @@ import psycopg2.extensions
 from api.config import WorkerConfig
 from api.dispatcher import MissionDispatcher
 from api.emergency_commands import EmergencyCommands
+from api.ingest_queue import TelemetryDrain
 from api.ingest_recovery import BrokerActionWatch, ParkedIngest
 from api.notifier import Notifier
 from fleetcore import logs
@@ -69,6 +71,7 @@ class Worker:
         self.role = "starting"
         self.last_turn = time.monotonic()
         self.notifier = Notifier(config, self.stopping)   # alarms and webhooks, on a thread of their own
+        self.telemetry = TelemetryDrain(config, self.stopping)   # the telemetry queue, on another
 
     def _turned(self, role: str | None = None) -> None:
         self.last_turn = time.monotonic()
@@ -78,22 +81,28 @@ class Worker:
     def health(self) -> tuple[int, dict]:
         age = time.monotonic() - self.last_turn
         notifier = self.notifier.health()
-        if max(age, notifier["last_turn_s_ago"]) > self.config.stall_after_s:
+        telemetry = self.telemetry.health()
+        if max(age, notifier["last_turn_s_ago"], telemetry["last_turn_s_ago"]) > self.config.stall_after_s:
             status = "stalled"
-        elif self.role in ("leader", "standby") and notifier["role"] in ("leader", "standby"):
+        elif (self.role in ("leader", "standby") and notifier["role"] in ("leader", "standby")
+              and telemetry["state"] == "draining"):
             status = "ok"
         else:  # starting, waiting_for_database, restarting
             status = "not_working"
         return (200 if status == "ok" else 503), {"status": status, "role": self.role,
-                                                  "last_turn_s_ago": round(age, 1), "alarms": notifier}
+                                                  "last_turn_s_ago": round(age, 1), "alarms": notifier,
+                                                  "telemetry_queue": telemetry}
 
     def run(self) -> None:
-        """The dispatcher loop on this thread; alarms and webhooks on the notifier's."""
+        """The dispatcher loop on this thread; alarms and webhooks on the notifier's, the telemetry queue on the
+        drain's."""
         self.notifier.start()
+        self.telemetry.start()
         try:
             self._run_dispatcher()
         finally:
             self.notifier.join(timeout=10)
+            self.telemetry.join(timeout=10)
 
     def _run_dispatcher(self) -> None:
         backoff = 1.0

@@ -292,7 +292,8 @@ def test_applying_the_code_again_keeps_grants_and_revokes_exactly(empty_db_url, 
     assert len(_migrate(empty_db_url).code) == len(migrations.discover_code())
     after = _schema_dump(pg_admin_url, empty_db_url)
     assert after == before
-    assert "GRANT INSERT ON TABLE ingest.telemetry_inbox TO fleet_ingest;" in after
+    assert "GRANT INSERT ON TABLE ingest.status_inbox TO fleet_ingest;" in after
+    assert "GRANT INSERT(clientid) ON TABLE ingest.telemetry_inbox TO fleet_ingest;" in after
     assert "REVOKE ALL ON FUNCTION public.mission_apply_event" in after
 
 
@@ -445,6 +446,7 @@ def test_a_database_of_the_old_layout_upgrades_to_exactly_a_new_one(empty_db_url
     _query(empty_db_url, "INSERT INTO ingest.telemetry_inbox (clientid, topic, payload_b64, received_at_ms) "
                          "VALUES ('veh-old', 'fleet/v1/veh-old/telemetry', %s, %s)",
            (_telemetry_b64(), _now_ms()))
+    assert _query(empty_db_url, "SELECT taken, in_sets FROM ingest.drain_telemetry()") == [(1, 1)]   # the worker
     assert _query(empty_db_url, "SELECT count(*) FROM telemetry WHERE vehicle_id = 'veh-old'") == [(1,)]
     assert _migrate(empty_db_url).rewrites == []
 

@@ -1,10 +1,17 @@
 """SQL of the vehicle HTTP fallback (api/vehicle_gateway.py): the ingest inboxes, and what the ingest did."""
 from __future__ import annotations
 
-# The very statement the broker's pgsql actions run (emqx/emqx.conf), into the same view: validation, dedup,
-# dead-lettering and parking are the trigger's, exactly as for MQTT. {inbox} is one of INBOXES, never user input.
-INBOXES = {"telemetry": "ingest.telemetry_inbox", "status": "ingest.status_inbox", "mission": "ingest.mission_inbox"}
-_INSERT = "INSERT INTO {inbox} (clientid, topic, payload_b64, received_at_ms) VALUES (%s, %s, %s, %s)"
+# Status and mission events: the very statement the broker's pgsql actions run (emqx/emqx.conf), into the same view;
+# validation, dedup, dead-lettering and parking are the trigger's, exactly as for MQTT. Telemetry, which the broker
+# queues for the worker (sql/100_telemetry_queue.sql), goes through the function the worker applies each message
+# with that its set path leaves (ingest.apply_telemetry_row): the same checks, and a verdict on the spot instead
+# of after the next drain. The statements are fixed text; ``kind`` only picks one.
+_STATEMENTS = {
+    "telemetry": "SELECT ingest.apply_telemetry_row(%s, %s, %s, %s)",
+    "status": "INSERT INTO ingest.status_inbox (clientid, topic, payload_b64, received_at_ms) VALUES (%s, %s, %s, %s)",
+    "mission": "INSERT INTO ingest.mission_inbox (clientid, topic, payload_b64, received_at_ms) "
+               "VALUES (%s, %s, %s, %s)",
+}
 
 # What the ingest made of the message: the dead letters and parked rows it wrote for this client after the id
 # watermark read just before the INSERT (the trigger writes them in a subtransaction of its own, so xmin cannot
@@ -27,7 +34,7 @@ def insert_into_inbox(cur, kind: str, clientid: str, topic: str, payload_b64: st
     cur.execute("SELECT set_config('fleet.ingest_channel', 'http', true)")
     cur.execute(_WATERMARKS)
     marks = cur.fetchone()
-    cur.execute(_INSERT.format(inbox=INBOXES[kind]), (clientid, topic, payload_b64, received_at_ms))
+    cur.execute(_STATEMENTS[kind], (clientid, topic, payload_b64, received_at_ms))
     cur.execute(_REJECTED_SINCE, (clientid, received_at_ms, marks["rejected"]))
     rejected = [{"reason": r["reason"], "detail": r["detail"]} for r in cur.fetchall()]
     cur.execute(_PARKED_SINCE, (clientid, marks["parked"]))

@@ -230,40 +230,264 @@ BEGIN
     END IF;
 END $$;
 
--- The broker's INSERT: never raises, never waits (the contract in 10_ingest_common.sql). A vehicle with a parked
--- message parks its later ones behind it; a point that turns out to be stored already (ingest_telemetry's plain
--- INSERT, see there) is a redelivery, not a failure.
-CREATE OR REPLACE FUNCTION ingest.telemetry_inbox_insert() RETURNS trigger
+-- ---------------------------------------------------------------------------------------------------
+-- The queue (sql/100_telemetry_queue.sql): the broker appends, the worker drains it in sets
+-- ---------------------------------------------------------------------------------------------------
+-- One message through the per-message path: what the inbox trigger did before telemetry was queued, and what the
+-- drain does with every message its set path leaves. The HTTP fallback (api/vehicle_gateway.py) calls it too, for
+-- a verdict on the spot. Never raises (the contract in 10_ingest_common.sql): a vehicle with a parked message parks
+-- its later ones behind it, one that cannot be applied is parked, and a point that turns out to be stored already
+-- (ingest_telemetry's plain INSERT, see there) is a redelivery, not a failure.
+CREATE OR REPLACE FUNCTION ingest.apply_telemetry_row(p_clientid text, p_topic text, p_b64 text, p_received_ms bigint)
+RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
 DECLARE
     failed_table text;
     ignored text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = NEW.clientid) THEN
-        PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), 'behind');
-        RETURN NEW;
+    IF EXISTS (SELECT 1 FROM ingest.parked p WHERE p.clientid = p_clientid) THEN
+        PERFORM ingest.park('telemetry', p_clientid,
+                            jsonb_build_object('clientid', p_clientid, 'topic', p_topic, 'payload_b64', p_b64,
+                                               'received_at_ms', p_received_ms), 'behind');
+        RETURN;
     END IF;
     BEGIN
         -- an assignment rather than PERFORM: evaluated as a simple expression, without an executor start
-        ignored := ingest.apply_telemetry(NEW.clientid, NEW.topic, NEW.payload_b64, NEW.received_at_ms);
+        ignored := ingest.apply_telemetry(p_clientid, p_topic, p_b64, p_received_ms);
     EXCEPTION WHEN OTHERS OR query_canceled OR assert_failure THEN
         GET STACKED DIAGNOSTICS failed_table = TABLE_NAME;
         IF NOT ingest.is_stored_point('telemetry', SQLSTATE, failed_table) THEN
-            PERFORM ingest.park('telemetry', NEW.clientid, to_jsonb(NEW), SQLSTATE || ': ' || SQLERRM);
+            PERFORM ingest.park('telemetry', p_clientid,
+                                jsonb_build_object('clientid', p_clientid, 'topic', p_topic, 'payload_b64', p_b64,
+                                                   'received_at_ms', p_received_ms),
+                                SQLSTATE || ': ' || SQLERRM);
         END IF;
     END;
-    RETURN NEW;
 END $$;
 
--- ---------------------------------------------------------------------------------------------------
--- The inbox: exactly the columns the broker's action inserts (emqx/emqx.conf), and its trigger
--- ---------------------------------------------------------------------------------------------------
-CREATE OR REPLACE VIEW ingest.telemetry_inbox AS
-    SELECT NULL::text AS clientid, NULL::text AS topic, NULL::text AS payload_b64, NULL::bigint AS received_at_ms
-     WHERE false;
-CREATE OR REPLACE TRIGGER telemetry_inbox_insert INSTEAD OF INSERT ON ingest.telemetry_inbox
-    FOR EACH ROW EXECUTE FUNCTION ingest.telemetry_inbox_insert();
+-- The set path. It takes every message of the set that is a plain point — one envelope, valid, all of lat, lon,
+-- heading_deg, speed_mps, battery_pct and odometer_m present, its device clock within clock_skew_threshold of the
+-- broker's — from an active vehicle without parked messages, provided every message of that vehicle in the set is
+-- such a point; it stores them with one INSERT and moves their vehicles' latest state with one UPDATE. The result
+-- is what applying them one by one in arrival order gives (tests/sql/test_telemetry_queue.py compares the two):
+-- the latest state takes the point with the greatest (ts, seq), the first to arrive among equal ones, and as all
+-- its fields are present, the per-message path's COALESCE with older values changes nothing; liveness takes the
+-- latest receive time. A redelivery (same vehicle, ts, msg_id) is stored once. Returns the ids it left to the
+-- per-message path (which names the reason of a dead letter, splits batches, flags skewed clocks, parks) and the
+-- vehicles that came online. Raises whatever a statement raises: bad base64, UTF-8 or JSON, a number that does not
+-- fit, a lock wait past lock_timeout, a deadlock; the caller catches it.
+CREATE OR REPLACE FUNCTION ingest.apply_telemetry_set(p_rows ingest.telemetry_inbox[], s ingest.settings,
+                                                      OUT left_ids bigint[], OUT came_online text[])
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- MATERIALIZED: each step's columns are computed once per message; inlined, every reference to env would
+    -- decode the payload again
+    WITH src AS MATERIALIZED (
+        SELECT r.id, r.clientid, ingest.broker_time(r.received_at_ms) AS received,
+               -- the topic check of ingest.topic_problem, and a payload that cannot decode to more than
+               -- max_payload_bytes; decoded only then (CASE evaluates in order)
+               CASE WHEN r.topic = 'fleet/v1/' || r.clientid || '/telemetry' AND strpos(r.clientid, '/') = 0
+                         AND length(r.payload_b64) BETWEEN 4 AND s.max_payload_bytes / 3 * 4
+                    THEN convert_from(decode(r.payload_b64, 'base64'), 'UTF8')::jsonb END AS env
+          FROM unnest(p_rows) r
+    ), typed AS MATERIALIZED (
+        -- the fast-path checks of ingest.check_envelope and ingest.ingest_telemetry, every optional field required
+        SELECT src.id, src.clientid, src.received, src.env, src.env -> 'data' AS d,
+               COALESCE(jsonb_typeof(src.env) = 'object' AND src.env -> 'v' = '1'::jsonb AND NOT src.env ? 'batch'
+                        AND jsonb_typeof(src.env -> 'msg_id') = 'string'
+                        AND length(src.env ->> 'msg_id') BETWEEN 1 AND 64
+                        AND jsonb_typeof(src.env -> 'seq') = 'number' AND jsonb_typeof(src.env -> 'ts') = 'number'
+                        AND jsonb_typeof(src.env -> 'data') = 'object'
+                        AND NOT src.env ? 'vehicle_id' AND NOT src.env -> 'data' ? 'vehicle_id'
+                        AND jsonb_typeof(src.env -> 'data' -> 'lat') = 'number'
+                        AND jsonb_typeof(src.env -> 'data' -> 'lon') = 'number'
+                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'heading_deg'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'speed_mps'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'battery_pct'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'odometer_m'), 'null') IN ('number', 'null')
+                        AND NOT jsonb_path_exists((src.env -> 'data') - ARRAY['lat', 'lon', 'heading_deg',
+                                                                              'speed_mps', 'battery_pct', 'odometer_m'],
+                                                  'strict $.* ? (@.type() != "number")'),
+                        false) AS ok,
+               -- every optional field present: only then may a vehicle send several points in one set
+               COALESCE(jsonb_typeof(src.env -> 'data' -> 'heading_deg') = 'number'
+                        AND jsonb_typeof(src.env -> 'data' -> 'speed_mps') = 'number'
+                        AND jsonb_typeof(src.env -> 'data' -> 'battery_pct') = 'number'
+                        AND jsonb_typeof(src.env -> 'data' -> 'odometer_m') = 'number', false) AS complete
+          FROM src
+    ), nums AS MATERIALIZED (
+        SELECT t.id, t.clientid, t.received, t.ok, t.complete,
+               CASE WHEN t.ok THEN (t.env -> 'ts')::numeric END AS ts_ms,
+               CASE WHEN t.ok THEN (t.env -> 'seq')::numeric END AS seq_n,
+               CASE WHEN t.ok THEN t.env ->> 'msg_id' END AS msg_id,
+               CASE WHEN t.ok THEN (t.d -> 'lat')::numeric END AS lat_n,
+               CASE WHEN t.ok THEN (t.d -> 'lon')::numeric END AS lon_n,
+               CASE WHEN t.ok THEN (NULLIF(t.d -> 'battery_pct', 'null'))::numeric END AS battery_n,
+               t.d
+          FROM typed t
+    ), vals AS (
+        SELECT n.id, n.clientid, n.received, n.msg_id, n.d, n.complete,
+               CASE WHEN n.in_range THEN n.seq_n::bigint END AS seq,
+               CASE WHEN n.in_range THEN ingest.ms_to_ts(n.ts_ms::bigint) END AS ts,
+               CASE WHEN n.in_range
+                    THEN n.ts_ms = trunc(n.ts_ms) AND n.seq_n = trunc(n.seq_n)
+                         AND n.lat_n BETWEEN -90 AND 90 AND n.lon_n BETWEEN -180 AND 180
+                         AND COALESCE(n.battery_n BETWEEN 0 AND 100, true)
+                         AND ingest.ms_to_ts(n.ts_ms::bigint)
+                             BETWEEN n.received - s.clock_skew_threshold
+                                 AND n.received + LEAST(s.clock_skew_threshold, interval '1 day')
+                    ELSE false END AS ok
+          FROM (SELECT nn.*, COALESCE(nn.ok AND nn.ts_ms BETWEEN 946684800000 AND 4102444800000
+                                      AND nn.seq_n BETWEEN 0 AND 9223372036854775807, false) AS in_range
+                  FROM nums nn) n
+    ), fast AS (
+        SELECT v.id, v.clientid, v.received, v.msg_id, v.seq, v.ts, (v.d -> 'lat')::float8 AS lat,
+               (v.d -> 'lon')::float8 AS lon,
+               (NULLIF(v.d -> 'heading_deg', 'null'))::float8::real AS heading_deg,
+               (NULLIF(v.d -> 'speed_mps', 'null'))::float8::real AS speed_mps,
+               (NULLIF(v.d -> 'battery_pct', 'null'))::float8::real AS battery_pct,
+               (NULLIF(v.d -> 'odometer_m', 'null'))::float8 AS odometer_m,
+               NULLIF(v.d - ARRAY['lat', 'lon', 'heading_deg', 'speed_mps', 'battery_pct', 'odometer_m'],
+                      '{}'::jsonb) AS extra
+          FROM vals v
+         WHERE v.clientid IN (SELECT x.clientid FROM vals x GROUP BY x.clientid
+                             HAVING bool_and(x.ok) AND (count(*) = 1 OR bool_and(x.complete)))
+           AND EXISTS (SELECT 1 FROM public.vehicle_state st WHERE st.vehicle_id = v.clientid AND st.vehicle_active)
+           AND NOT EXISTS (SELECT 1 FROM ingest.parked q WHERE q.clientid = v.clientid)
+    ), stored AS (
+        INSERT INTO public.telemetry (vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps,
+                                      battery_pct, odometer_m, extra, clock_skewed)
+        SELECT f.clientid, f.ts, f.received, f.seq, f.msg_id, f.lat, f.lon, f.heading_deg, f.speed_mps,
+               f.battery_pct, f.odometer_m, f.extra, false
+          FROM fast f
+        ON CONFLICT DO NOTHING  -- a QoS 1 redelivery (same vehicle, ts, msg_id) is stored once
+    ), latest AS (
+        SELECT DISTINCT ON (f.clientid) f.clientid, f.ts, f.seq, f.received, f.lat, f.lon, f.heading_deg,
+               f.speed_mps, f.battery_pct, f.odometer_m, max(f.received) OVER (PARTITION BY f.clientid) AS seen
+          FROM fast f
+         ORDER BY f.clientid, f.ts DESC, f.seq DESC, f.id
+    ), moved AS (
+        -- as ingest_telemetry's two UPDATEs: the state moves only forward by (ts, seq); liveness always
+        UPDATE public.vehicle_state st SET
+            telemetry_ts = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                                THEN l.ts ELSE st.telemetry_ts END,
+            telemetry_seq = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                                 THEN l.seq ELSE st.telemetry_seq END,
+            telemetry_received_at = CASE WHEN st.telemetry_ts IS NULL
+                                              OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                                         THEN l.received ELSE st.telemetry_received_at END,
+            lat = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                       THEN l.lat ELSE st.lat END,
+            lon = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                       THEN l.lon ELSE st.lon END,
+            heading_deg = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                               THEN COALESCE(l.heading_deg, st.heading_deg) ELSE st.heading_deg END,
+            speed_mps = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                             THEN COALESCE(l.speed_mps, st.speed_mps) ELSE st.speed_mps END,
+            battery_pct = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                               THEN COALESCE(l.battery_pct, st.battery_pct) ELSE st.battery_pct END,
+            odometer_m = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                              THEN COALESCE(l.odometer_m, st.odometer_m) ELSE st.odometer_m END,
+            clock_skewed = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                                THEN false ELSE st.clock_skewed END,
+            updated_at = CASE WHEN st.telemetry_ts IS NULL OR (st.telemetry_ts, st.telemetry_seq) < (l.ts, l.seq)
+                              THEN now() ELSE st.updated_at END,
+            last_seen_at = GREATEST(st.last_seen_at, l.seen),
+            online = st.online OR st.disconnected_at IS NULL OR l.seen > st.disconnected_at
+          FROM latest l
+         WHERE st.vehicle_id = l.clientid AND st.vehicle_active
+        RETURNING WITH (OLD AS o, NEW AS n) n.vehicle_id, o.online AS was_online, n.online AS is_online
+    )
+    SELECT (SELECT array_agg(v.id ORDER BY v.id) FROM vals v WHERE NOT EXISTS (SELECT 1 FROM fast f WHERE f.id = v.id)),
+           (SELECT array_agg(m.vehicle_id ORDER BY m.vehicle_id) FROM moved m WHERE m.is_online AND NOT m.was_online)
+      INTO left_ids, came_online;
+END $$;
 
--- fleet_ingest may INSERT into the inbox and do nothing else; no function in schema ingest is callable by PUBLIC.
-GRANT INSERT ON ingest.telemetry_inbox TO fleet_ingest;
+-- A part of a set: the set path, then the per-message path for what it left, in arrival order. When the set path
+-- fails on a message's data (bad base64, UTF-8 or JSON; a number too large for its column), the part is halved
+-- until the parts are small, so one bad message sends a few neighbours down the per-message path, not the whole
+-- set. Any other failure (a lock held past lock_timeout, a deadlock) sends the whole part one by one: the
+-- per-message path parks what meets the lock, and the vehicle's later messages park behind it without waiting.
+-- Returns how many messages took the per-message path.
+CREATE OR REPLACE FUNCTION ingest.apply_telemetry_part(p_rows ingest.telemetry_inbox[], s ingest.settings)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    done record;
+    left_ids bigint[];
+    vehicle text;
+    half integer := cardinality(p_rows) / 2;
+    r ingest.telemetry_inbox;
+    j integer := 1;
+    one_by_one integer := 0;
+BEGIN
+    BEGIN
+        SELECT * INTO done FROM ingest.apply_telemetry_set(p_rows, s);
+        left_ids := COALESCE(done.left_ids, '{}');
+        FOREACH vehicle IN ARRAY COALESCE(done.came_online, '{}') LOOP
+            PERFORM ingest.notify_online(vehicle);
+        END LOOP;
+    EXCEPTION
+        WHEN data_exception THEN
+            IF half >= 8 THEN
+                RETURN ingest.apply_telemetry_part(p_rows[1:half], s)
+                     + ingest.apply_telemetry_part(p_rows[half + 1:], s);
+            END IF;
+            left_ids := NULL;
+        WHEN OTHERS OR query_canceled OR assert_failure THEN
+            left_ids := NULL;
+    END;
+    -- p_rows and left_ids are both in id order: one pass over each
+    FOREACH r IN ARRAY p_rows LOOP
+        IF left_ids IS NULL OR (j <= cardinality(left_ids) AND left_ids[j] = r.id) THEN
+            PERFORM ingest.apply_telemetry_row(r.clientid, r.topic, r.payload_b64, r.received_at_ms);
+            one_by_one := one_by_one + 1;
+            j := j + 1;
+        END IF;
+    END LOOP;
+    RETURN one_by_one;
+END $$;
+
+-- The worker's call (api/ingest_queue.py): take up to p_limit of the oldest queued messages and apply them, in one
+-- transaction. Never raises for a message (see apply_telemetry_part); a failure beyond that (the database going
+-- away) rolls the transaction back and the messages stay queued. One drain at a time: another caller returns at
+-- once with nothing taken, so any number of workers may call it. taken = in_sets + one_by_one.
+CREATE OR REPLACE FUNCTION ingest.drain_telemetry(p_limit integer DEFAULT 1000, OUT taken integer,
+                                                  OUT in_sets integer, OUT one_by_one integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
+DECLARE
+    s ingest.settings := ingest.current_settings();
+    queued ingest.telemetry_inbox[];
+BEGIN
+    taken := 0; in_sets := 0; one_by_one := 0;
+    IF NOT pg_try_advisory_xact_lock(ingest.telemetry_drain_lock_key()) THEN
+        RETURN;
+    END IF;
+    WITH next AS (SELECT i.id FROM ingest.telemetry_inbox i ORDER BY i.id LIMIT p_limit),
+         gone AS (DELETE FROM ingest.telemetry_inbox i USING next WHERE i.id = next.id RETURNING i.*)
+    SELECT array_agg(ROW(g.id, g.clientid, g.topic, g.payload_b64, g.received_at_ms)::ingest.telemetry_inbox
+                     ORDER BY g.id)
+      INTO queued FROM gone g;
+    IF queued IS NULL THEN
+        RETURN;
+    END IF;
+    taken := cardinality(queued);
+    one_by_one := ingest.apply_telemetry_part(queued, s);
+    in_sets := taken - one_by_one;
+END $$;
+
+-- The advisory lock that makes drains take turns ("fltq").
+CREATE OR REPLACE FUNCTION ingest.telemetry_drain_lock_key() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 1718383729::bigint $$;
+
+-- How much is queued and how old the oldest is, for /metrics and the runbook (docs/OPERATIONS.md). Reads the
+-- oldest rows only: the count stops at p_cap.
+CREATE OR REPLACE FUNCTION ingest.telemetry_queue_summary(p_cap integer DEFAULT 100000, OUT queued bigint,
+                                                          OUT oldest_s double precision)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM ingest.telemetry_inbox LIMIT p_cap) q),
+           COALESCE((SELECT extract(epoch FROM now() - ingest.broker_time(i.received_at_ms))
+                       FROM ingest.telemetry_inbox i ORDER BY i.id LIMIT 1), 0)::float8
+$$;
+
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA ingest FROM PUBLIC;

@@ -36,6 +36,7 @@ def idle_worker():
                           emqx_api_secret="s" * 16, bind=f"127.0.0.1:{free_port()}", stall_after_s=30.0)
     worker = Worker(config, dispatcher=None, emergency=None)
     worker.role = worker.notifier.role = "standby"
+    worker.telemetry.state = "draining"
     server = serve_health(worker, config.bind)
     yield worker, f"http://{config.bind}"
     server.shutdown()
@@ -59,6 +60,17 @@ def test_health_fails_once_the_alarm_thread_stops_turning(idle_worker):
     worker.notifier.last_turn += 31.0
     worker.notifier.role = "waiting_for_database"
     assert get(f"{url}/healthz")[:1] == (503,)
+
+
+def test_health_fails_once_the_telemetry_drain_stops_turning(idle_worker):
+    worker, url = idle_worker
+    assert get(f"{url}/healthz")[1]["telemetry_queue"]["state"] == "draining"
+    worker.telemetry.last_turn -= 31.0
+    status, body = get(f"{url}/healthz")
+    assert (status, body["status"]) == (503, "stalled") and body["telemetry_queue"]["last_turn_s_ago"] >= 31.0
+    worker.telemetry.last_turn += 31.0
+    worker.telemetry.state = "waiting_for_database"
+    assert get(f"{url}/healthz")[:2] == (503, {**get(f"{url}/healthz")[1], "status": "not_working"})
 
 
 @pytest.mark.parametrize("role", ["starting", "waiting_for_database", "restarting"])

@@ -401,6 +401,9 @@ def test_production_actions_write_the_ingest_inboxes_as_fleet_ingest(db_url, sta
 
     metrics = asyncio.run(scenario())
     assert metrics["connectors"]["pgsql:fleet_db"] == "connected"
+    # telemetry is queued for the worker (sql/100_telemetry_queue.sql); drain it as the worker does
+    assert rows(conn, "SELECT clientid, topic FROM ingest.telemetry_inbox") == [("veh-9", "fleet/v1/veh-9/telemetry")]
+    assert rows(conn, "SELECT taken FROM ingest.drain_telemetry()") == [(1,)]
     rejected = rows(conn, "SELECT clientid, topic, reason, payload FROM rejected_messages ORDER BY topic")
     assert [(r[0], r[1]) for r in rejected] == [("veh-9", "fleet/v1/veh-8/status"),
                                                 ("veh-9", "fleet/v1/veh-9/mission"),

@@ -183,9 +183,8 @@ def test_a_failure_nobody_can_prevent_is_counted_by_the_broker_and_raised(own_st
                                                                           connected_vehicles, owner):
     [vehicle] = connected_vehicles(1)
     before = broker_counts(own_stack)
-    # parking itself fails (as on a full disk or a revoked permission): the batch fails at the broker
-    inject_fault(owner, "telemetry", "vehicle_id", vehicle.vehicle_id, "XX000")
-    inject_fault(owner, "ingest.parked", "clientid", vehicle.vehicle_id, "XX000")
+    # the broker's INSERT itself fails (as on a full disk or a revoked permission): the batch fails at the broker
+    inject_fault(owner, "ingest.telemetry_inbox", "clientid", vehicle.vehicle_id, "XX000")
     try:
         # not waiting for the PUBACK: whether it comes depends on the broker's ack mode, not on the ingest
         message, _ = vehicle.publish_nowait(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5})
@@ -201,9 +200,35 @@ def test_a_failure_nobody_can_prevent_is_counted_by_the_broker_and_raised(own_st
     assert 'fleet_ingest_broker_failed_total{action="pgsql:telemetry_ingest"}' in metrics
     assert rows(own_stack.database_url, "SELECT count(*) AS n FROM telemetry WHERE msg_id = %s",
                 (message["msg_id"],))[0]["n"] == 0
-    record("fault", "parking itself fails (stands for a full disk or a revoked permission)", sent=1,
-           broker_failed=1, alarm="worker logs ingest.broker_dropped_messages at CRITICAL",
+    record("fault", "the broker's INSERT into the telemetry queue fails (stands for a full disk or a revoked "
+           "permission)", sent=1, broker_failed=1, alarm="worker logs ingest.broker_dropped_messages at CRITICAL",
            metric="fleet_ingest_broker_failed_total")
+
+
+def test_a_drain_that_cannot_even_park_keeps_the_message_queued_and_raises_the_alarm(own_stack, connected_vehicles,
+                                                                                    owner):
+    [vehicle] = connected_vehicles(1)
+    # storing fails, and so does parking (a full disk, a revoked permission): the drain's transaction fails
+    inject_fault(owner, "telemetry", "vehicle_id", vehicle.vehicle_id, "XX000")
+    inject_fault(owner, "ingest.parked", "clientid", vehicle.vehicle_id, "XX000")
+    try:
+        message = vehicle.publish(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5})
+        alarm = wait_until(lambda: _events(own_stack, "worker", "telemetry_drain.failed"), timeout=20,
+                           message="the worker did not raise the alarm")
+        assert alarm[-1]["level"] == "critical" and alarm[-1]["sqlstate"] == "XX000"
+        queued = rows(own_stack.database_url, "SELECT queued FROM ingest.telemetry_queue_summary()")[0]["queued"]
+        assert queued == 1, "the message stays queued, not lost"
+        metrics = requests.get(f"{own_stack.url('api')}/metrics", timeout=10).text
+        assert "fleet_ingest_telemetry_queued 1\n" in metrics
+    finally:
+        clear_faults(owner)
+    # once the cause is gone, the next drain stores it, once
+    wait_until(lambda: rows(own_stack.database_url, "SELECT count(*) AS n FROM telemetry WHERE msg_id = %s",
+                            (message["msg_id"],))[0]["n"] == 1, timeout=40, message="the queued message was stored")
+    assert rows(own_stack.database_url, "SELECT queued FROM ingest.telemetry_queue_summary()")[0]["queued"] == 0
+    record("fault", "the drain cannot store or park a point (stands for a full disk or a revoked permission)",
+           sent=1, stored=1, dead_lettered=0, alarm="worker logs telemetry_drain.failed at CRITICAL",
+           metric="fleet_ingest_telemetry_queued / _queue_oldest_seconds")
 
 
 def _events(stack, component: str, event: str) -> list[dict]:

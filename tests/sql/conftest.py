@@ -48,10 +48,14 @@ def b64(payload: dict | list | str | bytes | None) -> str | None:
 
 
 class Inbox:
-    """The broker's six INSERT statements (emqx/emqx.conf), executed as fleet_ingest."""
+    """The broker's six INSERT statements (emqx/emqx.conf), executed as fleet_ingest. Telemetry is queued
+    (sql/100_telemetry_queue.sql) and applied by the worker's ``ingest.drain_telemetry()``: ``telemetry()`` drains
+    the queue right after its INSERT, as the worker would, on the app role's connection ``drain_conn``. Pass
+    ``drain=False`` to leave it queued."""
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, drain_conn=None) -> None:
         self.conn = conn
+        self.drain_conn = drain_conn
 
     def _message(self, kind: str, payload, *, clientid: str = VEHICLE, topic: str | None = None,
                  received_at_ms: int | None = None, raw_b64: str | None = None) -> None:
@@ -62,8 +66,22 @@ class Inbox:
                         (clientid, topic, raw_b64 if raw_b64 is not None else b64(payload),
                          received_at_ms if received_at_ms is not None else now_ms()))
 
-    def telemetry(self, payload, **kw) -> None:
+    def telemetry(self, payload, *, drain: bool = True, **kw) -> None:
         self._message("telemetry", payload, **kw)
+        if drain:
+            self.drain()
+
+    def drain(self) -> dict:
+        """What the worker does: apply everything queued, one set of up to 1,000 at a time; the sums."""
+        total = {"taken": 0, "in_sets": 0, "one_by_one": 0}
+        with self.drain_conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT taken, in_sets, one_by_one FROM ingest.drain_telemetry()")
+                taken, in_sets, one_by_one = cur.fetchone()
+                total = {"taken": total["taken"] + taken, "in_sets": total["in_sets"] + in_sets,
+                         "one_by_one": total["one_by_one"] + one_by_one}
+                if taken == 0:
+                    return total
 
     def status(self, payload, **kw) -> None:
         self._message("status", payload, **kw)
@@ -114,8 +132,8 @@ def ingest_conn(ingest_url):
 
 
 @pytest.fixture
-def inbox(ingest_conn) -> Inbox:
-    return Inbox(ingest_conn)
+def inbox(ingest_conn, conn) -> Inbox:
+    return Inbox(ingest_conn, conn)
 
 
 @pytest.fixture

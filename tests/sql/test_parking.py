@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import psycopg2
 import pytest
 
-from tests.sql.conftest import OTHER_VEHICLE, VEHICLE, envelope, now_ms
+from tests.sql.conftest import OTHER_VEHICLE, VEHICLE, Inbox, b64, envelope, now_ms
 from tests.sql.test_missions import event_data, events, make_mission, mission
 from tests.support.faults import clear_faults, fault, inject_fault
 
@@ -38,11 +39,12 @@ def test_an_error_in_one_vehicles_message_does_not_fail_the_others_in_its_batch(
     try:
         ingest_conn.autocommit = False        # one transaction, as the broker's batch
         for first, second in zip(sent[VEHICLE], sent[OTHER_VEHICLE], strict=True):
-            inbox.telemetry(first)
-            inbox.telemetry(second, clientid=OTHER_VEHICLE)
+            inbox.telemetry(first, drain=False)
+            inbox.telemetry(second, clientid=OTHER_VEHICLE, drain=False)
         ingest_conn.commit()
     finally:
         ingest_conn.autocommit = True
+    assert inbox.drain() == {"taken": 10, "in_sets": 0, "one_by_one": 10}
     stored = q("SELECT vehicle_id, count(*) AS n FROM telemetry GROUP BY 1")
     assert stored == [{"vehicle_id": VEHICLE, "n": 5}]
     held = parked(q)
@@ -127,14 +129,38 @@ def test_a_vehicles_mission_events_are_applied_in_the_order_they_arrived(conn, i
     assert mission(q, mission_id)["state"] == "completed"
 
 
-def test_a_statement_timeout_parks_the_message(conn, ingest_conn, inbox, vehicles, q):
-    with ingest_conn.cursor() as cur:
-        cur.execute("SET statement_timeout = '200ms'")
-    with fault(conn, "telemetry", "vehicle_id", VEHICLE, sleep_s=2):
-        inbox.telemetry(envelope())
-        inbox.telemetry(envelope(), clientid=OTHER_VEHICLE)
+def test_a_statement_timeout_parks_the_message(conn, db_url, vehicles, q):
+    # the per-message path (the HTTP fallback's, and the drain's for what the set path leaves)
+    caller = psycopg2.connect(db_url)
+    caller.autocommit = True
+    try:
+        with caller.cursor() as cur, fault(conn, "telemetry", "vehicle_id", VEHICLE, sleep_s=2):
+            cur.execute("SET statement_timeout = '200ms'")
+            for vid in (VEHICLE, OTHER_VEHICLE):
+                cur.execute("SELECT ingest.apply_telemetry_row(%s, %s, %s, %s)",
+                            (vid, f"fleet/v1/{vid}/telemetry", b64(envelope()), now_ms()))
+    finally:
+        caller.close()
     assert [(p["clientid"], p["last_error"][:5]) for p in parked(q)] == [(VEHICLE, "57014")]
     assert retry(q)["applied"] == 1
+    assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 2
+
+
+def test_a_statement_timeout_on_the_drain_loses_nothing(conn, db_url, inbox, vehicles, q):
+    # the worker's connection has a statement_timeout and the set statement outlives it: the cancellation is
+    # caught, the set goes one by one (the timer has fired and does not fire again), and every point is stored
+    drainer = psycopg2.connect(db_url)
+    drainer.autocommit = True
+    try:
+        with drainer.cursor() as cur:
+            cur.execute("SET statement_timeout = '200ms'")
+        with fault(conn, "telemetry", "vehicle_id", VEHICLE, sleep_s=1):
+            inbox.telemetry(envelope(), drain=False)
+            inbox.telemetry(envelope(), clientid=OTHER_VEHICLE, drain=False)
+            assert Inbox(None, drainer).drain() == {"taken": 2, "in_sets": 0, "one_by_one": 2}
+    finally:
+        drainer.close()
+    assert parked(q) == [] and q("SELECT count(*) AS n FROM rejected_messages")[0]["n"] == 0
     assert q("SELECT count(*) AS n FROM telemetry")[0]["n"] == 2
 
 

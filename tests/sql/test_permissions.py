@@ -1,4 +1,5 @@
-"""fleet_ingest — the broker's database role — may INSERT into the inbox views and do nothing else."""
+"""fleet_ingest — the broker's database role — may INSERT into the inboxes (the telemetry queue and the other
+inboxes' views) and do nothing else."""
 from __future__ import annotations
 
 import psycopg2
@@ -22,7 +23,15 @@ FORBIDDEN = [
     "UPDATE vehicles SET status = 'active'",
     "DELETE FROM missions",
     "TRUNCATE telemetry",
-    "DROP VIEW ingest.telemetry_inbox",
+    "DROP TABLE ingest.telemetry_inbox",
+    "DROP VIEW ingest.status_inbox",
+    "DELETE FROM ingest.telemetry_inbox",
+    "UPDATE ingest.telemetry_inbox SET topic = 'fleet/v1/veh-2/telemetry'",
+    "TRUNCATE ingest.telemetry_inbox",
+    "INSERT INTO ingest.telemetry_inbox (id, clientid, topic, payload_b64, received_at_ms) "
+    "OVERRIDING SYSTEM VALUE VALUES (1, 'veh-1', 'fleet/v1/veh-1/telemetry', '', 0)",
+    "SELECT * FROM ingest.drain_telemetry()",
+    "SELECT ingest.apply_telemetry_row('veh-1', 'fleet/v1/veh-1/telemetry', '', 0)",
     "ALTER TABLE telemetry ADD COLUMN x int",
     "CREATE TABLE public.sneaky (id int)",
     "CREATE TABLE ingest.sneaky (id int)",
@@ -56,7 +65,12 @@ def test_the_grants_are_exactly_insert_on_the_inboxes(q):
     rows = q("SELECT table_schema, table_name, privilege_type FROM information_schema.role_table_grants "
              "WHERE grantee = 'fleet_ingest' ORDER BY table_name")
     assert [(r["table_schema"], r["table_name"], r["privilege_type"]) for r in rows] == \
-        [("ingest", name, "INSERT") for name in sorted(INBOXES)]
+        [("ingest", name, "INSERT") for name in sorted(INBOXES) if name != "telemetry_inbox"]
+    # the telemetry queue: the broker's four columns, not the id that orders the queue
+    rows = q("SELECT table_name, column_name, privilege_type FROM information_schema.column_privileges "
+             "WHERE grantee = 'fleet_ingest' AND table_name = 'telemetry_inbox' ORDER BY column_name")
+    assert [(r["table_name"], r["column_name"], r["privilege_type"]) for r in rows] == \
+        [("telemetry_inbox", c, "INSERT") for c in ("clientid", "payload_b64", "received_at_ms", "topic")]
 
 
 def test_no_function_of_the_ingest_mission_or_maintenance_code_is_callable_by_public(q):
@@ -75,24 +89,27 @@ def test_the_inbox_triggers_are_security_definer_with_a_pinned_search_path(q):
     rows = q("SELECT p.proname, p.prosecdef, p.proconfig FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
              "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
              "WHERE n.nspname = 'ingest' AND NOT t.tgisinternal")
-    assert len(rows) == len(INBOXES)
+    assert len(rows) == len(INBOXES) - 1       # the telemetry queue has no trigger: the worker drains it
+    rows += q("SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p "
+              "WHERE p.oid IN ('ingest.drain_telemetry(integer)'::regprocedure, "
+              "'ingest.apply_telemetry_row(text, text, text, bigint)'::regprocedure)")
+    assert len(rows) == len(INBOXES) + 1
     for row in rows:
         # the broker's batch must not wait behind someone else's lock: a short lock_timeout, reset on return
         assert row["prosecdef"] and row["proconfig"] == ["search_path=pg_catalog, pg_temp",
                                                          "lock_timeout=100ms"], row
 
 
-def test_a_lock_the_ingest_cannot_get_parks_the_message_instead_of_failing_the_batch(conn, inbox, vehicles, q):
+def test_a_lock_the_ingest_cannot_get_parks_the_message_instead_of_failing_the_batch(db_url, inbox, vehicles, q):
     # EMQX drops a whole batch on any error (docs/EMQX.md §5.6a): the INSERT succeeds, the message waits in
-    # ingest.parked, and it is neither lost nor dead-lettered
-    conn.autocommit = False
-    with conn.cursor() as cur:
+    # ingest.parked, and it is neither lost nor dead-lettered. (Telemetry: the drain meets the lock, not the broker.)
+    holder = psycopg2.connect(db_url)
+    with holder.cursor() as cur:
         cur.execute("LOCK TABLE vehicle_state IN ACCESS EXCLUSIVE MODE")
     try:
         inbox.telemetry(envelope())
     finally:
-        conn.rollback()
-        conn.autocommit = True
+        holder.close()
     [parked] = q("SELECT inbox, clientid, last_error FROM ingest.parked")
     assert (parked["inbox"], parked["clientid"]) == ("telemetry", "veh-1")
     assert parked["last_error"].startswith("55P03"), "lock_not_available"

@@ -103,7 +103,7 @@ def shared(stack, module_db_url):
         cur.execute("INSERT INTO fleets (id, name) VALUES ('fleet-a', 'Fleet A')")
         cur.execute("INSERT INTO vehicles (id, fleet_id, status) VALUES ('veh-1', 'fleet-a', 'active'), "
                     "('veh-2', 'fleet-a', 'active'), ('revoked-1', 'fleet-a', 'revoked')")
-    yield app, Inbox(ingest)
+    yield app, Inbox(ingest, app)
     app.close()
     ingest.close()
 
