@@ -35,7 +35,7 @@ def _stream(seed: int, n: int, base_ms: int, *, clean: bool) -> list[tuple[str, 
         else:   # some optional fields, some null
             data |= {k: (None if rng.random() < 0.3 else v) for k, v in COMPLETE.items() if rng.random() < 0.5}
         kind = rng.random()
-        if clean and 0.17 <= kind < 0.23 or clean and 0.26 <= kind < 0.43:
+        if clean and (0.17 <= kind < 0.23 or 0.26 <= kind < 0.43):
             kind = 1.0
         if kind < 0.08 and sent[vid]:
             message = rng.choice(sent[vid])                                   # a QoS 1 redelivery
