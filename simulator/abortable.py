@@ -72,6 +72,12 @@ class _AbortingAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):   # HTTP(S)_PROXY: the same pools (a SOCKS one is not tracked)
+            manager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+        return manager
+
     def send(self, request, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         _current.adapter = self
         try:

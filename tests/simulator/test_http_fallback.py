@@ -6,6 +6,10 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+import requests
+
+from simulator.abortable import AbortableSession
 from simulator.controller import Controller
 from simulator.http_link import HttpVehicle
 from simulator.motion import Motion, offset
@@ -85,3 +89,14 @@ def test_close_ends_the_long_poll_under_way_reports_the_mission_and_leaves_no_th
     detail = operator.get(f"/api/v1/missions/{mission_id}").json()
     assert (detail["state"], detail["failure_reason"]) == ("failed", "vehicle shut down"), \
         "the runner still reported over its own connection"
+
+
+def test_an_aborted_session_refuses_later_requests_too(api_url):
+    """abort() also covers a request that starts after it (the thread had checked for stopping just before)."""
+    session = AbortableSession()
+    assert session.get(f"{api_url}/healthz", timeout=10).status_code == 200    # a kept-alive connection now
+    session.abort()
+    for _ in range(2):                    # the pooled connection, then a fresh one
+        with pytest.raises(requests.RequestException):
+            session.get(f"{api_url}/healthz", timeout=10)
+    session.close()
