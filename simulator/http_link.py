@@ -175,7 +175,8 @@ class HttpVehicle:
         self._poll_session.abort()
         if timeout is None:
             return not self.alive
-        self.released.wait(timeout)
+        if self._threads:                     # never started: no runner to report
+            self.released.wait(timeout)
         return self.stop()
 
     def abort(self) -> None:
