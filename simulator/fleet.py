@@ -3,6 +3,7 @@ starts them (staggered, so 1,000 vehicles do not all CONNECT in the same millise
 for the display, and stops them cleanly."""
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetcore.logs import log_event
 from simulator.controller import Controller
 from simulator.credentials_store import CredentialsStore
 from simulator.faults import FaultConfig
@@ -18,6 +20,9 @@ from simulator.netloop import Gate, IoWorker, start_workers
 from simulator.vehicle import BrokerAddress, Counters, SimVehicle, State, Transport, VehicleOptions
 
 DEFAULT_HOME = (48.1372, 11.5755)  # Munich, Marienplatz
+JOIN_S = 3.0                       # stopping: how long all of the fleet's threads together may take to end
+
+log = logging.getLogger("simulator.fleet")
 
 
 @dataclass
@@ -133,18 +138,33 @@ class Fleet:
         return self.vehicles[vehicle_id]
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Clean shutdown: every vehicle publishes OFFLINE and disconnects; True if all did within ``timeout``."""
+        """Clean shutdown: every vehicle publishes OFFLINE (or, on HTTP, reports its mission failed) and disconnects;
+        then every thread the fleet started has ended. True if all vehicles did within ``timeout`` and every thread
+        ended within ``JOIN_S`` more.
+
+        No thread of the fleet may go on after this returns (a long-poll could block one for 25 s, and a thread that
+        logs after its owner is gone writes into closed streams): every HTTP link is aborted first — all of them,
+        so the wait is one ``JOIN_S`` for the whole fleet, not one per vehicle — then all threads are joined."""
         for vehicle in self.vehicles.values():
             vehicle.stop()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(v.done for v in self.vehicles.values()):
             time.sleep(0.05)
         clean = all(v.done for v in self.vehicles.values())
+        links = [link for vehicle in self.vehicles.values() for link in vehicle.http_links]
+        for link in links:
+            link.abort()
         for worker in self.workers:
             worker.stop()
+        join_deadline = time.monotonic() + JOIN_S
+        for link in links:
+            link.join(max(0.0, join_deadline - time.monotonic()))
         for worker in self.workers:
-            worker.join(timeout=5)
-        return clean
+            worker.join(max(0.0, join_deadline - time.monotonic()))
+        left = [t.name for t in self.workers if t.is_alive()] + [link.vehicle_id for link in links if link.alive]
+        if left:
+            log_event(log, "fleet.threads_left", logging.WARNING, threads=left[:10], count=len(left))
+        return clean and not left
 
     def snapshot(self) -> Snapshot:
         vehicles = list(self.vehicles.values())

@@ -204,6 +204,7 @@ class SimVehicle:
         self._unreachable_since = 0.0                 # monotonic time of the first of them
         self._on_http = False                         # HTTP is the link: MQTT is only probed
         self._http: HttpVehicle | None = None         # set while HTTP threads own the controller
+        self._links: list[HttpVehicle] = []           # every HTTP link whose threads may not have ended yet
 
     # -- public (thread-safe) -------------------------------------------------------------------------------
     def start(self, delay: float = 0.0) -> None:
@@ -220,6 +221,11 @@ class SimVehicle:
     @property
     def done(self) -> bool:
         return self.state in (State.STOPPED, State.FAILED)
+
+    @property
+    def http_links(self) -> list[HttpVehicle]:
+        """The HTTP links whose threads may still run, for the fleet to abort and join once this vehicle stopped."""
+        return list(self._links)
 
     @property
     def transport(self) -> str:
@@ -290,7 +296,7 @@ class SimVehicle:
     def _fail(self, reason: str) -> None:
         self._leave_gate()
         if self._http is not None:
-            self._http.stopped.set()    # its threads end; nothing here touches the controller any more
+            self._http.abort()          # its threads end; nothing here touches the controller any more
         self.state = State.FAILED
         self.last_error = reason
         self._cancel_timers()
@@ -779,6 +785,7 @@ class SimVehicle:
         self._cancel_timers()
         if self._http is not None:
             self._http.close()      # it reports the mission failed over HTTP; _http_released goes on from there
+            # (it does not wait: this thread serves other vehicles too; Fleet.stop joins the link's threads)
             return
         self._close_mqtt()
 
@@ -821,6 +828,7 @@ class SimVehicle:
                            clock_skew_s=self.faults.clock_skew_s,
                            on_released=lambda: self.worker.call_soon_threadsafe(lambda: self._http_released(http)))
         self._http = http
+        self._links = [link for link in self._links if link.alive] + [http]
         log_event(log, "vehicle.http_fallback", logging.WARNING, vehicle=self.vehicle_id, reason=reason,
                   api=self.options.api_url, backlog=len(backlog))
         http.start()

@@ -146,13 +146,20 @@ class Acceptance:
                   f"{vehicle_id}: telemetry rows without position or timestamps")
 
     def step_unauthenticated_refused(self) -> None:
+        # Each probe is closed even when the step fails: an accepted one would keep its paho network thread.
         ghost = ProbeClient(self.broker, f"{self.fleet_id}-ghost")
-        answer = ghost.connect(ghost.client_id, "not-a-registered-vehicle")
+        try:
+            answer = ghost.connect(ghost.client_id, "not-a-registered-vehicle")
+        finally:
+            ghost.close()
         check(answer != "Success", "an unregistered vehicle was allowed to connect")
         self.out(f"      unregistered client refused: {answer}")
         token = self.enroller.new_token(self.probe_id)
         wrong = ProbeClient(self.broker, self.probe_id)
-        answer = wrong.connect(self.probe_id, "wrong-" + token)
+        try:
+            answer = wrong.connect(self.probe_id, "wrong-" + token)
+        finally:
+            wrong.close()
         check(answer != "Success", "a wrong password was accepted")
         self.out(f"      wrong password refused: {answer}")
         self.probe_secret = register(self.broker, self.probe_id, token)

@@ -9,6 +9,7 @@ and a refused CONNACK not counting) each have a test that fails without them.
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -148,6 +149,29 @@ def test_transport_http_uses_http_only(stack, enroll, operator, api_url, simulat
     assert (snapshot.fallbacks, snapshot.connects, snapshot.refused) == (1, 0, 0)
     assert sim.stop() is True, "a vehicle on HTTP stops cleanly too"
     assert vehicle.state == State.STOPPED and vehicle._http is None
+
+
+def test_stopping_the_fleet_ends_the_long_poll_under_way_and_every_thread(stack, enroll, operator, api_url,
+                                                                         simulate):
+    """Fleet.stop returns only once no thread of the fleet runs: not the HTTP link's (its long-poll would block one
+    for up to 25 s), not the I/O workers."""
+    vehicle_id = (registered := enroll(connect=False)).vehicle_id
+    sim = simulate(vehicle_id, registered.secret, BrokerAddress("127.0.0.1", stack.config.ports.mqtt),
+                   api_url=api_url, transport=Transport.HTTP)
+    vehicle = sim.vehicle(vehicle_id)
+    wait_until(lambda: operator.get(f"/api/v1/vehicles/{vehicle_id}").json()["presence"]["online"], 15,
+               message=lambda: f"online over HTTP; state {vehicle.state}, last error {vehicle.last_error}")
+    [link] = vehicle.http_links
+    wait_until(lambda: link.polls >= 1, 10, message="no long-poll under way")
+
+    def fleet_threads() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t.is_alive()
+                      and (t.name == f"http-{vehicle_id}" or t in sim.workers))
+    assert fleet_threads() == sorted([f"http-{vehicle_id}"] * 2 + [w.name for w in sim.workers])
+
+    assert sim.stop() is True
+    assert fleet_threads() == [], "a thread of the fleet outlived Fleet.stop()"
+    assert vehicle.state == State.STOPPED
 
 
 def test_a_broker_that_never_answers_the_connect_counts_as_unreachable(stack, simulate, api_url, caplog):
