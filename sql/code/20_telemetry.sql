@@ -277,89 +277,109 @@ END $$;
 -- vehicles that came online. Raises whatever a statement raises: bad base64, UTF-8 or JSON, a number that does not
 -- fit, a lock wait past lock_timeout, a deadlock; the caller catches it.
 CREATE OR REPLACE FUNCTION ingest.apply_telemetry_set(p_rows ingest.telemetry_inbox[], s ingest.settings,
+                                                      p_check_all boolean,
                                                       OUT left_ids bigint[], OUT came_online text[])
-LANGUAGE plpgsql AS $$
+-- enable_memoize off: the per-message LATERAL steps below would otherwise be cached by their (jsonb) inputs, and
+-- hashing a message to look it up costs more than computing the step once
+LANGUAGE plpgsql SET enable_memoize = off AS $$
 BEGIN
-    -- MATERIALIZED: each step's columns are computed once per message; inlined, every reference to env would
-    -- decode the payload again
-    WITH src AS MATERIALIZED (
-        SELECT r.id, r.clientid, ingest.broker_time(r.received_at_ms) AS received,
+    -- typed is MATERIALIZED and each value in it is computed once (LATERAL … OFFSET 0): an inlined step would copy
+    -- its expressions into every reference, and decode the payload again for each. Only narrow values (the fields,
+    -- not the envelope) are carried on.
+    WITH typed AS MATERIALIZED (
+        SELECT r.id, r.clientid, e.received, e.env ->> 'msg_id' AS msg_id, e.env -> 'ts' AS ts_j,
+               e.env -> 'seq' AS seq_j, f.d -> 'lat' AS lat_j, f.d -> 'lon' AS lon_j,
+               NULLIF(f.d -> 'heading_deg', 'null') AS heading_j, NULLIF(f.d -> 'speed_mps', 'null') AS speed_j,
+               NULLIF(f.d -> 'battery_pct', 'null') AS battery_j, NULLIF(f.d -> 'odometer_m', 'null') AS odometer_j,
+               x.extra, c.ok,
+               -- every optional field present: only then may a vehicle send several points in one set
+               COALESCE(jsonb_typeof(f.d -> 'heading_deg') = 'number' AND jsonb_typeof(f.d -> 'speed_mps') = 'number'
+                        AND jsonb_typeof(f.d -> 'battery_pct') = 'number'
+                        AND jsonb_typeof(f.d -> 'odometer_m') = 'number', false) AS complete
+          FROM unnest(p_rows) r,
                -- the topic check of ingest.topic_problem, and a payload that cannot decode to more than
                -- max_payload_bytes; decoded only then (CASE evaluates in order)
-               CASE WHEN r.topic = 'fleet/v1/' || r.clientid || '/telemetry' AND strpos(r.clientid, '/') = 0
-                         AND length(r.payload_b64) BETWEEN 4 AND s.max_payload_bytes / 3 * 4
-                    THEN convert_from(decode(r.payload_b64, 'base64'), 'UTF8')::jsonb END AS env
-          FROM unnest(p_rows) r
-    ), typed AS MATERIALIZED (
-        -- the fast-path checks of ingest.check_envelope and ingest.ingest_telemetry, every optional field required
-        SELECT src.id, src.clientid, src.received, src.env, src.env -> 'data' AS d,
-               COALESCE(jsonb_typeof(src.env) = 'object' AND src.env -> 'v' = '1'::jsonb AND NOT src.env ? 'batch'
-                        AND jsonb_typeof(src.env -> 'msg_id') = 'string'
-                        AND length(src.env ->> 'msg_id') BETWEEN 1 AND 64
-                        AND jsonb_typeof(src.env -> 'seq') = 'number' AND jsonb_typeof(src.env -> 'ts') = 'number'
-                        AND jsonb_typeof(src.env -> 'data') = 'object'
-                        AND NOT src.env ? 'vehicle_id' AND NOT src.env -> 'data' ? 'vehicle_id'
-                        AND jsonb_typeof(src.env -> 'data' -> 'lat') = 'number'
-                        AND jsonb_typeof(src.env -> 'data' -> 'lon') = 'number'
-                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'heading_deg'), 'null') IN ('number', 'null')
-                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'speed_mps'), 'null') IN ('number', 'null')
-                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'battery_pct'), 'null') IN ('number', 'null')
-                        AND COALESCE(jsonb_typeof(src.env -> 'data' -> 'odometer_m'), 'null') IN ('number', 'null')
-                        AND NOT jsonb_path_exists((src.env -> 'data') - ARRAY['lat', 'lon', 'heading_deg',
-                                                                              'speed_mps', 'battery_pct', 'odometer_m'],
-                                                  'strict $.* ? (@.type() != "number")'),
-                        false) AS ok,
-               -- every optional field present: only then may a vehicle send several points in one set
-               COALESCE(jsonb_typeof(src.env -> 'data' -> 'heading_deg') = 'number'
-                        AND jsonb_typeof(src.env -> 'data' -> 'speed_mps') = 'number'
-                        AND jsonb_typeof(src.env -> 'data' -> 'battery_pct') = 'number'
-                        AND jsonb_typeof(src.env -> 'data' -> 'odometer_m') = 'number', false) AS complete
-          FROM src
-    ), nums AS MATERIALIZED (
-        SELECT t.id, t.clientid, t.received, t.ok, t.complete,
-               CASE WHEN t.ok THEN (t.env -> 'ts')::numeric END AS ts_ms,
-               CASE WHEN t.ok THEN (t.env -> 'seq')::numeric END AS seq_n,
-               CASE WHEN t.ok THEN t.env ->> 'msg_id' END AS msg_id,
-               CASE WHEN t.ok THEN (t.d -> 'lat')::numeric END AS lat_n,
-               CASE WHEN t.ok THEN (t.d -> 'lon')::numeric END AS lon_n,
-               CASE WHEN t.ok THEN (NULLIF(t.d -> 'battery_pct', 'null'))::numeric END AS battery_n,
-               t.d
-          FROM typed t
+               LATERAL (SELECT ingest.broker_time(r.received_at_ms) AS received,
+                               CASE WHEN r.topic = 'fleet/v1/' || r.clientid || '/telemetry'
+                                         AND strpos(r.clientid, '/') = 0
+                                         AND octet_length(r.payload_b64) BETWEEN 4 AND s.max_payload_bytes / 3 * 4
+                                    THEN convert_from(decode(r.payload_b64, 'base64'), 'UTF8')::jsonb END AS env
+                        OFFSET 0) e,
+               LATERAL (SELECT e.env -> 'data' AS d OFFSET 0) f,
+               LATERAL (SELECT CASE WHEN jsonb_typeof(f.d) = 'object'
+                                    THEN f.d - ARRAY['lat', 'lon', 'heading_deg', 'speed_mps', 'battery_pct',
+                                                     'odometer_m'] END AS extra
+                        OFFSET 0) x,
+               -- the fast-path checks of ingest.check_envelope and ingest.ingest_telemetry
+               LATERAL (SELECT COALESCE(
+                        jsonb_typeof(e.env) = 'object' AND e.env -> 'v' = '1'::jsonb AND NOT e.env ? 'batch'
+                        AND jsonb_typeof(e.env -> 'msg_id') = 'string'
+                        AND length(e.env ->> 'msg_id') BETWEEN 1 AND 64
+                        AND jsonb_typeof(e.env -> 'seq') = 'number' AND jsonb_typeof(e.env -> 'ts') = 'number'
+                        AND jsonb_typeof(f.d) = 'object'
+                        AND NOT e.env ? 'vehicle_id' AND NOT f.d ? 'vehicle_id'
+                        AND jsonb_typeof(f.d -> 'lat') = 'number' AND jsonb_typeof(f.d -> 'lon') = 'number'
+                        AND COALESCE(jsonb_typeof(f.d -> 'heading_deg'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(f.d -> 'speed_mps'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(f.d -> 'battery_pct'), 'null') IN ('number', 'null')
+                        AND COALESCE(jsonb_typeof(f.d -> 'odometer_m'), 'null') IN ('number', 'null')
+                        -- every other field (kept in extra) a number
+                        AND (x.extra = '{}'::jsonb
+                             OR NOT jsonb_path_exists(x.extra, 'strict $.* ? (@.type() != "number")')),
+                        false) AS ok
+                        OFFSET 0) c
     ), vals AS (
-        SELECT n.id, n.clientid, n.received, n.msg_id, n.d, n.complete,
+        SELECT t.id, t.clientid, t.received, t.msg_id, t.extra, t.complete, t.heading_j, t.speed_j, t.odometer_j,
+               n.lat_n, n.lon_n, n.battery_n, n.ts,
                CASE WHEN n.in_range THEN n.seq_n::bigint END AS seq,
-               CASE WHEN n.in_range THEN ingest.ms_to_ts(n.ts_ms::bigint) END AS ts,
                CASE WHEN n.in_range
                     THEN n.ts_ms = trunc(n.ts_ms) AND n.seq_n = trunc(n.seq_n)
                          AND n.lat_n BETWEEN -90 AND 90 AND n.lon_n BETWEEN -180 AND 180
                          AND COALESCE(n.battery_n BETWEEN 0 AND 100, true)
-                         AND ingest.ms_to_ts(n.ts_ms::bigint)
-                             BETWEEN n.received - s.clock_skew_threshold
-                                 AND n.received + LEAST(s.clock_skew_threshold, interval '1 day')
+                         AND n.ts BETWEEN t.received - s.clock_skew_threshold
+                                      AND t.received + LEAST(s.clock_skew_threshold, interval '1 day')
                     ELSE false END AS ok
-          FROM (SELECT nn.*, COALESCE(nn.ok AND nn.ts_ms BETWEEN 946684800000 AND 4102444800000
-                                      AND nn.seq_n BETWEEN 0 AND 9223372036854775807, false) AS in_range
-                  FROM nums nn) n
+          FROM typed t,
+               LATERAL (SELECT v.*, CASE WHEN v.in_range THEN ingest.ms_to_ts(v.ts_ms::bigint) END AS ts
+                          FROM (SELECT u.*, COALESCE(t.ok AND u.ts_ms BETWEEN 946684800000 AND 4102444800000
+                                                     AND u.seq_n BETWEEN 0 AND 9223372036854775807, false) AS in_range
+                                  FROM (SELECT CASE WHEN t.ok THEN t.ts_j::numeric END AS ts_ms,
+                                               CASE WHEN t.ok THEN t.seq_j::numeric END AS seq_n,
+                                               CASE WHEN t.ok THEN t.lat_j::numeric END AS lat_n,
+                                               CASE WHEN t.ok THEN t.lon_j::numeric END AS lon_n,
+                                               CASE WHEN t.ok THEN t.battery_j::numeric END AS battery_n
+                                        OFFSET 0) u
+                                OFFSET 0) v
+                        OFFSET 0) n
     ), fast AS (
-        SELECT v.id, v.clientid, v.received, v.msg_id, v.seq, v.ts, (v.d -> 'lat')::float8 AS lat,
-               (v.d -> 'lon')::float8 AS lon,
-               (NULLIF(v.d -> 'heading_deg', 'null'))::float8::real AS heading_deg,
-               (NULLIF(v.d -> 'speed_mps', 'null'))::float8::real AS speed_mps,
-               (NULLIF(v.d -> 'battery_pct', 'null'))::float8::real AS battery_pct,
-               (NULLIF(v.d -> 'odometer_m', 'null'))::float8 AS odometer_m,
-               NULLIF(v.d - ARRAY['lat', 'lon', 'heading_deg', 'speed_mps', 'battery_pct', 'odometer_m'],
-                      '{}'::jsonb) AS extra
+        SELECT v.id, v.clientid, v.received, v.msg_id, v.seq, v.ts, v.lat_n::float8 AS lat, v.lon_n::float8 AS lon,
+               v.heading_j::float8::real AS heading_deg, v.speed_j::float8::real AS speed_mps,
+               v.battery_n::float8::real AS battery_pct, v.odometer_j::float8 AS odometer_m,
+               NULLIF(v.extra, '{}'::jsonb) AS extra, st.telemetry_ts AS newest
           FROM vals v
-         WHERE v.clientid IN (SELECT x.clientid FROM vals x GROUP BY x.clientid
-                             HAVING bool_and(x.ok) AND (count(*) = 1 OR bool_and(x.complete)))
-           AND EXISTS (SELECT 1 FROM public.vehicle_state st WHERE st.vehicle_id = v.clientid AND st.vehicle_active)
-           AND NOT EXISTS (SELECT 1 FROM ingest.parked q WHERE q.clientid = v.clientid)
+          JOIN (SELECT x.clientid FROM vals x
+                 GROUP BY x.clientid
+                HAVING bool_and(x.ok) AND (count(*) = 1 OR bool_and(x.complete))) ok USING (clientid)
+          JOIN public.vehicle_state st ON st.vehicle_id = ok.clientid AND st.vehicle_active
+         WHERE NOT EXISTS (SELECT 1 FROM ingest.parked q WHERE q.clientid = ok.clientid)
     ), stored AS (
+        -- later than the vehicle's latest point: no row with this ts can be stored (the reasoning of
+        -- ingest_telemetry's plain INSERT), so no conflict check. Should one be, after all — a redelivery in the
+        -- same set, or of a point first stored as future-dated — the unique violation fails the set, and the caller
+        -- runs it again with p_check_all, every row through the INSERT below.
         INSERT INTO public.telemetry (vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps,
                                       battery_pct, odometer_m, extra, clock_skewed)
         SELECT f.clientid, f.ts, f.received, f.seq, f.msg_id, f.lat, f.lon, f.heading_deg, f.speed_mps,
                f.battery_pct, f.odometer_m, f.extra, false
           FROM fast f
+         WHERE (f.newest IS NULL OR f.ts > f.newest) AND NOT p_check_all
+    ), stored_again AS (
+        INSERT INTO public.telemetry (vehicle_id, ts, received_at, seq, msg_id, lat, lon, heading_deg, speed_mps,
+                                      battery_pct, odometer_m, extra, clock_skewed)
+        SELECT f.clientid, f.ts, f.received, f.seq, f.msg_id, f.lat, f.lon, f.heading_deg, f.speed_mps,
+               f.battery_pct, f.odometer_m, f.extra, false
+          FROM fast f
+         WHERE f.ts <= f.newest OR p_check_all
         ON CONFLICT DO NOTHING  -- a QoS 1 redelivery (same vehicle, ts, msg_id) is stored once
     ), latest AS (
         SELECT DISTINCT ON (f.clientid) f.clientid, f.ts, f.seq, f.received, f.lat, f.lon, f.heading_deg,
@@ -403,7 +423,8 @@ BEGIN
       INTO left_ids, came_online;
 END $$;
 
--- A part of a set: the set path, then the per-message path for what it left, in arrival order. When the set path
+-- A part of a set: the set path, then the per-message path for what it left, in arrival order. A unique violation
+-- (a redelivery the set path did not expect) runs the set path again with the conflict check on every row. When it
 -- fails on a message's data (bad base64, UTF-8 or JSON; a number too large for its column), the part is halved
 -- until the parts are small, so one bad message sends a few neighbours down the per-message path, not the whole
 -- set. Any other failure (a lock held past lock_timeout, a deadlock) sends the whole part one by one: the
@@ -415,28 +436,43 @@ LANGUAGE plpgsql AS $$
 DECLARE
     done record;
     left_ids bigint[];
+    check_all boolean := false;
     vehicle text;
     half integer := cardinality(p_rows) / 2;
     r ingest.telemetry_inbox;
     j integer := 1;
     one_by_one integer := 0;
 BEGIN
-    BEGIN
-        SELECT * INTO done FROM ingest.apply_telemetry_set(p_rows, s);
-        left_ids := COALESCE(done.left_ids, '{}');
-        FOREACH vehicle IN ARRAY COALESCE(done.came_online, '{}') LOOP
-            PERFORM ingest.notify_online(vehicle);
-        END LOOP;
-    EXCEPTION
-        WHEN data_exception THEN
-            IF half >= 8 THEN
-                RETURN ingest.apply_telemetry_part(p_rows[1:half], s)
-                     + ingest.apply_telemetry_part(p_rows[half + 1:], s);
-            END IF;
-            left_ids := NULL;
-        WHEN OTHERS OR query_canceled OR assert_failure THEN
-            left_ids := NULL;
-    END;
+    LOOP
+        BEGIN
+            SELECT * INTO done FROM ingest.apply_telemetry_set(p_rows, s, check_all);
+            left_ids := COALESCE(done.left_ids, '{}');
+            FOREACH vehicle IN ARRAY COALESCE(done.came_online, '{}') LOOP
+                PERFORM ingest.notify_online(vehicle);
+            END LOOP;
+            EXIT;
+        EXCEPTION
+            WHEN unique_violation THEN
+                IF check_all THEN      -- cannot happen with the check; never loop
+                    left_ids := NULL;
+                    EXIT;
+                END IF;
+                check_all := true;
+            WHEN data_exception THEN
+                IF half >= 8 THEN
+                    RETURN ingest.apply_telemetry_part(p_rows[1:half], s)
+                         + ingest.apply_telemetry_part(p_rows[half + 1:], s);
+                END IF;
+                left_ids := NULL;
+                EXIT;
+            WHEN OTHERS OR query_canceled OR assert_failure THEN
+                left_ids := NULL;
+                EXIT;
+        END;
+    END LOOP;
+    IF left_ids = '{}' THEN
+        RETURN 0;
+    END IF;
     -- p_rows and left_ids are both in id order: one pass over each
     FOREACH r IN ARRAY p_rows LOOP
         IF left_ids IS NULL OR (j <= cardinality(left_ids) AND left_ids[j] = r.id) THEN
@@ -463,8 +499,13 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(ingest.telemetry_drain_lock_key()) THEN
         RETURN;
     END IF;
-    WITH next AS (SELECT i.id FROM ingest.telemetry_inbox i ORDER BY i.id LIMIT p_limit),
-         gone AS (DELETE FROM ingest.telemetry_inbox i USING next WHERE i.id = next.id RETURNING i.*)
+    -- the oldest p_limit visible rows: one range of the primary key (a row another transaction has not committed
+    -- yet is invisible here and stays for a later drain; a client's later rows commit after its earlier ones)
+    WITH gone AS (
+        DELETE FROM ingest.telemetry_inbox i
+         WHERE i.id <= COALESCE((SELECT n.id FROM ingest.telemetry_inbox n ORDER BY n.id OFFSET p_limit - 1 LIMIT 1),
+                                (SELECT max(n.id) FROM ingest.telemetry_inbox n))
+        RETURNING i.*)
     SELECT array_agg(ROW(g.id, g.clientid, g.topic, g.payload_b64, g.received_at_ms)::ingest.telemetry_inbox
                      ORDER BY g.id)
       INTO queued FROM gone g;

@@ -124,8 +124,9 @@ def test_a_message_from_a_vehicle_marked_offline_brings_it_back_and_notifies(inb
 
 def test_a_redelivery_racing_the_original_is_queued_without_waiting_and_stored_once(ingest_url, conn, vehicles, q):
     """Two broker connections carry the same QoS 1 message at once: neither INSERT waits for the other (the queue
-    has no key they could meet on), and the drain stores the point once — both copies are in one set, and one
-    INSERT … ON CONFLICT DO NOTHING stores the first."""
+    has no key they could meet on), and the drain stores the point once. Both copies are in one set: the set's
+    plain INSERT (the point is later than the vehicle's latest) meets the second copy as a unique violation, and the
+    set runs again with the conflict check on every row."""
     first, second = psycopg2.connect(ingest_url), psycopg2.connect(ingest_url)
     message = envelope({"lat": 48.1, "lon": 11.5, "heading_deg": 90.0, "speed_mps": 1.5, "battery_pct": 80,
                         "odometer_m": 12.0}, seq=1)
