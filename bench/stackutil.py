@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg2
 
 from bench.fleet import free_port
 from fleetcore.emqx_api import EmqxApi
@@ -33,6 +34,23 @@ def wait_actions_processed(stack: Stack, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"rule actions still busy after {timeout:.0f} s: {left}")
         time.sleep(0.05)
+
+
+def wait_telemetry_drained(stack: Stack, timeout: float) -> None:
+    """Until the worker has applied everything the broker queued (sql/100_telemetry_queue.sql)."""
+    deadline = time.monotonic() + timeout
+    with psycopg2.connect(stack.database_url) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT queued FROM ingest.telemetry_queue_summary()")
+                left = cur.fetchone()[0]
+                if not left:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{left} telemetry messages still queued after {timeout:.0f} s")
+                time.sleep(0.02)
+    conn.close()
 
 
 def component_roots(stack: Stack) -> dict[str, int]:
