@@ -1,5 +1,6 @@
 """What the worker does so that no message the broker accepted goes missing unnoticed (docs/ARCHITECTURE.md,
-"Ingest that cannot drop a batch"; runbook in docs/OPERATIONS.md, "Ingest: parked messages and failed batches").
+"Ingest that cannot drop a batch"; runbook in docs/OPERATIONS.md, "Ingest: parked messages, the telemetry queue and
+failed batches"). The telemetry queue's drain is in api/ingest_queue.py.
 
 * ``ParkedIngest`` re-applies the messages the ingest parked (``ingest.retry_parked()``,
   sql/code/25_ingest_parked.sql) when told that something was parked and whenever a parked one is due.
@@ -88,7 +89,7 @@ class BrokerActionWatch:
             if counts[0] > before[0] or counts[1] > before[1]:
                 log_event(log, "ingest.broker_dropped_messages", logging.CRITICAL, action=action,
                           failed=counts[0] - before[0], dropped=counts[1] - before[1], failed_total=counts[0],
-                          dropped_total=counts[1], hint="docs/OPERATIONS.md, Ingest: parked messages and failed "
-                          "batches")
+                          dropped_total=counts[1],
+                          hint="docs/OPERATIONS.md, Ingest: parked messages, the telemetry queue and failed batches")
             self.seen[action] = counts
         return self.seen

@@ -3,10 +3,12 @@
 --
 -- Every inbound vehicle message is validated, deduplicated and routed in SQL, so EMQX and the embedded stand-in
 -- behave identically (docs/ARCHITECTURE.md). The broker's pgsql actions may only INSERT (a SELECT template is not
--- supported for batches, docs/EMQX.md §5.2), so each entry point is a view in schema `ingest` with an INSTEAD OF
--- trigger, one file per topic: 20_telemetry, 21_status, 22_mission, 23_connection (with the broker's presence
--- events), 24_authz_denied. The role fleet_ingest may INSERT into those views and do nothing else; the triggers run
--- with the owner's rights (SECURITY DEFINER, pinned search_path).
+-- supported for batches, docs/EMQX.md §5.2), so each entry point is an inbox in schema `ingest`, one file per
+-- topic: 20_telemetry, 21_status, 22_mission, 23_connection (with the broker's presence events), 24_authz_denied,
+-- 26_vda5050. Telemetry's inbox is a queue (a plain table, sql/100_telemetry_queue.sql) that the worker applies in
+-- sets; every other inbox is a view with an INSTEAD OF trigger that applies the message at once. The role
+-- fleet_ingest may INSERT into the inboxes and do nothing else; the triggers and the drain run with the owner's
+-- rights (SECURITY DEFINER, pinned search_path).
 --
 -- Contract with the broker: an INSERT never raises and never waits. EMQX runs a batch (up to batch_size rows) in one
 -- transaction and, when PostgreSQL reports ANY error for it, drops the whole batch and counts it as `failed`; it
@@ -24,16 +26,22 @@
 --   mission events, status, connection and presence messages are re-applied in the order they arrived;
 -- * a lost connection (PostgreSQL restarting) rolls the batch back, parked rows included; the broker sends it
 --   again and deduplication (msg_id) stores each message once.
--- What remains is an error in parking itself (disk full, permissions revoked): the batch fails, the broker counts
--- it, and the worker raises the alarm (docs/OPERATIONS.md, "Ingest: parked messages and failed batches").
+-- The telemetry queue meets the contract more simply: its INSERT fires nothing, so it has nothing to catch; the
+-- same rules apply inside the worker's drain (ingest.drain_telemetry, 20_telemetry.sql), whose per-message path is
+-- the per-row handling above.
+-- What remains is an error in parking itself, or in the queue's INSERT (disk full, permissions revoked): the batch
+-- fails and the broker counts it, or the drain fails and its set stays queued; either way the worker raises the
+-- alarm (docs/OPERATIONS.md, "Ingest: parked messages, the telemetry queue and failed batches").
 -- Inside a handler, exception blocks catch only data_exception (SQLSTATE class 22: bad base64, invalid UTF-8,
 -- invalid JSON, numeric overflow, bad uuid …) and never around a write.
 --
--- Cost (bench/sql_ingest.py): one telemetry message is one trigger call, one parked-vehicle probe, one
--- subtransaction, one parse with one exception block, one UPDATE of its vehicle_state row, one INSERT and one
--- pg_notify (sent by ingest_telemetry itself: vehicle_state's statement trigger is skipped for that UPDATE, see
--- 81_live_events.sql). Keep it that way: no extra statements per message on the telemetry path, and on it a call
--- whose result is not needed is an assignment, not PERFORM (which starts an executor each time).
+-- Cost (bench/sql_ingest.py): a telemetry message is one row appended to the queue by the broker, then one row of
+-- a set in the drain's statements (20_telemetry.sql). The per-message path (one call, one parked-vehicle probe,
+-- one subtransaction, one parse with one exception block, one UPDATE of its vehicle_state row, one INSERT and one
+-- pg_notify, sent by ingest_telemetry itself: vehicle_state's statement trigger is skipped for that UPDATE, see
+-- 81_live_events.sql) is what every other topic pays and what telemetry the set path leaves pays. Keep it that way:
+-- no extra statements per message on it, and a call whose result is not needed is an assignment, not PERFORM
+-- (which starts an executor each time).
 --
 -- Reason codes in rejected_messages.reason (detail says which field / what was wrong):
 --   bad_topic              topic is not fleet/v1/{vid}/{kind} for this inbox

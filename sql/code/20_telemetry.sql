@@ -1,7 +1,9 @@
 -- 20_telemetry.sql — fleet/v1/{vid}/telemetry: position and motion at 1 Hz, one envelope or a batch of them
 -- (docs/PROTOCOL.md, Telemetry). Each point is checked, appended to the partitioned telemetry table once (a QoS 1
 -- redelivery is a no-op) and moves vehicle_state forward only by (device ts, seq); a bad one is dead-lettered.
--- This is the hot path: see the cost note in 10_ingest_common.sql.
+-- The broker queues it (ingest.telemetry_inbox, sql/100_telemetry_queue.sql) and the worker drains the queue in
+-- sets (ingest.drain_telemetry, at the end of this file). This is the hot path: see the cost note in
+-- 10_ingest_common.sql and docs/ARCHITECTURE.md, "Telemetry: a queue applied in sets".
 --
 -- A code file (fleetcore/migrations.py): applied after the migrations and again whenever a code file changes,
 -- so every statement here can run any number of times.
@@ -265,17 +267,19 @@ BEGIN
     END;
 END $$;
 
--- The set path. It takes every message of the set that is a plain point — one envelope, valid, all of lat, lon,
--- heading_deg, speed_mps, battery_pct and odometer_m present, its device clock within clock_skew_threshold of the
--- broker's — from an active vehicle without parked messages, provided every message of that vehicle in the set is
--- such a point; it stores them with one INSERT and moves their vehicles' latest state with one UPDATE. The result
--- is what applying them one by one in arrival order gives (tests/sql/test_telemetry_queue.py compares the two):
--- the latest state takes the point with the greatest (ts, seq), the first to arrive among equal ones, and as all
--- its fields are present, the per-message path's COALESCE with older values changes nothing; liveness takes the
--- latest receive time. A redelivery (same vehicle, ts, msg_id) is stored once. Returns the ids it left to the
--- per-message path (which names the reason of a dead letter, splits batches, flags skewed clocks, parks) and the
--- vehicles that came online. Raises whatever a statement raises: bad base64, UTF-8 or JSON, a number that does not
--- fit, a lock wait past lock_timeout, a deadlock; the caller catches it.
+-- The set path. It takes every message of the set that is a plain point — one envelope, valid, lat and lon
+-- present, its device clock within clock_skew_threshold of the broker's — from an active vehicle without parked
+-- messages, provided every message of that vehicle in the set is such a point and, when there are several, each
+-- has all of heading_deg, speed_mps, battery_pct and odometer_m. It stores them with one INSERT and moves their
+-- vehicles' latest state with one UPDATE. The result is what applying them one by one in arrival order gives
+-- (tests/sql/test_telemetry_queue.py compares the two): the latest state takes the point with the greatest
+-- (ts, seq), the first to arrive among equal ones; a field it lacks keeps its older value, which is what the
+-- per-message path's COALESCE gives when the vehicle has one point in the set (with several, an earlier point
+-- could have set it first, hence the rule above); liveness takes the latest receive time. A redelivery (same
+-- vehicle, ts, msg_id) is stored once. Returns the ids it left to the per-message path (which names the reason of
+-- a dead letter, splits batches, flags skewed clocks, parks) and the vehicles that came online. Raises whatever a
+-- statement raises: bad base64, UTF-8 or JSON, a number that does not fit, a unique violation, a lock wait past
+-- lock_timeout, a deadlock; the caller (ingest.apply_telemetry_part) catches it.
 CREATE OR REPLACE FUNCTION ingest.apply_telemetry_set(p_rows ingest.telemetry_inbox[], s ingest.settings,
                                                       p_check_all boolean,
                                                       OUT left_ids bigint[], OUT came_online text[])
