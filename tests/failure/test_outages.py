@@ -166,6 +166,34 @@ def test_worker_down_new_missions_still_go_out_at_once_and_queued_ones_wait_for_
            queued_missions="dispatched once the worker was back")
 
 
+def test_worker_down_telemetry_waits_in_the_queue_and_is_stored_once_when_it_returns(own_stack, connected_vehicles):
+    vehicles = connected_vehicles(5)
+    ids = [v.vehicle_id for v in vehicles]
+    own_stack.stop_component("worker")
+    try:
+        publishers = [Publisher(v, rate_hz=5) for v in vehicles]
+        for publisher in publishers:
+            publisher.start()
+        wait_until(lambda: sum(len(p.acked()) for p in publishers) >= 60, timeout=30)
+        for publisher in publishers:
+            publisher.halt.set()
+            publisher.join()
+        wait_until(lambda: all(p.all_acked() for p in publishers), timeout=30, message="PUBACKs outstanding")
+        acked = set().union(*(p.acked() for p in publishers))
+        wait_until(lambda: rows(own_stack.database_url, "SELECT queued FROM ingest.telemetry_queue_summary()")
+                   [0]["queued"] == len(acked), timeout=30, message="the broker did not queue every message")
+        assert _stored(own_stack, ids) == {}, "nothing is applied without the worker"
+    finally:
+        own_stack.start_component("worker")
+    wait_until(lambda: len(_stored(own_stack, ids)) == len(acked), timeout=60,
+               message="the queued telemetry was not applied")
+    stored = _stored(own_stack, ids)
+    assert set(stored) == acked and set(stored.values()) == {1}
+    assert rows(own_stack.database_url, "SELECT queued FROM ingest.telemetry_queue_summary()")[0]["queued"] == 0
+    record("fault", "worker stopped while vehicles publish telemetry", sent=len(acked), queued=len(acked),
+           stored=len(stored), duplicates=0, lost=len(acked) - len(stored))
+
+
 def test_a_standby_worker_takes_over_when_the_leader_stops(own_stack, own_admin, connected_vehicles):
     standby_url = f"http://127.0.0.1:{free_port()}"
     standby = ChildProcess("worker-2", [sys.executable, "-m", "api.worker"], cwd=paths.PROJECT_ROOT,
