@@ -6,11 +6,15 @@ the stand-in. A test that reads the database right after a PUBACK races. It wait
 metrics (``GET /api/v5/actions/{id}/metrics``, the same API in production): every action has answered every
 request it was given — ``matched == success + failed + dropped`` with nothing queuing or in flight — within a
 deadline. Because a broker evaluates the rules before it sends the PUBACK, whatever was acknowledged is in
-``matched`` by then.
+``matched`` by then. Telemetry then waits in the queue for the worker (sql/100_telemetry_queue.sql): with the
+stack's worker running, processed also means the queue is empty — the drain that took the last message has
+committed.
 """
 from __future__ import annotations
 
 from typing import Any
+
+import psycopg2
 
 from fleetcore.emqx_api import EmqxApi
 from tests.support.waiting import wait_until
@@ -19,15 +23,18 @@ from tests.support.waiting import wait_until
 class RuleActions:
     """The rule actions of one broker, seen through its REST API (``/api/v5``, basic auth with an API key)."""
 
-    def __init__(self, api_url: str, key: str, secret: str) -> None:
+    def __init__(self, api_url: str, key: str, secret: str, queue_database_url: str | None = None) -> None:
         self.api = EmqxApi(api_url, key, secret)
         self._action_ids: list[str] | None = None
+        self.queue_database_url = queue_database_url   # where the worker drains the telemetry queue, if it runs
 
     @classmethod
     def of_stack(cls, stack: Any) -> RuleActions:
         """The embedded stack's broker (fleetctl.stack.Stack), with the api's own EMQX API key."""
         from fleetctl.stack import API_KEY_NAME
-        return cls(stack.url("emqx_api"), API_KEY_NAME, stack.secrets["FLEET_EMQX_API_SECRET"])
+        worker = any(c.name == "worker" for c in stack.started)
+        return cls(stack.url("emqx_api"), API_KEY_NAME, stack.secrets["FLEET_EMQX_API_SECRET"],
+                   stack.database_url if worker else None)
 
     def action_ids(self) -> list[str]:
         if self._action_ids is None:
@@ -47,6 +54,17 @@ class RuleActions:
         return self.api.unanswered(self.action_ids())
 
     def wait_processed(self, timeout: float = 30.0) -> None:
-        """Return once every action has answered every request it was given; fail after ``timeout`` s."""
+        """Return once every action has answered every request it was given, and the worker has applied the queued
+        telemetry; fail after ``timeout`` s."""
         wait_until(lambda: not self.pending(), timeout, interval=0.02,
                    message=lambda: f"rule actions still busy: {self.pending()}")
+        if self.queue_database_url:
+            wait_until(lambda: not self.queued_telemetry(), timeout, interval=0.02,
+                       message=lambda: f"{self.queued_telemetry()} telemetry messages still queued")
+
+    def queued_telemetry(self) -> int:
+        with psycopg2.connect(self.queue_database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT queued FROM ingest.telemetry_queue_summary()")
+            queued = cur.fetchone()[0]
+        conn.close()
+        return queued
