@@ -5,8 +5,9 @@ PostgreSQL: mosquitto + counting / naive / batched subscribers, and COPY.
 
 Loss is counted, not assumed: once the broker's rule actions have answered every request (its /api/v5 action
 metrics) and the worker has drained the queue, rows in the database are compared with PUBACKed messages.
-Throughput is rows stored per second, from the first publish to the moment the last one was stored — like the
-baselines, which count until their subscriber committed — not PUBACKs per second.
+Throughput is rows stored per second, from the first publish to the moment the last one was stored (the stored
+count, read every 10 ms once the load has ended) — like the baselines, which count until their subscriber
+committed — not PUBACKs per second.
 """
 from __future__ import annotations
 
@@ -41,6 +42,35 @@ def _telemetry_rows(dsn: str, vehicle_prefix: str) -> int:
     return n
 
 
+def _last_stored_at(stack: Stack, prefix: str, acked: int, timeout: float = 300.0) -> float:
+    """When the last acknowledged message was stored: the count of stored rows, read every 10 ms once the load has
+    ended (as the baselines note their subscriber's last commit). If it never gets there — a message lost — the
+    moment the broker's actions were done and the queue drained, so the loss shows in the table."""
+    deadline = time.monotonic() + timeout
+    conn = psycopg2.connect(stack.database_url)
+    conn.autocommit = True
+
+    def stored() -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM telemetry WHERE vehicle_id LIKE %s", (prefix + "%",))
+            return cur.fetchone()[0]
+    try:
+        next_idle_check = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if stored() >= acked:
+                return time.time()
+            if time.monotonic() > next_idle_check:
+                wait_actions_processed(stack, timeout=timeout)
+                wait_telemetry_drained(stack, timeout=timeout)
+                if stored() < acked:  # everything was processed, and some are missing
+                    return time.time()
+                next_idle_check = time.monotonic() + 2.0
+            time.sleep(0.01)
+    finally:
+        conn.close()
+    raise TimeoutError(f"acknowledged messages not stored after {timeout:.0f} s")
+
+
 def _bench_db(stack: Stack) -> str:
     admin = psycopg2.connect(stack.postgres.url())
     admin.autocommit = True
@@ -61,9 +91,7 @@ def run_case(stack: Stack, n_vehicles: int, messages: int, mosquitto_binary: str
     say(f"ingest: {n_vehicles} vehicles × {messages} messages through the stand-in")
     with PeakRss(component_roots(stack)) as memory:
         result = loadgen.run(spec)
-        wait_actions_processed(stack, timeout=300)
-        wait_telemetry_drained(stack, timeout=300)
-        processed_at = time.time()
+        processed_at = _last_stored_at(stack, prefix, result["acked"])
     stored = _telemetry_rows(stack.database_url, prefix)
     rows.append({"case": "stand-in broker → queue → worker's drain (authn, ACL, validation, dedup, buffered actions)",
                  "stored": stored, "per_s": round(stored / (processed_at - result["wall_started"]), 1),
@@ -138,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
             ratio = round(r["per_s"] / naive["per_s"], 2) if naive and naive["per_s"] else None
             table.append([n, r["case"], r["offered"], r["stored"], r["per_s"], ratio, r["p50"], r["p99"], r["lost"]])
         ours = case_rows[0]
-        if naive:
+        batched = next((r for r in case_rows if "batched" in r["case"]), None)
+        if naive and batched:
             summary.append(f"{n} vehicles: the stand-in stores {ours['per_s']:,.0f} rows/s = "
-                           f"{ours['per_s'] / naive['per_s']:.2f}× the naive subscriber (target ≥ 1×), "
+                           f"{ours['per_s'] / batched['per_s']:.2f}× mosquitto + the batched subscriber "
+                           f"(target ≥ 1×) and {ours['per_s'] / naive['per_s']:.2f}× the naive one, "
                            f"lost {ours['lost']}")
         summary.append(_memory_line(n, ours, case_rows))
     notes = [f"mosquitto: {note}" + (f" ({mosquitto.version(binary)})" if binary else " — baseline rows skipped"),
@@ -148,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
              "acknowledged when a subscriber falls behind.",
              "Latency: stand-in = publish → PUBACK, which it sends on receipt (as EMQX does), before the row is "
              "written; baselines = device timestamp → the subscriber's commit. rows/s: stored rows over the time "
-             "until the last was written, for every case.",
+             "until the last was written, for every case (the stand-in's: its stored count, read every 10 ms once "
+             "the load has ended, through the broker's actions and the worker's drain of the telemetry queue).",
              "Peak RSS: summed resident memory of each component's process tree (server main process + workers, "
              "postmaster + backends; shared pages counted in every process), sampled every 0.25 s during the load; PSS "
              "divides shared pages among the processes sharing them (PostgreSQL's shared buffers count once).",
