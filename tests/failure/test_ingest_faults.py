@@ -212,7 +212,10 @@ def test_a_drain_that_cannot_even_park_keeps_the_message_queued_and_raises_the_a
     inject_fault(owner, "telemetry", "vehicle_id", vehicle.vehicle_id, "XX000")
     inject_fault(owner, "ingest.parked", "clientid", vehicle.vehicle_id, "XX000")
     try:
-        message = vehicle.publish(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5})
+        # not publish(): that waits for the queue to drain, which is what cannot happen here
+        message, info = vehicle.publish_nowait(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5})
+        info.wait_for_publish(10)
+        assert info.is_published()
         alarm = wait_until(lambda: _events(own_stack, "worker", "telemetry_drain.failed"), timeout=20,
                            message="the worker did not raise the alarm")
         assert alarm[-1]["level"] == "critical" and alarm[-1]["sqlstate"] == "XX000"
