@@ -63,8 +63,9 @@ class WorkerConfig(ServiceConfig):
     bind: str = setting("WORKER_BIND", "127.0.0.1:8082")               # its health endpoint, GET /healthz
     stall_after_s: float = setting("WORKER_STALL_AFTER_S", 120.0)      # /healthz fails when the loop is stuck
     broker_check_s: float = setting("WORKER_BROKER_CHECK_S", 10.0)     # reads the broker's pgsql action counters
-    telemetry_poll_s: float = setting("WORKER_TELEMETRY_POLL_S", 0.02)  # the telemetry queue's pace when idle
-    telemetry_set_size: int = setting("WORKER_TELEMETRY_SET_SIZE", 1000)  # messages per drain (one transaction)
+    # the telemetry queue's pace when idle, and messages per drain (one transaction): api/ingest_queue.py
+    telemetry_poll_s: float = setting("WORKER_TELEMETRY_POLL_S", 0.02, minimum=0.001)
+    telemetry_set_size: int = setting("WORKER_TELEMETRY_SET_SIZE", 1000, minimum=1)
     alarm_evaluate_interval_s: float = setting("ALARM_EVALUATE_INTERVAL_S", 2.0)   # the alarm rules' pace
     webhook_timeout_s: float = setting("WEBHOOK_TIMEOUT_S", 5.0)        # a receiver must answer within this
     webhook_max_attempts: int = setting("WEBHOOK_MAX_ATTEMPTS", 10)     # then the delivery is 'failed'

@@ -97,11 +97,17 @@ def env_secret(name: str, env: Mapping[str, str] | None = None, min_length: int 
 _READERS: dict[type, Callable[..., Any]] = {str: env_str, int: env_int, float: env_float, bool: env_bool}
 
 
-def setting(name: str, default: str | int | float | bool) -> Any:
-    """A field read from the variable ``name``; ``default`` (its type decides the parsing) when it is unset."""
+def setting(name: str, default: str | int | float | bool, *, minimum: float | None = None) -> Any:
+    """A field read from the variable ``name``; ``default`` (its type decides the parsing) when it is unset. A
+    number below ``minimum`` is refused (a zero poll interval would spin, a zero set size would never drain)."""
     read = _READERS[type(default)]
-    return dataclasses.field(default=default, metadata={"env": name,
-                                                        "read": lambda env: read(name, default, env=env)})
+
+    def read_checked(env: Mapping[str, str] | None) -> Any:
+        value = read(name, default, env=env)
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"environment variable {name} must be at least {minimum}, got {value!r}")
+        return value
+    return dataclasses.field(default=default, metadata={"env": name, "read": read_checked})
 
 
 def required(name: str) -> Any:

@@ -4,6 +4,8 @@ time-outs — is in test_missions.py; leader take-over and outages in tests/fail
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -11,6 +13,7 @@ import pytest
 
 from api.config import WorkerConfig
 from api.worker import Worker, serve_health
+from fleetcore import paths
 from fleetctl.ports import free_port
 
 
@@ -92,3 +95,15 @@ def test_other_requests_get_json_errors(idle_worker):
         assert error.code == 405 and json.load(error)["code"] == "method_not_allowed"
     else:
         pytest.fail("POST /healthz was accepted")
+
+
+@pytest.mark.parametrize(("variable", "value"), [("WORKER_TELEMETRY_SET_SIZE", "0"),
+                                                 ("WORKER_TELEMETRY_POLL_S", "0"),
+                                                 ("WORKER_TELEMETRY_POLL_S", "-1")])
+def test_a_telemetry_drain_setting_that_would_spin_or_never_drain_stops_the_worker_at_start(stack, variable, value):
+    # a set size of 0 would never drain; a poll of 0 would spin a core: the real process refuses to start (exit 2)
+    env = stack.service_env() | {"WORKER_BIND": f"127.0.0.1:{free_port()}", variable: value}
+    done = subprocess.run([sys.executable, "-m", "api.worker"], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=paths.PROJECT_ROOT)
+    assert done.returncode == 2
+    assert f"{variable} must be at least" in done.stderr + done.stdout
