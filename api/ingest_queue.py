@@ -10,10 +10,14 @@ cheap query per interval. Drains take turns by a transaction-level advisory lock
 every worker, leader or standby: a standby keeps telemetry flowing while the leader is busy or gone.
 
 A drain never fails for a message's sake (the per-message path parks what it cannot apply). What can still fail it
-is what nobody can prevent — parking itself failing (a full disk, a revoked permission) — or the database going
-away: the drain's transaction rolls back, the messages stay queued (nothing is lost), and the thread tries again
-with back-off. The first is logged at CRITICAL (``telemetry_drain.failed``), the second at WARNING; either way the
-queue's depth and age on the api's ``/metrics`` (``fleet_ingest_telemetry_queued``,
+rolls its transaction back — the messages stay queued, nothing is lost — and the thread tries again with back-off:
+
+* the database going away (PostgreSQL restarting, the network): ``telemetry_drain.db_error``, WARNING;
+* the queue itself locked past ``lock_timeout``, a cancelled statement, a deadlock on the queue (a migration or an
+  administrator at work): ``telemetry_drain.deferred``, WARNING;
+* anything else — parking itself failing (a full disk, a revoked permission): ``telemetry_drain.failed``, CRITICAL.
+
+Either way the queue's depth and age on the api's ``/metrics`` (``fleet_ingest_telemetry_queued``,
 ``fleet_ingest_telemetry_queue_oldest_seconds``) grow, and docs/OPERATIONS.md says what to do.
 """
 from __future__ import annotations
@@ -31,7 +35,27 @@ from fleetcore.logs import log_event
 log = logging.getLogger("api.ingest_queue")
 
 
+# SQLSTATE classes of a drain that met someone else's work on the queue and will succeed later: 40 (deadlock,
+# serialization), 55 (lock not available), 57 (query canceled, e.g. statement_timeout)
+TRANSIENT_CLASSES = ("40", "55", "57")
+
+
+def _log_failure(exc: psycopg2.Error) -> str:
+    """Log a failed drain at the level it deserves; the thread's state for /healthz."""
+    error = str(exc).strip()[:300]
+    if exc.pgcode is None:          # no answer from the server: the connection
+        log_event(log, "telemetry_drain.db_error", logging.WARNING, error=error)
+        return "waiting_for_database"
+    if exc.pgcode[:2] in TRANSIENT_CLASSES:
+        log_event(log, "telemetry_drain.deferred", logging.WARNING, sqlstate=exc.pgcode, error=error)
+        return "deferred"
+    log_event(log, "telemetry_drain.failed", logging.CRITICAL, sqlstate=exc.pgcode, error=error)
+    return "failing"
+
+
 class TelemetryDrain:
+    """``ingest.drain_telemetry()`` in a loop (see the module doc); its state and totals for ``/healthz``."""
+
     def __init__(self, config: WorkerConfig, stopping: threading.Event) -> None:
         self.config = config
         self.stopping = stopping
@@ -56,13 +80,11 @@ class TelemetryDrain:
                 self._drain()
                 backoff = 1.0
                 continue
-            except (psycopg2.OperationalError, OSError) as exc:   # the connection: PostgreSQL restarting, the network
+            except OSError as exc:
                 log_event(log, "telemetry_drain.db_error", logging.WARNING, error=str(exc).strip()[:200])
                 self.state = "waiting_for_database"
-            except psycopg2.Error as exc:                          # the drain itself failed: its set stays queued
-                log_event(log, "telemetry_drain.failed", logging.CRITICAL, sqlstate=exc.pgcode,
-                          error=str(exc).strip()[:300])
-                self.state = "failing"
+            except psycopg2.Error as exc:                          # its set stays queued
+                self.state = _log_failure(exc)
             except Exception:
                 log.exception("telemetry drain failed", extra={"event": "telemetry_drain.crash"})
                 self.state = "restarting"

@@ -234,6 +234,31 @@ def test_a_drain_that_cannot_even_park_keeps_the_message_queued_and_raises_the_a
            metric="fleet_ingest_telemetry_queued / _queue_oldest_seconds")
 
 
+def test_a_lock_on_the_queue_defers_the_drain_and_loses_nothing(own_stack, connected_vehicles):
+    [vehicle] = connected_vehicles(1)
+    seen = len(_events(own_stack, "worker", "telemetry_drain.deferred"))
+    failed = len(_events(own_stack, "worker", "telemetry_drain.failed"))
+    holder = psycopg2.connect(own_stack.database_url)   # an administrator's transaction on the queue (a migration)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE ingest.telemetry_inbox IN ACCESS EXCLUSIVE MODE")
+        # acknowledged on receipt; the broker's INSERT waits for the lock, the drain gives up after lock_timeout
+        message, info = vehicle.publish_nowait(topics.Kind.TELEMETRY, {"lat": 48.1, "lon": 11.5})
+        info.wait_for_publish(10)
+        assert info.is_published()
+        deferred = wait_until(lambda: _events(own_stack, "worker", "telemetry_drain.deferred")[seen:], timeout=20,
+                              message="the drain did not report the lock")
+        assert deferred[-1]["level"] == "warning" and deferred[-1]["sqlstate"] == "55P03"
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_until(lambda: rows(own_stack.database_url, "SELECT count(*) AS n FROM telemetry WHERE msg_id = %s",
+                            (message["msg_id"],))[0]["n"] == 1, timeout=40, message="the message was not stored")
+    assert len(_events(own_stack, "worker", "telemetry_drain.failed")) == failed, "a lock is not an alarm"
+    record("fault", "the telemetry queue locked by an administrator's transaction (a migration)", sent=1, stored=1,
+           lost=0, log="worker logs telemetry_drain.deferred at WARNING, not CRITICAL")
+
+
 def _events(stack, component: str, event: str) -> list[dict]:
     found = []
     for name, line in list(stack.lines):
