@@ -31,7 +31,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -42,9 +41,9 @@ import psycopg2
 import psycopg2.extras
 
 from bench import report
+from bench.stackutil import backend_cpu_s, backend_pid, database_only, drain_telemetry
 from fleetctl import dbadmin
-from fleetctl.ports import free_port
-from fleetctl.stack import Ports, Stack, StackConfig
+from fleetctl.stack import Stack
 
 BATCH = 100
 DRAIN_EVERY = 2   # broker batches between two drains
@@ -141,32 +140,9 @@ PREPARE = {"ingest_prepared": _inbox_rows, "ingest_multirow": _inbox_rows, "plai
            "copy": _copy_text}
 
 
-def _backend_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a PostgreSQL backend has used so far (Linux /proc; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _backend_pid(conn) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_backend_pid()")
-        return cur.fetchone()[0]
-
-
 def run(rows: int, vehicles: int, rounds: int, durable: bool) -> dict:
-    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
-        os.environ.pop("DATABASE_URL", None)
-        config = StackConfig(state_dir=Path(tmp), ports=ports, durable=durable, components=())
-        stack = Stack(config, out=lambda m: None)
-        stack.start()
-        try:
-            return _measure(stack, rows, vehicles, rounds, durable)
-        finally:
-            stack.stop("benchmark finished")
+    with database_only(durable) as stack:
+        return _measure(stack, rows, vehicles, rounds, durable)
 
 
 def _measure(stack: Stack, rows: int, n_vehicles: int, rounds: int, durable: bool) -> dict:
@@ -187,22 +163,17 @@ def _measure(stack: Stack, rows: int, n_vehicles: int, rounds: int, durable: boo
     messages = Messages(vehicle_ids)
     cursors: dict[str, object] = {name: (ingest if name.startswith("ingest") else app).cursor() for name in METHODS}
     cursors["ingest_prepared"] = broker
-    pids = {name: _backend_pid(ingest if name.startswith("ingest") else app) for name in METHODS}
+    pids = {name: backend_pid(ingest if name.startswith("ingest") else app) for name in METHODS}
     pids["ingest_prepared"] = broker.pid
 
-    app_pid = _backend_pid(app)
+    app_pid = backend_pid(app)
     drain_cursor = app.cursor()
     drained = {"taken": 0, "in_sets": 0, "one_by_one": 0}
 
     def drain() -> None:
-        """The worker's part: apply everything queued (api/ingest_queue.py)."""
-        while True:
-            drain_cursor.execute("SELECT taken, in_sets, one_by_one FROM ingest.drain_telemetry(1000)")
-            taken, in_sets, one_by_one = drain_cursor.fetchone()
-            if not taken:
-                return
-            for key, value in zip(("taken", "in_sets", "one_by_one"), (taken, in_sets, one_by_one), strict=True):
-                drained[key] += value
+        """The worker's part: apply everything queued."""
+        for key, value in drain_telemetry(drain_cursor).items():
+            drained[key] += value
 
     for name, method in METHODS.items():  # warm-up: compile functions, cache plans
         method(cursors[name], PREPARE[name](messages.take(BATCH)))
@@ -217,7 +188,7 @@ def _measure(stack: Stack, rows: int, n_vehicles: int, rounds: int, durable: boo
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order between rounds
             work = [PREPARE[name](messages.take(BATCH)) for _ in range(per_round // BATCH)]
             queued = name.startswith("ingest")
-            cpu_before = _backend_cpu_s(pids[name]) + (_backend_cpu_s(app_pid) if queued else 0.0) \
+            cpu_before = backend_cpu_s(pids[name]) + (backend_cpu_s(app_pid) if queued else 0.0) \
                 + time.process_time()
             started = time.perf_counter()
             for i, batch in enumerate(work, start=1):
@@ -227,7 +198,7 @@ def _measure(stack: Stack, rows: int, n_vehicles: int, rounds: int, durable: boo
             if queued:
                 drain()
             elapsed[name] += time.perf_counter() - started
-            cpu[name] += _backend_cpu_s(pids[name]) + (_backend_cpu_s(app_pid) if queued else 0.0) \
+            cpu[name] += backend_cpu_s(pids[name]) + (backend_cpu_s(app_pid) if queued else 0.0) \
                 + time.process_time() - cpu_before
             stored[name] += per_round
 

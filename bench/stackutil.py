@@ -3,8 +3,12 @@ dir), and per-component process accounting with psutil: CPU seconds and peak RSS
 (the server's main process and its workers; PostgreSQL's postmaster and its backends)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -51,6 +55,50 @@ def wait_telemetry_drained(stack: Stack, timeout: float) -> None:
                     raise TimeoutError(f"{left} telemetry messages still queued after {timeout:.0f} s")
                 time.sleep(0.02)
     conn.close()
+
+
+@contextlib.contextmanager
+def database_only(durable: bool) -> Iterator[Stack]:
+    """The embedded PostgreSQL alone, migrated, in a temporary directory (the SQL benchmarks)."""
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+        os.environ.pop("DATABASE_URL", None)
+        stack = Stack(StackConfig(state_dir=Path(tmp), ports=ports, durable=durable, components=()),
+                      out=lambda m: None)
+        stack.start()
+        try:
+            yield stack
+        finally:
+            stack.stop("benchmark finished")
+
+
+def drain_telemetry(cur, set_size: int = 1000) -> dict[str, int]:
+    """What the worker does (api/ingest_queue.py): drain the telemetry queue until it is empty; the sums of
+    ``ingest.drain_telemetry()``'s taken / in_sets / one_by_one."""
+    total = {"taken": 0, "in_sets": 0, "one_by_one": 0}
+    while True:
+        cur.execute("SELECT taken, in_sets, one_by_one FROM ingest.drain_telemetry(%s)", (set_size,))
+        taken, in_sets, one_by_one = cur.fetchone()
+        if not taken:
+            return total
+        total = {"taken": total["taken"] + taken, "in_sets": total["in_sets"] + in_sets,
+                 "one_by_one": total["one_by_one"] + one_by_one}
+
+
+def backend_pid(conn) -> int:
+    """The PostgreSQL backend serving a psycopg2 connection."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def backend_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a PostgreSQL backend has used so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def component_roots(stack: Stack) -> dict[str, int]:

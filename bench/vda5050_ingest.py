@@ -34,7 +34,6 @@ import argparse
 import base64
 import json
 import os
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -44,10 +43,9 @@ import psycopg2
 import psycopg2.extras
 
 from bench import report
-from bench.sql_ingest import _backend_cpu_s, _backend_pid
+from bench.stackutil import backend_cpu_s, backend_pid, database_only, drain_telemetry
 from fleetctl import dbadmin
-from fleetctl.ports import free_port
-from fleetctl.stack import Ports, Stack, StackConfig
+from fleetctl.stack import Stack
 
 MANUFACTURER = "BenchAGV"
 ORIGIN = (48.1, 11.5)
@@ -133,16 +131,8 @@ def _serial(vehicle_id: str) -> str:
 
 
 def run(messages: int, vehicles: int, rounds: int, batch: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
-        ports = Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
-        os.environ.pop("DATABASE_URL", None)
-        config = StackConfig(state_dir=Path(tmp), ports=ports, durable=False, components=())
-        stack = Stack(config, out=lambda m: None)
-        stack.start()
-        try:
-            return _measure(stack, messages, vehicles, rounds, batch)
-        finally:
-            stack.stop("benchmark finished")
+    with database_only(durable=False) as stack:
+        return _measure(stack, messages, vehicles, rounds, batch)
 
 
 def _provision(app, n: int) -> tuple[list[str], list[str]]:
@@ -183,22 +173,19 @@ def _measure(stack: Stack, total: int, n_vehicles: int, rounds: int, batch: int)
         cursors[name].execute(SCHEMA_ONLY if name == "schema_only" else
                               f"PREPARE ingest (text, text, text, bigint) AS INSERT INTO ingest.{INBOX[name]} "  # noqa: S608
                               "(clientid, topic, payload_b64, received_at_ms) VALUES ($1, $2, $3, $4)")
-        pids[name] = _backend_pid(conns[name])
+        pids[name] = backend_pid(conns[name])
     messages = Messages(vda_ids, own_ids)
     # telemetry is queued by the broker and applied by the worker's drain (sql/100_telemetry_queue.sql): its cost
     # is both, so the drain's backend is counted with the telemetry method
     drainer = psycopg2.connect(stack.database_url)
     drainer.autocommit = True
-    drain_cursor, drain_pid = drainer.cursor(), _backend_pid(drainer)
+    drain_cursor, drain_pid = drainer.cursor(), backend_pid(drainer)
 
     def store(name: str, rows: list[tuple]) -> None:
         placeholders = ", ".join(["%s"] * len(rows[0]))
         psycopg2.extras.execute_batch(cursors[name], f"EXECUTE ingest ({placeholders})", rows, page_size=batch)
         if name == "telemetry":
-            taken = 1
-            while taken:
-                drain_cursor.execute("SELECT taken FROM ingest.drain_telemetry(1000)")
-                taken = drain_cursor.fetchone()[0]
+            drain_telemetry(drain_cursor)
 
     sent = dict.fromkeys(METHODS, 0)
     for name in METHODS:  # warm-up: compile the functions, cache plans (counted in the check below)
@@ -212,12 +199,12 @@ def _measure(stack: Stack, total: int, n_vehicles: int, rounds: int, batch: int)
     for r in range(rounds):
         for name in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:  # rotate the order between rounds
             rows = messages.take(name, per_round)  # built before the clock starts: the database path, not Python
-            drain_before = _backend_cpu_s(drain_pid)
-            server_before, client_before = _backend_cpu_s(pids[name]), time.process_time()
+            drain_before = backend_cpu_s(drain_pid)
+            server_before, client_before = backend_cpu_s(pids[name]), time.process_time()
             started = time.perf_counter()
             store(name, rows)
             elapsed[name] += time.perf_counter() - started
-            server = _backend_cpu_s(pids[name]) - server_before + _backend_cpu_s(drain_pid) - drain_before
+            server = backend_cpu_s(pids[name]) - server_before + backend_cpu_s(drain_pid) - drain_before
             server_cpu[name] += server
             cpu[name] += server + time.process_time() - client_before
             measured[name] += per_round
