@@ -54,26 +54,21 @@ def test_health_fails_once_the_loop_stops_turning(idle_worker):
     assert status == 503 and body["status"] == "stalled" and body["last_turn_s_ago"] >= 31.0
 
 
-def test_health_fails_once_the_alarm_thread_stops_turning(idle_worker):
+@pytest.mark.parametrize(("thread", "key", "state_attribute", "working"),
+                         [("notifier", "alarms", "role", "standby"),
+                          ("telemetry", "telemetry_queue", "state", "draining")],
+                         ids=["alarm thread", "telemetry drain"])
+def test_health_fails_once_a_thread_of_the_worker_stops_turning(idle_worker, thread, key, state_attribute, working):
     worker, url = idle_worker
-    assert get(f"{url}/healthz")[1]["alarms"]["role"] == "standby"
-    worker.notifier.last_turn -= 31.0
+    part = getattr(worker, thread)
+    assert get(f"{url}/healthz")[1][key][state_attribute] == working
+    part.last_turn -= 31.0
     status, body = get(f"{url}/healthz")
-    assert (status, body["status"]) == (503, "stalled") and body["alarms"]["last_turn_s_ago"] >= 31.0
-    worker.notifier.last_turn += 31.0
-    worker.notifier.role = "waiting_for_database"
-    assert get(f"{url}/healthz")[:1] == (503,)
-
-
-def test_health_fails_once_the_telemetry_drain_stops_turning(idle_worker):
-    worker, url = idle_worker
-    assert get(f"{url}/healthz")[1]["telemetry_queue"]["state"] == "draining"
-    worker.telemetry.last_turn -= 31.0
+    assert (status, body["status"]) == (503, "stalled") and body[key]["last_turn_s_ago"] >= 31.0
+    part.last_turn += 31.0
+    setattr(part, state_attribute, "waiting_for_database")
     status, body = get(f"{url}/healthz")
-    assert (status, body["status"]) == (503, "stalled") and body["telemetry_queue"]["last_turn_s_ago"] >= 31.0
-    worker.telemetry.last_turn += 31.0
-    worker.telemetry.state = "waiting_for_database"
-    assert get(f"{url}/healthz")[:2] == (503, {**get(f"{url}/healthz")[1], "status": "not_working"})
+    assert (status, body["status"], body[key][state_attribute]) == (503, "not_working", "waiting_for_database")
 
 
 @pytest.mark.parametrize("role", ["starting", "waiting_for_database", "restarting"])

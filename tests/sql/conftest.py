@@ -71,12 +71,12 @@ class Inbox:
         if drain:
             self.drain()
 
-    def drain(self) -> dict:
-        """What the worker does: apply everything queued, one set of up to 1,000 at a time; the sums."""
+    def drain(self, set_size: int = 1000) -> dict:
+        """What the worker does: apply everything queued, one set of up to ``set_size`` at a time; the sums."""
         total = {"taken": 0, "in_sets": 0, "one_by_one": 0}
         with self.drain_conn.cursor() as cur:
             while True:
-                cur.execute("SELECT taken, in_sets, one_by_one FROM ingest.drain_telemetry()")
+                cur.execute("SELECT taken, in_sets, one_by_one FROM ingest.drain_telemetry(%s)", (set_size,))
                 taken, in_sets, one_by_one = cur.fetchone()
                 total = {"taken": total["taken"] + taken, "in_sets": total["in_sets"] + in_sets,
                          "one_by_one": total["one_by_one"] + one_by_one}

@@ -122,14 +122,7 @@ def test_sets_give_exactly_what_one_message_at_a_time_gives(conn, ingest_conn, q
         for vid, payload, received in stream:
             cur.execute("INSERT INTO ingest.telemetry_inbox (clientid, topic, payload_b64, received_at_ms) "
                         "VALUES (%s, %s, %s, %s)", ("b-" + vid, f"fleet/v1/b-{vid}/telemetry", payload, received))
-    with conn.cursor() as cur:
-        drained = {"taken": 0, "in_sets": 0}
-        while True:
-            cur.execute("SELECT taken, in_sets FROM ingest.drain_telemetry(%s)", (set_size,))
-            taken, in_sets = cur.fetchone()
-            if not taken:
-                break
-            drained = {"taken": drained["taken"] + taken, "in_sets": drained["in_sets"] + in_sets}
+    drained = inbox.drain(set_size)
     assert drained["taken"] == len(stream)
     assert drained["in_sets"] > 0, "the set path must be exercised"
     if clean:   # the set path leaves only the revoked vehicle's (dead letters)
