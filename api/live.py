@@ -106,13 +106,9 @@ class LiveHub:
         async with self._starting:
             if self.pool is None or self._listener is None or self._listener.is_closed():
                 await self._close_connections()
-                self.pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=4,
-                                                      server_settings={"application_name": "api-live"})
-                listener = await asyncpg.connect(self.database_url,
-                                                 server_settings={"application_name": "api-live-listen"})
-                for channel in CHANNELS:
-                    await listener.add_listener(channel, self._notified)
-                listener.add_termination_listener(lambda _conn: self._restart("listener connection lost"))
+                self.pool, listener = await open_listening_pool(
+                    self.database_url, "api-live", CHANNELS, self._notified,
+                    lambda: self._restart("listener connection lost"))
                 # read after listening: whatever commits later is notified, so the copy misses nothing
                 async with self.pool.acquire() as conn:
                     self.vehicles_at_ms = await conn.fetchval(sql.NOW_MS)
@@ -129,10 +125,7 @@ class LiveHub:
             self._pump = None
         listener, self._listener = self._listener, None
         pool, self.pool = self.pool, None
-        if listener is not None and not listener.is_closed():
-            listener.terminate()
-        if pool is not None:
-            pool.terminate()
+        close_listening_pool(pool, listener)
 
     def _restart(self, why: str) -> None:
         """The hub missed or may miss notifications: end every stream (each resumes from its last event id) and
@@ -277,6 +270,33 @@ def _rows_json(rows: Iterable[str]) -> str:
 
 
 T = TypeVar("T")
+
+
+async def open_listening_pool(database_url: str, name: str, channels: Iterable[str],
+                              on_notify: Callable[..., None], on_lost: Callable[[], None]
+                              ) -> tuple[asyncpg.Pool, asyncpg.Connection]:
+    """A small pool for queries and a connection of its own that LISTENs on ``channels`` (``on_notify`` per
+    notification; ``on_lost`` once that connection ends: notifications may have been missed). The console's hub and
+    the vehicles' command waits each keep one per event loop."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4,
+                                     server_settings={"application_name": name})
+    try:
+        listener = await asyncpg.connect(database_url, server_settings={"application_name": f"{name}-listen"})
+        for channel in channels:
+            await listener.add_listener(channel, on_notify)
+    except BaseException:
+        pool.terminate()
+        raise
+    listener.add_termination_listener(lambda _conn: on_lost())
+    return pool, listener
+
+
+def close_listening_pool(pool: asyncpg.Pool | None, listener: asyncpg.Connection | None) -> None:
+    """End both at once (``open_listening_pool``)."""
+    if listener is not None and not listener.is_closed():
+        listener.terminate()
+    if pool is not None:
+        pool.terminate()
 
 
 def per_loop(registry: dict, database_url: str, factory: Callable[[str], T]) -> T:

@@ -82,22 +82,14 @@ class CommandWaits:
         async with self._starting:
             if self.pool is None or self._listener is None or self._listener.is_closed():
                 await self._close()
-                self.pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=4,
-                                                      server_settings={"application_name": "api-commands"})
-                listener = await asyncpg.connect(self.database_url,
-                                                 server_settings={"application_name": "api-commands-listen"})
-                await listener.add_listener(CHANNEL, self._notified)
-                listener.add_termination_listener(lambda _conn: self._lost())
-                self._listener = listener
+                self.pool, self._listener = await live.open_listening_pool(
+                    self.database_url, "api-commands", (CHANNEL,), self._notified, self._lost)
             return self.pool
 
     async def _close(self) -> None:
         listener, self._listener = self._listener, None
         pool, self.pool = self.pool, None
-        if listener is not None and not listener.is_closed():
-            listener.terminate()
-        if pool is not None:
-            pool.terminate()
+        live.close_listening_pool(pool, listener)
 
     def _lost(self) -> None:
         """Notifications may have been missed: wake every poll (each reads its commands again)."""
